@@ -1,0 +1,94 @@
+"""
+wsgi_proxy_listen
+=================
+
+Let code running inside a WSGI host expose its own HTTP endpoints at run
+time, the Python counterpart of Livebook's ``Kino.Proxy``.
+
+.. code-block:: python
+
+    from flask import Flask
+    from werkzeug.wrappers import Response
+    from wsgi_proxy_listen import ProxyMiddleware, listen
+
+    app = Flask(__name__)
+    app.wsgi_app = ProxyMiddleware(app.wsgi_app)
+
+    def export(request):
+        if request.path == "/export/data":
+            return Response("a,b\\n1,2\\n", content_type="text/csv")
+        return "use /export/data to get the report"
+
+    handle = listen(export, session="report-1")   # served at /proxy/sessions/report-1/...
+    handle.close()                                 # and gone again
+
+The module-level functions work on :data:`default_registry`.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+
+from .middleware import InvalidResponse, ProxyMiddleware
+from .registry import App, Listener, Registry, default_registry
+
+__all__ = [
+    "App",
+    "InvalidResponse",
+    "Listener",
+    "ProxyMiddleware",
+    "Registry",
+    "close_session",
+    "default_registry",
+    "listen",
+    "register_app",
+    "session",
+    "unregister_app",
+]
+
+__version__ = "0.1.0"
+
+
+def listen(
+    handler: object,
+    *,
+    session: str | None = None,
+    app: str | None = None,
+    kind: str | None = None,
+    request_class: type | None = None,
+    options: Mapping[str, t.Any] | None = None,
+) -> Listener:
+    """:meth:`Registry.listen` on :data:`default_registry`."""
+    return default_registry.listen(
+        handler, session=session, app=app, kind=kind, request_class=request_class, options=options
+    )
+
+
+def session(session: str, *, app: str | None = None) -> AbstractContextManager[None]:
+    """:meth:`Registry.session` on :data:`default_registry`."""
+    return default_registry.session(session, app=app)
+
+
+def close_session(session: str) -> bool:
+    """:meth:`Registry.close_session` on :data:`default_registry`."""
+    return default_registry.close_session(session)
+
+
+def register_app(
+    slug: str,
+    *,
+    multi_session: bool = False,
+    start: t.Callable[[], object] | None = None,
+    start_timeout: float = 30.0,
+) -> App:
+    """:meth:`Registry.register_app` on :data:`default_registry`."""
+    return default_registry.register_app(
+        slug, multi_session=multi_session, start=start, start_timeout=start_timeout
+    )
+
+
+def unregister_app(slug: str) -> None:
+    """:meth:`Registry.unregister_app` on :data:`default_registry`."""
+    default_registry.unregister_app(slug)

@@ -1,0 +1,441 @@
+"""
+Registry
+========
+
+A :class:`Registry` holds the listeners of one host: at most one per session,
+each optionally a member of an *app*. Code that owns a session calls
+:meth:`Registry.listen` and gets a :class:`Listener` handle back; closing the
+handle removes the listener again. :class:`~wsgi_proxy_listen.ProxyMiddleware`
+looks listeners up here for every request under the prefix.
+
+.. code-block:: python
+
+    from wsgi_proxy_listen import Registry
+
+    registry = Registry(prefix="/proxy")
+    with registry.listen(export, session="report-1") as listener:
+        print(listener.url("/export/data"))    # /proxy/sessions/report-1/export/data
+
+The module-level functions of :mod:`wsgi_proxy_listen` work on
+:data:`default_registry`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+import typing as t
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from werkzeug.urls import iri_to_uri
+
+from .handlers import to_wsgi
+from .routing import is_valid_id, validate_prefix
+
+if t.TYPE_CHECKING:
+    from types import TracebackType
+
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+
+__all__ = ["App", "Listener", "Registry", "default_registry"]
+
+logger = logging.getLogger("wsgi_proxy_listen")
+
+# The session the running code belongs to, bound by Registry.session(). It is
+# a property of the code's context, like the owner of a Livebook process, so
+# it is shared by every registry.
+_bound_session: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.ContextVar(
+    "wsgi_proxy_listen_session", default=None
+)
+
+
+def _check_id(what: str, value: object) -> str:
+    if not is_valid_id(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1 to 128 characters from A-Z, a-z, 0-9, '_' and '-'"
+        )
+    return t.cast(str, value)
+
+
+class Listener:
+    """The handle of a registered listener, returned by ``listen()``.
+
+    Closing it removes the listener, unless a later ``listen()`` for the same
+    session has replaced it already: then ``close()`` does nothing. It is
+    also a context manager that closes it on exit.
+    """
+
+    __slots__ = ("_registry", "app", "handler", "last_request", "session", "wsgi_app")
+
+    session: str
+    """The session id the listener answers for."""
+    app: str | None
+    """The slug of the app the session belongs to, or ``None``."""
+    handler: object
+    """The handler as it was given to ``listen()``."""
+    wsgi_app: WSGIApplication
+    """The handler resolved into one WSGI callable."""
+    last_request: float | None
+    """:func:`time.monotonic` of the latest request dispatched to it, or ``None``."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        session: str,
+        app: str | None,
+        handler: object,
+        wsgi_app: WSGIApplication,
+    ) -> None:
+        self._registry = registry
+        self.session = session
+        self.app = app
+        self.handler = handler
+        self.wsgi_app = wsgi_app
+        self.last_request = None
+
+    def close(self) -> None:
+        """Remove this listener from its registry. Idempotent."""
+        self._registry._remove(self)
+
+    @property
+    def closed(self) -> bool:
+        """Whether this listener no longer answers requests (closed or replaced)."""
+        return self._registry.get(self.session) is not self
+
+    def url(self, path: str = "", environ: WSGIEnvironment | None = None) -> str:
+        """The public URL path of this listener, with ``path`` appended.
+
+        ``environ`` is the host's environ of the current request: its
+        ``SCRIPT_NAME`` goes in front. The ``Host`` header and
+        ``X-Forwarded-*`` headers are never looked at. Characters that are not
+        allowed in a URL are percent-encoded; existing ``%`` escapes are kept.
+        """
+        if not isinstance(path, str) or (path and not path.startswith("/")):
+            raise ValueError(f"invalid path {path!r}: use '' or a path that starts with '/'")
+        script_name = ""
+        if environ is not None:
+            # WSGI strings are bytes decoded as latin-1 (PEP 3333).
+            script_name = environ.get("SCRIPT_NAME", "")
+            script_name = script_name.encode("latin-1").decode("utf-8", "replace")
+        if self.app is None:
+            route = f"/sessions/{self.session}"
+        else:
+            route = f"/apps/{self.app}/sessions/{self.session}"
+        return iri_to_uri(script_name + self._registry.prefix + route + path)
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        app = f" app={self.app!r}" if self.app is not None else ""
+        state = " closed" if self.closed else ""
+        return f"<Listener session={self.session!r}{app} handler={self.handler!r}{state}>"
+
+
+class App:
+    """What :meth:`Registry.register_app` declared about an app."""
+
+    __slots__ = ("_starting", "multi_session", "slug", "start", "start_timeout")
+
+    def __init__(
+        self,
+        slug: str,
+        multi_session: bool,
+        start: t.Callable[[], object] | None,
+        start_timeout: float,
+    ) -> None:
+        self.slug = slug
+        self.multi_session = multi_session
+        self.start = start
+        self.start_timeout = start_timeout
+        self._starting: threading.Event | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<App {self.slug!r} multi_session={self.multi_session!r}"
+            f" start={self.start!r} start_timeout={self.start_timeout!r}>"
+        )
+
+
+class Registry:
+    """The listeners of a host, by session, and the apps they belong to.
+
+    Thread safety: lookups take no lock and read one dict, so a request sees
+    either the old or the new listener of a session, never an error, while
+    other threads listen, replace and close. Changes are serialised by one
+    lock and cost O(1) whatever the number of listeners.
+
+    :param prefix: the path under which listeners are reachable.
+    """
+
+    def __init__(self, prefix: str = "/proxy") -> None:
+        self._prefix = validate_prefix(prefix)
+        self._lock = threading.Lock()
+        self._listeners: dict[str, Listener] = {}
+        self._apps: dict[str, App] = {}
+        # Members of each app in the order they joined, newest last, and the
+        # newest one: kept up to date under the lock so that lookups read it
+        # without iterating a dict that another thread may change.
+        self._members: dict[str, dict[str, None]] = {}
+        self._current: dict[str, str] = {}
+
+    @property
+    def prefix(self) -> str:
+        """The path under which listeners are reachable, such as ``/proxy``."""
+        return self._prefix
+
+    # -- listeners ---------------------------------------------------------
+
+    def listen(
+        self,
+        handler: object,
+        *,
+        session: str | None = None,
+        app: str | None = None,
+        kind: str | None = None,
+        request_class: type | None = None,
+        options: Mapping[str, t.Any] | None = None,
+    ) -> Listener:
+        """Register ``handler`` as the listener of ``session``.
+
+        Without ``session=``, the session bound by :meth:`session` is used
+        (and its app, unless ``app=`` is given). A listener already registered
+        for the session is replaced; requests running on it finish normally.
+        With ``app=``, the session becomes a member of that app.
+
+        :raises LookupError: no session was given or bound.
+        :raises ValueError: an invalid session id or app slug.
+        :raises TypeError: a handler that cannot be resolved (see
+            :func:`~wsgi_proxy_listen.handlers.to_wsgi`).
+        """
+        if session is None:
+            bound = _bound_session.get()
+            if bound is None:
+                raise LookupError(
+                    "listen() needs a session: pass session='...', or call it inside"
+                    " 'with registry.session(...):'"
+                )
+            session, bound_app = bound
+            if app is None:
+                app = bound_app
+        _check_id("session id", session)
+        if app is not None:
+            _check_id("app slug", app)
+        wsgi_app = to_wsgi(handler, kind=kind, request_class=request_class, options=options)
+        listener = Listener(self, session, app, handler, wsgi_app)
+        with self._lock:
+            replaced = self._listeners.get(session)
+            if replaced is not None and replaced.app is not None:
+                self._leave(replaced.app, session)
+            self._listeners[session] = listener
+            if app is not None:
+                self._join(app, session)
+        return listener
+
+    def get(self, session: str) -> Listener | None:
+        """The listener of ``session``, or ``None``. Takes no lock."""
+        return self._listeners.get(session)
+
+    def close_session(self, session: str) -> bool:
+        """Remove the listener of ``session`` and its app membership.
+
+        Returns whether there was one.
+        """
+        with self._lock:
+            listener = self._listeners.pop(session, None)
+            if listener is None:
+                return False
+            if listener.app is not None:
+                self._leave(listener.app, session)
+            return True
+
+    def _remove(self, listener: Listener) -> None:
+        with self._lock:
+            if self._listeners.get(listener.session) is listener:
+                del self._listeners[listener.session]
+                if listener.app is not None:
+                    self._leave(listener.app, listener.session)
+
+    @contextmanager
+    def session(self, session: str, *, app: str | None = None) -> Iterator[None]:
+        """Bind ``session`` (and ``app``) for ``listen()`` calls in this context.
+
+        The binding lives in a :class:`contextvars.ContextVar`: it follows the
+        thread or asyncio task that entered the block and is shared by every
+        registry, so the module-level :func:`~wsgi_proxy_listen.listen` sees it.
+        """
+        _check_id("session id", session)
+        if app is not None:
+            _check_id("app slug", app)
+        token = _bound_session.set((session, app))
+        try:
+            yield
+        finally:
+            _bound_session.reset(token)
+
+    # -- apps ----------------------------------------------------------------
+
+    def register_app(
+        self,
+        slug: str,
+        *,
+        multi_session: bool = False,
+        start: t.Callable[[], object] | None = None,
+        start_timeout: float = 30.0,
+    ) -> App:
+        """Declare the app ``slug``; a later call replaces the declaration.
+
+        :param multi_session: the app has several sessions at once, so its
+            generic path ``{prefix}/apps/{slug}/...`` answers 400 and only
+            ``{prefix}/apps/{slug}/sessions/{id}/...`` reaches a session.
+        :param start: called with no arguments, in a thread of its own, by
+            the first request to the generic path when the app has no
+            session; it should ``listen(..., app=slug)``.
+        :param start_timeout: seconds a request waits for ``start`` before
+            it gives up with 503.
+        """
+        _check_id("app slug", slug)
+        if not isinstance(multi_session, bool):
+            raise TypeError(f"multi_session must be True or False, not {multi_session!r}")
+        if start is not None and not callable(start):
+            raise TypeError(f"start must be a callable taking no arguments or None, not {start!r}")
+        if (
+            isinstance(start_timeout, bool)
+            or not isinstance(start_timeout, (int, float))
+            or not 0 < start_timeout < float("inf")
+        ):
+            raise ValueError(
+                f"invalid start_timeout {start_timeout!r}: use a positive number of seconds"
+            )
+        declaration = App(slug, multi_session, start, float(start_timeout))
+        with self._lock:
+            self._apps[slug] = declaration
+        return declaration
+
+    def unregister_app(self, slug: str) -> None:
+        """Forget the declaration of ``slug``.
+
+        Sessions still listening with that slug keep it as an undeclared app.
+
+        :raises LookupError: the app was never registered.
+        """
+        with self._lock:
+            if self._apps.pop(slug, None) is None:
+                raise LookupError(f"no app {slug!r} is registered: nothing to unregister")
+
+    def get_app(self, slug: str) -> App | None:
+        """The declaration of ``slug``, or ``None``. Takes no lock."""
+        return self._apps.get(slug)
+
+    def current_listener(self, app: str) -> Listener | None:
+        """The listener of the newest member of ``app``, or ``None``. Takes no lock."""
+        session = self._current.get(app)
+        if session is None:
+            return None
+        listener = self._listeners.get(session)
+        if listener is None or listener.app != app:
+            # Closed or moved since _current was read.
+            return None
+        return listener
+
+    def start_app(self, slug: str) -> Listener | None:
+        """Run the app's ``start`` callable, or join the start already running.
+
+        One start runs at a time per app. The caller waits up to the app's
+        ``start_timeout`` and gets the app's current listener, or ``None`` when
+        the start failed, timed out or registered nothing; the next call then
+        tries again.
+        """
+        with self._lock:
+            declaration = self._apps.get(slug)
+            if declaration is None or declaration.start is None:
+                return None
+            starting = declaration._starting
+            launch = starting is None
+            if starting is None:
+                starting = declaration._starting = threading.Event()
+        if launch:
+            threading.Thread(
+                target=self._run_start,
+                args=(declaration, starting),
+                name=f"wsgi_proxy_listen start {slug}",
+                daemon=True,
+            ).start()
+        starting.wait(declaration.start_timeout)
+        return self.current_listener(slug)
+
+    def _run_start(self, declaration: App, starting: threading.Event) -> None:
+        start = t.cast(t.Callable[[], object], declaration.start)
+        began = time.monotonic()
+        try:
+            start()
+        except Exception:
+            logger.exception("start of app %r raised", declaration.slug)
+        else:
+            if self.current_listener(declaration.slug) is None:
+                logger.error(
+                    "start of app %r returned without registering a session:"
+                    " it should call listen(..., app=%r)",
+                    declaration.slug,
+                    declaration.slug,
+                )
+            elapsed = time.monotonic() - began
+            if elapsed > declaration.start_timeout:
+                logger.warning(
+                    "start of app %r took %.1f s, more than its start_timeout of %.1f s",
+                    declaration.slug,
+                    elapsed,
+                    declaration.start_timeout,
+                )
+        finally:
+            with self._lock:
+                if declaration._starting is starting:
+                    declaration._starting = None
+            starting.set()
+
+    def _join(self, app: str, session: str) -> None:
+        members = self._members.setdefault(app, {})
+        members.pop(session, None)
+        members[session] = None
+        self._current[app] = session
+
+    def _leave(self, app: str, session: str) -> None:
+        members = self._members[app]
+        del members[session]
+        if members:
+            self._current[app] = next(reversed(members))
+        else:
+            del self._members[app]
+            del self._current[app]
+
+    # -- container protocol ------------------------------------------------
+
+    def __contains__(self, session: object) -> bool:
+        return session in self._listeners
+
+    def __len__(self) -> int:
+        return len(self._listeners)
+
+    def __iter__(self) -> Iterator[Listener]:
+        with self._lock:
+            listeners = list(self._listeners.values())
+        return iter(listeners)
+
+    def __repr__(self) -> str:
+        return f"<Registry prefix={self._prefix!r} listeners={len(self._listeners)}>"
+
+
+#: The registry used by the module-level functions and by a
+#: :class:`~wsgi_proxy_listen.ProxyMiddleware` created without one.
+default_registry = Registry()

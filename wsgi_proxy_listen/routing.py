@@ -1,0 +1,166 @@
+"""
+Routing
+=======
+
+Pure functions that turn a request path into a :class:`Route`, or into the
+status the middleware answers with when the path is malformed. Nothing here
+decodes, re-quotes or normalises: the slices handed to a listener are raw
+slices of the strings the server gave.
+
+Paths under the prefix are matched most specific first::
+
+    {prefix}/sessions/{session}{rest}
+    {prefix}/apps/{slug}/sessions/{session}{rest}
+    {prefix}/apps/{slug}{rest}
+
+``rest`` is ``""`` or starts with ``/``. Ids match ``[A-Za-z0-9_-]{1,128}``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+from urllib.parse import unquote, urlsplit
+
+__all__ = [
+    "ID_PATTERN",
+    "Route",
+    "has_dot_segment",
+    "has_encoded_dot_segment",
+    "is_valid_id",
+    "parse",
+    "raw_path_spells",
+    "raw_uri_path",
+    "validate_prefix",
+]
+
+#: What a session id or an app slug must look like.
+ID_PATTERN = "[A-Za-z0-9_-]{1,128}"
+_ID = re.compile(ID_PATTERN)
+# A prefix is made of unreserved characters only, so that its raw spelling in
+# the request URI is the same as its decoded spelling in ``PATH_INFO``.
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+SESSION = "session"
+APP_SESSION = "app_session"
+APP = "app"
+
+
+class Route(NamedTuple):
+    """A path under the prefix, split into its routing part and the rest.
+
+    ``path[:split]`` is what moves into ``SCRIPT_NAME`` and ``path[split:]``
+    becomes the listener's ``PATH_INFO``.
+    """
+
+    kind: str
+    """:data:`SESSION`, :data:`APP_SESSION` or :data:`APP`."""
+    app: str | None
+    session: str | None
+    split: int
+
+
+def is_valid_id(value: object) -> bool:
+    """Whether ``value`` is a string usable as a session id or app slug."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
+def validate_prefix(prefix: object) -> str:
+    """Return ``prefix`` if it is a usable routing prefix, else raise."""
+    if not isinstance(prefix, str) or _PREFIX.fullmatch(prefix) is None:
+        raise ValueError(
+            f"invalid prefix {prefix!r}: use a path such as '/proxy' that starts"
+            " with '/', does not end with '/', and has only letters, digits and"
+            " '-._~' in its segments"
+        )
+    if any(segment in _DOT_SEGMENTS for segment in prefix.split("/")):
+        raise ValueError(f"invalid prefix {prefix!r}: '.' and '..' segments are not allowed")
+    return prefix
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether the decoded ``path`` has a ``.`` or ``..`` segment after its first ``/``."""
+    return "/./" in path or "/../" in path or path.endswith(("/.", "/.."))
+
+
+def raw_uri_path(raw_uri: str) -> str:
+    """The path of a raw request URI (``REQUEST_URI``/``RAW_URI``), still encoded.
+
+    Accepts origin form (``/a/b?q``) and absolute form (``http://host/a/b?q``).
+    """
+    raw_path = raw_uri.partition("?")[0]
+    if raw_path.startswith("/"):
+        return raw_path
+    return urlsplit(raw_path).path
+
+
+def has_encoded_dot_segment(raw_path: str) -> bool:
+    """Whether the still-encoded ``raw_path`` has a segment that decodes to ``.`` or ``..``."""
+    if "%" not in raw_path:
+        return False
+    return any(
+        "%" in segment and unquote(segment) in _DOT_SEGMENTS for segment in raw_path.split("/")
+    )
+
+
+def parse(path: str, prefix: str) -> Route | None:
+    """Split ``path`` (a ``PATH_INFO`` under ``prefix``) into a :class:`Route`.
+
+    Returns ``None`` when a routing segment is malformed (an empty or invalid
+    id). ``path`` must start with ``prefix + "/sessions/"`` or
+    ``prefix + "/apps/"``.
+    """
+    start = len(prefix) + 1
+    if path.startswith("sessions/", start):
+        start += len("sessions/")
+        session, rest = _take_id(path, start)
+        if session is None:
+            return None
+        return Route(SESSION, None, session, len(path) - len(rest))
+    start += len("apps/")
+    app, rest = _take_id(path, start)
+    if app is None:
+        return None
+    if not rest.startswith("/sessions/"):
+        return Route(APP, app, None, len(path) - len(rest))
+    session, rest = _take_id(rest, len("/sessions/"))
+    if session is None:
+        return None
+    return Route(APP_SESSION, app, session, len(path) - len(rest))
+
+
+def _take_id(path: str, start: int) -> tuple[str | None, str]:
+    # One bounded search for the end of the id: a 10 KB segment or a path of
+    # thousands of slashes costs one scan, never a regex backtrack.
+    end = path.find("/", start)
+    if end == -1:
+        end = len(path)
+    candidate = path[start:end]
+    if len(candidate) > 128 or _ID.fullmatch(candidate) is None:
+        return None, ""
+    return candidate, path[end:]
+
+
+def raw_path_spells(raw_path: str, script_name: str, routing: str) -> bool:
+    """Whether the still-encoded ``raw_path`` spells ``routing`` literally.
+
+    ``routing`` is the part of ``PATH_INFO`` that names the listener, such as
+    ``/proxy/sessions/a``. It is made of unreserved characters only, so a raw
+    URI that reaches the same listener must spell it letter for letter,
+    followed by the end of the path or a ``/``: ``/proxy/sessions/a%2Fb/x``
+    decodes to a path under session ``a`` but does not spell it. Servers differ
+    on whether the raw URI includes ``SCRIPT_NAME`` (gunicorn and werkzeug's
+    server do, werkzeug's test client does not): each is accepted.
+    """
+    if script_name and raw_path.startswith(script_name + routing):
+        end = len(script_name) + len(routing)
+    elif raw_path.startswith(routing):
+        end = len(routing)
+    else:
+        # A SCRIPT_NAME with characters that the client had to escape.
+        start = raw_path.find(routing)
+        if start <= 0 or unquote(raw_path[:start], encoding="latin-1") != script_name:
+            return False
+        end = start + len(routing)
+    return end == len(raw_path) or raw_path[end] == "/"
