@@ -33,7 +33,10 @@ an iterator of ``str``/``bytes``               200, streamed
 ``(body, status, headers)``                    and headers applied
 =============================================  ==================================
 
-A raised werkzeug or webob ``HTTPException`` becomes the response.
+A raised werkzeug or webob ``HTTPException`` becomes the response, except
+:exc:`~werkzeug.exceptions.RequestEntityTooLarge` (the body was read past the
+middleware's ``max_content_length``), which becomes the middleware's own
+plain 413 answer.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ import typing as t
 from collections.abc import Iterator, Mapping
 
 from werkzeug.datastructures import Headers
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
+
+from .answers import answer_app
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -178,6 +183,8 @@ def _request_handler_app(
     def respond(request: Request) -> WSGIApplication:
         try:
             returned = handler(request)
+        except RequestEntityTooLarge:
+            return answer_app(413)
         except Exception as error:
             if not _is_webob_http_exception(error):
                 raise
@@ -193,6 +200,8 @@ def _webob_app(handler: t.Callable[[t.Any], object], request_class: type) -> WSG
     def respond(request: t.Any) -> WSGIApplication:
         try:
             returned = handler(request)
+        except RequestEntityTooLarge:
+            return answer_app(413)
         except HTTPException as error:
             returned = error.get_response(request.environ)
         return make_response(returned, request.environ)

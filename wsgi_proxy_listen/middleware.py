@@ -28,12 +28,12 @@ import logging
 import re
 import time
 import typing as t
-from http import HTTPStatus
 
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
 
 from . import routing
+from .answers import respond
 from .registry import Listener, Registry, default_registry
 
 if t.TYPE_CHECKING:
@@ -53,28 +53,6 @@ _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 )
-
-_MESSAGES = {
-    400: "This address is not valid for a listener.",
-    404: "No listener answers at this address.",
-    413: "The request body is too large.",
-    500: "The listener failed to answer.",
-    503: "The listener is not available yet. Try again later.",
-}
-
-
-def _answer(status: int) -> tuple[str, list[tuple[str, str]], bytes]:
-    phrase = HTTPStatus(status).phrase
-    body = f"{status} {phrase}: {_MESSAGES[status]}\n".encode()
-    headers = [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        ("X-Content-Type-Options", "nosniff"),
-    ]
-    return f"{status} {phrase}", headers, body
-
-
-_ANSWERS = {status: _answer(status) for status in _MESSAGES}
 
 
 class InvalidResponse(ValueError):
@@ -142,20 +120,20 @@ class ProxyMiddleware:
         if routing.has_dot_segment(path) or (
             raw_path is not None and routing.has_encoded_dot_segment(raw_path)
         ):
-            return _respond(start_response, 400)
+            return respond(start_response, 400)
         route = routing.parse(path, self._prefix)
         if route is None:
-            return _respond(start_response, 404)
+            return respond(start_response, 404)
         script_name: str = environ.get("SCRIPT_NAME", "")
         if raw_path is not None and not routing.raw_path_spells(
             raw_path, script_name, path[: route.split]
         ):
-            return _respond(start_response, 404)
+            return respond(start_response, 404)
         listener = self._find(route)
         if not isinstance(listener, Listener):
-            return _respond(start_response, listener)
+            return respond(start_response, listener)
         if self.max_content_length is not None and self._too_large(environ):
-            return _respond(start_response, 413)
+            return respond(start_response, 413)
 
         inner = environ.copy()
         inner["SCRIPT_NAME"] = script_name + path[: route.split]
@@ -193,17 +171,6 @@ class ProxyMiddleware:
 
     def __repr__(self) -> str:
         return f"<ProxyMiddleware app={self.app!r} registry={self.registry!r}>"
-
-
-def _respond(
-    start_response: StartResponse, status: int, exc_info: OptExcInfo | None = None
-) -> list[bytes]:
-    status_line, headers, body = _ANSWERS[status]
-    if exc_info is None:
-        start_response(status_line, list(headers))
-    else:
-        start_response(status_line, list(headers), exc_info)
-    return [body]
 
 
 class _Guard:
@@ -284,7 +251,7 @@ def _failed(
     if close is not None:
         close()
     if not guard.started:
-        return _respond(start_response, status)
+        return respond(start_response, status)
     # The server may have the listener's headers already: PEP 3333 says to
     # pass exc_info so that ours replace them, or the server raises if they
     # were sent.
@@ -293,6 +260,6 @@ def _failed(
             raise InvalidResponse("the listener's response was replaced by a 500")
         except InvalidResponse as replaced:
             error = replaced
-    return _respond(
+    return respond(
         start_response, status, (type(error), error, t.cast("TracebackType", error.__traceback__))
     )

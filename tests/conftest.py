@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import logging
+import typing as t
+from collections.abc import Callable, Iterable
+from wsgiref.validate import validator
+
+import pytest
+from werkzeug.middleware.lint import LintMiddleware
+from werkzeug.test import Client
+
+from wsgi_proxy_listen import ProxyMiddleware, Registry
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+class Host:
+    """A host WSGI app that records what reaches it."""
+
+    def __init__(self) -> None:
+        self.environs: list[WSGIEnvironment] = []
+        self.iterables: list[Iterable[bytes]] = []
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        self.environs.append(environ)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        iterable = [b"host"]
+        self.iterables.append(iterable)
+        return iterable
+
+
+class Recorder:
+    """A WSGI listener that records its environs and how often close() ran."""
+
+    def __init__(self, body: bytes = b"listener") -> None:
+        self.body = body
+        self.environs: list[WSGIEnvironment] = []
+        self.closed = 0
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        self.environs.append(environ)
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(self.body)))]
+        )
+        return ClosingList([self.body], self)
+
+
+class ClosingList(list[bytes]):
+    def __init__(self, items: list[bytes], owner: Recorder) -> None:
+        super().__init__(items)
+        self.owner = owner
+
+    def close(self) -> None:
+        self.owner.closed += 1
+
+
+class BufferedClient(Client):
+    """werkzeug's Client, buffering each response so that close() runs at once."""
+
+    def open(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
+def checked(app: WSGIApplication) -> WSGIApplication:
+    """Wrap a stack in wsgiref's validator and werkzeug's LintMiddleware."""
+    return validator(LintMiddleware(app))
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry()
+
+
+@pytest.fixture
+def host() -> Host:
+    return Host()
+
+
+@pytest.fixture
+def make_client(registry: Registry, host: Host) -> Callable[..., Client]:
+    def make(app: WSGIApplication | None = None, **options: t.Any) -> Client:
+        middleware = ProxyMiddleware(app or host, registry, **options)
+        return BufferedClient(checked(middleware))
+
+    return make
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Client]) -> Client:
+    return make_client()
+
+
+@pytest.fixture
+def errors(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
+    return caplog
