@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import io
 import logging
 import typing as t
 from collections.abc import Callable, Iterable
+from wsgiref.handlers import SimpleHandler
 from wsgiref.validate import validator
 
 import pytest
 from werkzeug.middleware.lint import LintMiddleware
-from werkzeug.test import Client
+from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
@@ -96,3 +98,40 @@ def client(make_client: Callable[..., Client]) -> Client:
 def errors(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
     return caplog
+
+
+class Served(t.NamedTuple):
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    wire: bytes
+    errors: str
+
+
+def serve(app: WSGIApplication, path: str = "/", **builder: t.Any) -> Served:
+    """Run ``app`` once under wsgiref's server handler and return what went on the wire.
+
+    wsgiref's handler is a real PEP 3333 server: it honours exc_info the way
+    servers do (replace unsent headers, re-raise sent ones), which werkzeug's
+    test client does not.
+    """
+    builder.setdefault("environ_base", {})
+    environ = EnvironBuilder(path, **builder).get_environ()
+    body = environ["wsgi.input"].read()
+    for key in [key for key in environ if key.startswith("wsgi.")]:
+        del environ[key]
+    stdout, stderr = io.BytesIO(), io.StringIO()
+    handler = SimpleHandler(io.BytesIO(body), stdout, stderr, environ, multithread=True)
+    handler.os_environ = {}
+    handler.run(app)
+    wire = stdout.getvalue()
+    head, _, payload = wire.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = [tuple(line.split(": ", 1)) for line in header_lines]
+    return Served(
+        int(status_line.split()[1]),
+        t.cast(list[tuple[str, str]], headers),
+        payload,
+        wire,
+        stderr.getvalue(),
+    )

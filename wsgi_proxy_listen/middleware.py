@@ -55,6 +55,24 @@ _HOP_BY_HOP = frozenset(
 )
 
 
+class _BodyLimit(LimitedStream):
+    """A body without a declared length, cut off past ``maximum`` bytes.
+
+    werkzeug's ``LimitedStream(is_max=True)`` stops quietly at the limit on
+    ``read()``, so a body one byte too long would arrive truncated. Reading
+    one byte beyond tells a body of exactly ``maximum`` bytes from a longer one.
+    """
+
+    def __init__(self, stream: t.IO[bytes], maximum: int) -> None:
+        super().__init__(stream, maximum + 1, is_max=True)
+
+    def readinto(self, buffer: bytearray) -> int | None:  # type: ignore[override]
+        count = super().readinto(buffer)
+        if self.is_exhausted:
+            raise RequestEntityTooLarge()
+        return count
+
+
 class InvalidResponse(ValueError):
     """A listener passed an invalid status line or header to ``start_response``."""
 
@@ -141,9 +159,7 @@ class ProxyMiddleware:
         if not self.forward_cookies:
             inner.pop("HTTP_COOKIE", None)
         if self.max_content_length is not None and inner.get("CONTENT_LENGTH", "") == "":
-            inner["wsgi.input"] = LimitedStream(
-                inner["wsgi.input"], self.max_content_length, is_max=True
-            )
+            inner["wsgi.input"] = _BodyLimit(inner["wsgi.input"], self.max_content_length)
         listener.last_request = time.monotonic()
         return _call(listener, inner, start_response)
 
