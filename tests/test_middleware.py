@@ -620,7 +620,7 @@ def test_file_wrapper_passes_through(registry: Registry) -> None:
         return t.cast(Iterable[bytes], environ["wsgi.file_wrapper"](io.BytesIO(b"file body")))
 
     registry.listen(app, session="a")
-    served = serve(ProxyMiddleware(Host(), registry), "/proxy/sessions/a")
+    served = serve(checked(ProxyMiddleware(Host(), registry)), "/proxy/sessions/a")
     assert served.status == 200
     assert served.body == b"file body"
 
@@ -632,7 +632,7 @@ def test_write_callable_passes_through(registry: Registry) -> None:
         return [b"returned"]
 
     registry.listen(app, session="a")
-    served = serve(ProxyMiddleware(Host(), registry), "/proxy/sessions/a")
+    served = serve(checked(ProxyMiddleware(Host(), registry)), "/proxy/sessions/a")
     assert served.body == b"written returned"
 
 
@@ -650,7 +650,7 @@ def test_exc_info_passes_through(registry: Registry) -> None:
         return [b"own error page"]
 
     registry.listen(app, session="a")
-    served = serve(ProxyMiddleware(Host(), registry), "/proxy/sessions/a")
+    served = serve(checked(ProxyMiddleware(Host(), registry)), "/proxy/sessions/a")
     assert served.status == 503
     assert served.body == b"own error page"
 
@@ -723,7 +723,7 @@ def test_bad_status_becomes_500(
 ) -> None:
     listener = BadListener(status=status)
     registry.listen(listener, session="a")
-    served = serve(ProxyMiddleware(Host(), registry), "/proxy/sessions/a")
+    served = serve(checked(ProxyMiddleware(Host(), registry)), "/proxy/sessions/a")
     assert served.status == 500
     assert b"SECRET-BODY" not in served.wire
     assert b"X-Injected" not in served.wire
@@ -738,7 +738,7 @@ def test_bad_headers_become_500(
 ) -> None:
     listener = BadListener(headers=headers)
     registry.listen(listener, session="a")
-    served = serve(ProxyMiddleware(Host(), registry), "/proxy/sessions/a")
+    served = serve(checked(ProxyMiddleware(Host(), registry)), "/proxy/sessions/a")
     assert served.status == 500
     assert b"SECRET-BODY" not in served.wire
     assert b"X-Injected" not in served.wire
@@ -824,7 +824,7 @@ def test_exception_after_start_response_goes_through_exc_info(
         raise RuntimeError("SECRET-DETAIL")
 
     registry.listen(app, session="a")
-    served = serve(ProxyMiddleware(Host(), registry), "/proxy/sessions/a")
+    served = serve(checked(ProxyMiddleware(Host(), registry)), "/proxy/sessions/a")
     assert served.status == 500
     assert ("Content-Type", "text/plain; charset=utf-8") in served.headers
     assert b"X-Listener" not in served.wire
@@ -843,7 +843,7 @@ def test_exception_after_headers_were_sent_reaches_the_server(
         raise RuntimeError("SECRET-DETAIL")
 
     registry.listen(app, session="a")
-    served = serve(ProxyMiddleware(Host(), registry), "/proxy/sessions/a")
+    served = serve(checked(ProxyMiddleware(Host(), registry)), "/proxy/sessions/a")
     assert served.status == 200
     assert b"SECRET-DETAIL" not in served.wire
     assert "RuntimeError" in served.errors, "the server logged and aborted the response"
@@ -858,7 +858,7 @@ def test_start_response_twice_without_exc_info_gives_500(
         return [b"SECRET-BODY"]
 
     registry.listen(app, session="a")
-    served = serve(ProxyMiddleware(Host(), registry), "/proxy/sessions/a")
+    served = serve(checked(ProxyMiddleware(Host(), registry)), "/proxy/sessions/a")
     assert served.status == 500
     assert b"SECRET-BODY" not in served.wire
     assert "second time without exc_info" in errors.text
@@ -880,7 +880,7 @@ def test_swallowed_second_start_response_still_gives_500(
         return Body([b"SECRET-BODY"])
 
     registry.listen(app, session="a")
-    served = serve(ProxyMiddleware(Host(), registry), "/proxy/sessions/a")
+    served = serve(checked(ProxyMiddleware(Host(), registry)), "/proxy/sessions/a")
     assert served.status == 500
     assert b"SECRET-BODY" not in served.wire
     assert closed == [1]
