@@ -1157,3 +1157,12 @@ def test_request_entity_too_large_from_a_wsgi_listener(
 
     registry.listen(app, session="a")
     assert_plain_answer(make_client().get("/proxy/sessions/a"), 413)
+
+
+def test_chunked_transfer_encoding_wins_over_a_content_length(registry: Registry) -> None:
+    """With Transfer-Encoding: chunked the declared length means nothing: the read is limited."""
+    registry.listen(lambda request: str(len(request.get_data())), session="a")
+    environ = chunked_environ("/proxy/sessions/a", b"x" * 50)
+    environ["CONTENT_LENGTH"] = "5"
+    middleware = checked(ProxyMiddleware(Host(), registry, max_content_length=10))
+    assert_plain_answer(Response.from_app(middleware, environ, buffered=True), 413)

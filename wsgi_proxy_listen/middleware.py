@@ -30,7 +30,7 @@ import time
 import typing as t
 
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.wsgi import LimitedStream
+from werkzeug.wsgi import LimitedStream, get_content_length
 
 from . import routing
 from .answers import respond
@@ -150,7 +150,9 @@ class ProxyMiddleware:
         listener = self._find(route)
         if not isinstance(listener, Listener):
             return respond(start_response, listener)
-        if self.max_content_length is not None and self._too_large(environ):
+        limit = self.max_content_length
+        declared = get_content_length(environ) if limit is not None else None
+        if declared is not None and declared > t.cast(int, limit):
             return respond(start_response, 413)
 
         inner = environ.copy()
@@ -158,8 +160,8 @@ class ProxyMiddleware:
         inner["PATH_INFO"] = path[route.split :]
         if not self.forward_cookies:
             inner.pop("HTTP_COOKIE", None)
-        if self.max_content_length is not None and inner.get("CONTENT_LENGTH", "") == "":
-            inner["wsgi.input"] = _BodyLimit(inner["wsgi.input"], self.max_content_length)
+        if limit is not None and declared is None:
+            inner["wsgi.input"] = _BodyLimit(inner["wsgi.input"], limit)
         listener.last_request = time.monotonic()
         return _call(listener, inner, start_response)
 
@@ -180,10 +182,6 @@ class ProxyMiddleware:
         if declaration is None or declaration.start is None:
             return 404
         return registry.start_app(slug) or 503
-
-    def _too_large(self, environ: WSGIEnvironment) -> bool:
-        declared = environ.get("CONTENT_LENGTH", "")
-        return declared.isdigit() and int(declared) > t.cast(int, self.max_content_length)
 
     def __repr__(self) -> str:
         return f"<ProxyMiddleware app={self.app!r} registry={self.registry!r}>"
