@@ -31,7 +31,8 @@ import typing as t
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
-from .middleware import InvalidResponse, ProxyMiddleware
+from .exceptions import InvalidResponse
+from .middleware import ProxyMiddleware
 from .registry import App, Listener, Registry, default_registry
 
 __all__ = [

@@ -34,6 +34,7 @@ from werkzeug.wsgi import LimitedStream, get_content_length
 
 from . import routing
 from .answers import respond
+from .exceptions import InvalidResponse
 from .registry import Listener, Registry, default_registry
 
 if t.TYPE_CHECKING:
@@ -71,10 +72,6 @@ class _BodyLimit(LimitedStream):
         if self.is_exhausted:
             raise RequestEntityTooLarge()
         return count
-
-
-class InvalidResponse(ValueError):
-    """A listener passed an invalid status line or header to ``start_response``."""
 
 
 class ProxyMiddleware:
