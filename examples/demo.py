@@ -1,8 +1,14 @@
 """The demo host that ``make demo`` runs.
 
-A Flask host on http://127.0.0.1:8000 wrapped in ProxyMiddleware, with two
-listeners registered: the CSV export of SPEC §1 (a request handler) and a
-small WSGI app.
+A Flask host on http://127.0.0.1:8000 set up with the ``ProxyListen``
+extension. Its index page lists the live listeners and has a form to start
+and stop sessions; each session serves a small HTML page whose stylesheet,
+link and ``fetch()`` are all relative, so they stay under the session's
+prefix. Two more listeners are registered at start-up: the CSV export of the
+docs (a request handler) and a plain WSGI app.
+
+The start/stop form has no CSRF protection: the demo listens on 127.0.0.1
+only. A real host protects such a form like any other.
 """
 
 from __future__ import annotations
@@ -11,21 +17,83 @@ import argparse
 import typing as t
 from collections.abc import Iterable
 
-from flask import Flask
+from flask import Flask, redirect, render_template_string, request
+from werkzeug.exceptions import BadRequest
+from werkzeug.routing import Map, Rule
 from werkzeug.serving import run_simple
+from werkzeug.utils import redirect as redirect_to
 from werkzeug.wrappers import Request, Response
 
-from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry
+from examples.data_export import export
+from wsgi_proxy_listen import Listener, Registry
+from wsgi_proxy_listen.flask import ProxyListen
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Session {session}</title>
+<link rel="stylesheet" href="static/style.css"></head>
+<body><h1>Session {session}</h1>
+<p><a id="details" href="details">Details</a></p>
+<p id="result">loading…</p>
+<script>
+fetch("api/data").then((r) => r.json()).then((data) => {{
+  document.getElementById("result").textContent = data.message;
+}});
+</script></body></html>
+"""
 
-def export(request: Request) -> Response | str:
-    """The data-export listener of SPEC §1."""
-    if request.path == "/export/data":
-        return Response("a,b\n1,2\n", content_type="text/csv")
-    return "use /export/data to get the report"
+DETAILS = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Details</title>
+<link rel="stylesheet" href="static/style.css"></head>
+<body><h1 id="title">Details of session {session}</h1><p><a href="./">back</a></p></body></html>
+"""
+
+STYLE = "body { background-color: rgb(240, 248, 255); }\n#result { color: rgb(0, 128, 0); }\n"
+
+INDEX = """<!doctype html>
+<html><head><meta charset="utf-8"><title>wsgi_proxy_listen demo</title></head>
+<body><h1>wsgi_proxy_listen demo</h1>
+<ul id="listeners">
+{% for listener in listeners %}
+  <li><a href="{{ listener.url('/', environ) }}">{{ listener.session }}</a></li>
+{% endfor %}
+</ul>
+<form method="post" action="{{ url_for('sessions') }}">
+  <input name="session" placeholder="session id" required pattern="[A-Za-z0-9_-]{1,128}">
+  <button name="action" value="start">Start</button>
+  <button name="action" value="stop">Stop</button>
+</form></body></html>
+"""
+
+
+class SessionPage:
+    """The listener a started session registers: a page and what it loads."""
+
+    def __init__(self, session: str) -> None:
+        self.session = session
+        self.url_map = Map(
+            [
+                Rule("/", endpoint="page"),
+                Rule("/details", endpoint="details"),
+                Rule("/static/style.css", endpoint="style"),
+                Rule("/api/data", endpoint="data"),
+            ]
+        )
+
+    def __call__(self, request: Request) -> Response | dict[str, str]:
+        if request.environ["PATH_INFO"] == "":
+            # Relative links need the trailing slash; the middleware never redirects.
+            return redirect_to(request.script_root + "/")
+        endpoint, _ = self.url_map.bind_to_environ(request.environ).match()
+        if endpoint == "page":
+            return Response(PAGE.format(session=self.session), content_type="text/html")
+        if endpoint == "details":
+            return Response(DETAILS.format(session=self.session), content_type="text/html")
+        if endpoint == "style":
+            return Response(STYLE, content_type="text/css")
+        return {"message": f"hello from session {self.session}"}
 
 
 def clock(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -40,15 +108,28 @@ def clock(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
 
 
 def create_app(registry: Registry | None = None) -> tuple[Flask, list[Listener]]:
-    """The host app and the listeners registered on it."""
+    """The host app and the listeners registered at start-up."""
     registry = registry or Registry()
     app = Flask(__name__)
+    ProxyListen(app, registry=registry)
 
-    @app.route("/")
+    @app.get("/")
     def index() -> str:
-        return "demo host: try the /proxy/sessions/... links printed on the console\n"
+        listeners = sorted(registry, key=lambda listener: listener.session)
+        return render_template_string(INDEX, listeners=listeners, environ=request.environ)
 
-    app.wsgi_app = ProxyMiddleware(app.wsgi_app, registry)  # type: ignore[method-assign]
+    @app.post("/sessions")
+    def sessions() -> Response:
+        session = request.form.get("session", "")
+        if request.form.get("action") == "stop":
+            registry.close_session(session)
+        else:
+            try:
+                registry.listen(SessionPage, session=session, options={"session": session})
+            except ValueError:
+                raise BadRequest() from None
+        return redirect(request.script_root + "/", code=303)
+
     listeners = [
         registry.listen(export, session="report-1"),
         registry.listen(clock, session="clock"),
@@ -63,6 +144,8 @@ def curl_lines(base: str, listeners: list[Listener]) -> list[str]:
         f"curl {base}/",
         f"curl {base}{export_listener.url('/export/data')}",
         f"curl {base}{clock_listener.url('/any/path')}",
+        f"curl -X POST -d session=nb1 -d action=start {base}/sessions",
+        f"curl {base}/proxy/sessions/nb1/api/data",
     ]
 
 
@@ -73,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     app, listeners = create_app()
     base = f"http://{options.host}:{options.port}"
-    print("Try:")
+    print(f"Open {base}/ in a browser, or try:")
     for line in curl_lines(base, listeners):
         print(f"  {line}")
     run_simple(options.host, options.port, app, threaded=True)

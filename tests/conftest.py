@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import threading
 import typing as t
 from collections.abc import Callable, Iterable
 from wsgiref.handlers import SimpleHandler
@@ -9,6 +11,7 @@ from wsgiref.validate import validator
 
 import pytest
 from werkzeug.middleware.lint import LintMiddleware
+from werkzeug.serving import make_server
 from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
@@ -135,3 +138,17 @@ def serve(app: WSGIApplication, path: str = "/", **builder: t.Any) -> Served:
         wire,
         stderr.getvalue(),
     )
+
+
+@contextlib.contextmanager
+def running_server(app: WSGIApplication) -> t.Iterator[int]:
+    """Serve ``app`` with werkzeug's threaded server on 127.0.0.1; yield the port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.port
+    finally:
+        server.shutdown()
+        thread.join(5)
+        server.server_close()

@@ -1,40 +1,46 @@
-"""Django's WSGIHandler as a host and as a listener (SPEC §5.2), through real Django."""
+"""wsgi_proxy_listen.django with the real project in examples/django_host.
+
+Django's own test client bypasses WSGI middleware, so these drive the wrapped
+handler with werkzeug's Client and over a real server.
+"""
 
 from __future__ import annotations
 
+import http.client
+import os
 import typing as t
 
 import django
 import pytest
-from django.conf import settings
-from django.core.handlers.wsgi import WSGIHandler
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished
+from django.test import override_settings
 
-from wsgi_proxy_listen import ProxyMiddleware, Registry
+from wsgi_proxy_listen import ProxyMiddleware, Registry, default_registry
+from wsgi_proxy_listen.django import get_wsgi_application
 
-from .conftest import BufferedClient, checked
+from .conftest import BufferedClient, checked, running_server
 
-
-@pytest.fixture(scope="module")
-def django_handler() -> WSGIHandler:
-    if not settings.configured:
-        settings.configure(
-            DEBUG=False,
-            SECRET_KEY="tests-only",
-            ROOT_URLCONF="tests.django_urls",
-            ALLOWED_HOSTS=["localhost"],
-            MIDDLEWARE=[],
-            INSTALLED_APPS=[],
-            USE_TZ=True,
-        )
-        django.setup()
-    return WSGIHandler()
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_host.settings")
+django.setup()
 
 
-def test_django_host_keeps_request_finished(
-    django_handler: WSGIHandler, registry: Registry
-) -> None:
-    """Host requests pass through untouched, so Django's close() still fires request_finished."""
+@pytest.fixture
+def application() -> ProxyMiddleware:
+    return get_wsgi_application(registry=Registry())
+
+
+def test_example_wsgi_module_wraps_django() -> None:
+    from examples.django_host import wsgi
+
+    assert isinstance(wsgi.application, ProxyMiddleware)
+    assert wsgi.application.registry is default_registry
+    assert wsgi.application.max_content_length == 1024 * 1024
+    assert wsgi.application.forward_cookies is False
+
+
+def test_host_requests_keep_request_finished(application: ProxyMiddleware) -> None:
+    """Host responses pass through untouched, so Django's close() fires request_finished."""
     finished: list[object] = []
 
     def on_finished(**kwargs: t.Any) -> None:
@@ -42,19 +48,105 @@ def test_django_host_keeps_request_finished(
 
     request_finished.connect(on_finished)
     try:
-        client = BufferedClient(checked(ProxyMiddleware(django_handler, registry)))
-        response = client.get("/page/")
+        response = BufferedClient(checked(application)).get("/")
     finally:
         request_finished.disconnect(on_finished)
-    assert response.get_data() == b"django /page/ /page/"
+    assert response.get_data() == b"django host\n"
     assert len(finished) == 1
 
 
-def test_django_handler_as_listener(django_handler: WSGIHandler, registry: Registry) -> None:
-    """Django sees the prefix as its script name, so its request.path includes it."""
-    registry.listen(django_handler, session="dj")
-    client = BufferedClient(checked(ProxyMiddleware(django_handler, registry)))
-    response = client.get("/proxy/sessions/dj/page/")
-    assert response.status_code == 200
-    assert response.get_data() == b"django /page/ /proxy/sessions/dj/page/"
-    assert client.get("/proxy/sessions/dj/missing/").status_code == 404
+def test_view_starts_a_session_that_serves_through_the_middleware() -> None:
+    """The example's wsgi.py and its view share the default registry."""
+    from examples.django_host.wsgi import application
+
+    client = BufferedClient(checked(application))
+    created = client.post("/reports/r1/")
+    url = created.get_data().decode().strip()
+    assert url == "/proxy/sessions/r1/data.csv"
+    try:
+        response = client.get(url)
+        assert response.status_code == 200
+        assert response.get_data() == b"report,r1\n"
+        assert response.content_type == "text/csv"
+    finally:
+        default_registry.close_session("r1")
+    assert client.get(url).status_code == 404
+
+
+def test_settings_reach_the_middleware(application: ProxyMiddleware) -> None:
+    assert application.max_content_length == 1024 * 1024
+    assert application.forward_cookies is False
+    assert application.registry.prefix == "/proxy"
+
+
+def test_custom_prefix_setting() -> None:
+    registry = Registry()
+    with override_settings(WSGI_PROXY_LISTEN={"PREFIX": "/kino"}):
+        application = get_wsgi_application(registry=registry)
+    registry.listen(lambda request: "kino", session="a")
+    client = BufferedClient(checked(application))
+    assert client.get("/kino/sessions/a/").get_data() == b"kino"
+    assert client.get("/proxy/sessions/a/").status_code == 404
+
+
+def test_missing_setting_means_defaults() -> None:
+    with override_settings():
+        from django.conf import settings
+
+        del settings.WSGI_PROXY_LISTEN
+        application = get_wsgi_application(registry=Registry())
+    assert application.max_content_length is None
+    assert application.forward_cookies is True
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        pytest.param({"MAX_LENGTH": 1}, "unknown key\\(s\\) \\['MAX_LENGTH'\\]", id="unknown"),
+        pytest.param("/proxy", "must be a dict", id="not-a-dict"),
+        pytest.param({"PREFIX": "/a b"}, "invalid prefix", id="bad-prefix"),
+        pytest.param({"MAX_CONTENT_LENGTH": "1mb"}, "invalid max_content_length", id="bad-limit"),
+        pytest.param({"FORWARD_COOKIES": 0}, "forward_cookies must be", id="bad-cookies"),
+    ],
+)
+def test_bad_settings_raise_improperly_configured(config: object, message: str) -> None:
+    with (
+        override_settings(WSGI_PROXY_LISTEN=config),
+        pytest.raises(ImproperlyConfigured, match=message) as info,
+    ):
+        get_wsgi_application(registry=Registry())
+    assert "settings.WSGI_PROXY_LISTEN" in str(info.value)
+
+
+def test_django_handler_as_a_listener(application: ProxyMiddleware) -> None:
+    """A whole Django project can itself be a listener; it sees the prefix as SCRIPT_NAME."""
+    from django.core.handlers.wsgi import WSGIHandler
+
+    application.registry.listen(WSGIHandler(), session="dj")
+    client = BufferedClient(checked(application))
+    created = client.post("/proxy/sessions/dj/reports/inner/")
+    try:
+        assert created.get_data() == b"/proxy/sessions/dj/proxy/sessions/inner/data.csv\n"
+    finally:
+        default_registry.close_session("inner")
+    assert client.get("/proxy/sessions/dj/").get_data() == b"django host\n"
+
+
+def test_over_a_real_server(application: ProxyMiddleware) -> None:
+    application.registry.listen(lambda request: f"listener {request.path}", session="a")
+    with running_server(application) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            for path, status, body in [
+                ("/", 200, b"django host\n"),
+                ("/proxy/sessions/a/x", 200, b"listener /x"),
+                ("/proxy/sessions/a%2Fx", 404, b"404 Not Found"),
+                ("/nope/", 404, b""),
+            ]:
+                connection.request("GET", path)
+                response = connection.getresponse()
+                data = response.read()
+                assert response.status == status, path
+                assert data.startswith(body), path
+        finally:
+            connection.close()

@@ -21,6 +21,7 @@ if t.TYPE_CHECKING:
 __all__ = ["answer_app", "respond"]
 
 _MESSAGES = {
+    401: "Authentication is required.",
     400: "This address is not valid for a listener.",
     404: "No listener answers at this address.",
     413: "The request body is too large.",
@@ -37,6 +38,8 @@ def _answer(status: int) -> tuple[str, list[tuple[str, str]], bytes]:
         ("Content-Length", str(len(body))),
         ("X-Content-Type-Options", "nosniff"),
     ]
+    if status == 401:
+        headers.append(("WWW-Authenticate", "Bearer"))
     return f"{status} {phrase}", headers, body
 
 

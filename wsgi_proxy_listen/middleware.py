@@ -118,8 +118,8 @@ class ProxyMiddleware:
         self.registry = registry
         self.max_content_length = max_content_length
         self.forward_cookies = forward_cookies
-        self._prefix = registry.prefix
-        self._owned = (registry.prefix + "/sessions/", registry.prefix + "/apps/")
+        self._prefix = prefix = registry._use()
+        self._owned = (prefix + "/sessions/", prefix + "/apps/")
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "")

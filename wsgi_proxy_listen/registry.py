@@ -181,6 +181,7 @@ class Registry:
 
     def __init__(self, prefix: str = "/proxy") -> None:
         self._prefix = validate_prefix(prefix)
+        self._in_use = False
         self._lock = threading.Lock()
         self._listeners: dict[str, Listener] = {}
         self._apps: dict[str, App] = {}
@@ -192,8 +193,31 @@ class Registry:
 
     @property
     def prefix(self) -> str:
-        """The path under which listeners are reachable, such as ``/proxy``."""
+        """The path under which listeners are reachable, such as ``/proxy``.
+
+        It can be changed until a :class:`~wsgi_proxy_listen.ProxyMiddleware`
+        uses this registry (the framework integrations set it from their
+        configuration); after that, changing it raises :exc:`RuntimeError`.
+        """
         return self._prefix
+
+    @prefix.setter
+    def prefix(self, prefix: str) -> None:
+        prefix = validate_prefix(prefix)
+        with self._lock:
+            if self._in_use and prefix != self._prefix:
+                raise RuntimeError(
+                    f"cannot change the prefix of {self!r} to {prefix!r}: a ProxyMiddleware"
+                    " already routes with it; set the prefix before wrapping the app, or use"
+                    " a Registry(prefix=...) of its own"
+                )
+            self._prefix = prefix
+
+    def _use(self) -> str:
+        """Freeze the prefix for a middleware and return it."""
+        with self._lock:
+            self._in_use = True
+            return self._prefix
 
     # -- listeners ---------------------------------------------------------
 

@@ -1,0 +1,55 @@
+"""Building a ProxyMiddleware from a framework's settings dict.
+
+Shared by the Flask and Django integrations, so that
+``app.config["WSGI_PROXY_LISTEN"]`` and ``settings.WSGI_PROXY_LISTEN`` take the
+same keys and give the same errors.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Mapping
+
+from .middleware import ProxyMiddleware
+from .registry import Registry, default_registry
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+#: The keys of the settings dict, and the ProxyMiddleware option each sets.
+KEYS = {
+    "PREFIX": "prefix",
+    "MAX_CONTENT_LENGTH": "max_content_length",
+    "FORWARD_COOKIES": "forward_cookies",
+}
+
+
+def middleware_from_config(
+    app: WSGIApplication,
+    registry: Registry | None,
+    config: object,
+    where: str,
+    error: type[Exception] = ValueError,
+) -> ProxyMiddleware:
+    """Wrap ``app`` as ``config`` says; raise ``error`` naming ``where`` if it is wrong."""
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping):
+        raise error(f"{where} must be a dict with the keys {sorted(KEYS)}, not {config!r}")
+    unknown = sorted(set(config) - set(KEYS))
+    if unknown:
+        raise error(f"unknown key(s) {unknown} in {where}: the keys are {sorted(KEYS)}")
+    registry = default_registry if registry is None else registry
+    if not isinstance(registry, Registry):
+        raise TypeError(f"registry must be a Registry or None, not {registry!r}")
+    try:
+        if "PREFIX" in config:
+            registry.prefix = config["PREFIX"]
+        return ProxyMiddleware(
+            app,
+            registry,
+            max_content_length=config.get("MAX_CONTENT_LENGTH"),
+            forward_cookies=config.get("FORWARD_COOKIES", True),
+        )
+    except (TypeError, ValueError, RuntimeError) as problem:
+        raise error(f"{where}: {problem}") from problem

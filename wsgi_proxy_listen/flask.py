@@ -1,0 +1,87 @@
+"""
+Flask
+=====
+
+:class:`ProxyListen` plugs the middleware into a Flask app the way Flask
+extensions plug in: at once or with an app factory.
+
+.. code-block:: python
+
+    from flask import Flask
+    from wsgi_proxy_listen.flask import ProxyListen
+
+    proxy = ProxyListen()
+
+    def create_app():
+        app = Flask(__name__)
+        app.config["WSGI_PROXY_LISTEN"] = {"MAX_CONTENT_LENGTH": 10 * 1024 * 1024}
+        proxy.init_app(app)
+        return app
+
+``init_app`` wraps ``app.wsgi_app``, so ``app.test_client()`` and every server
+go through the middleware. ``app.config["WSGI_PROXY_LISTEN"]`` takes the keys
+``PREFIX``, ``MAX_CONTENT_LENGTH`` and ``FORWARD_COOKIES``, the same as
+Django's ``settings.WSGI_PROXY_LISTEN``.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ._config import middleware_from_config
+from .middleware import ProxyMiddleware
+from .registry import Registry, default_registry
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["ProxyListen"]
+
+EXTENSION = "wsgi_proxy_listen"
+
+
+class ProxyState(t.NamedTuple):
+    """What ``init_app`` keeps in ``app.extensions["wsgi_proxy_listen"]``."""
+
+    registry: Registry
+    middleware: ProxyMiddleware
+
+
+class ProxyListen:
+    """The Flask extension. It keeps no reference to an app, so one instance
+    serves several apps.
+
+    :param app: an app to set up at once; or call :meth:`init_app` later.
+    :param registry: where listeners live; ``None`` means
+        :data:`~wsgi_proxy_listen.default_registry`.
+    """
+
+    def __init__(self, app: Flask | None = None, *, registry: Registry | None = None) -> None:
+        if registry is not None and not isinstance(registry, Registry):
+            raise TypeError(f"registry must be a Registry or None, not {registry!r}")
+        self.registry = default_registry if registry is None else registry
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Wrap ``app.wsgi_app`` in a :class:`~wsgi_proxy_listen.ProxyMiddleware`.
+
+        :raises RuntimeError: the app was set up already.
+        :raises ValueError: ``app.config["WSGI_PROXY_LISTEN"]`` is wrong.
+        """
+        if EXTENSION in app.extensions:
+            raise RuntimeError(
+                f"a ProxyListen instance is already registered on the app {app.name!r}:"
+                " import and use that instance instead"
+            )
+        middleware = middleware_from_config(
+            app.wsgi_app,
+            self.registry,
+            app.config.get("WSGI_PROXY_LISTEN"),
+            'app.config["WSGI_PROXY_LISTEN"]',
+        )
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        app.extensions[EXTENSION] = ProxyState(self.registry, middleware)
+
+    def __repr__(self) -> str:
+        return f"<ProxyListen registry={self.registry!r}>"
