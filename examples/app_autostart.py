@@ -1,6 +1,6 @@
 """An app whose first request starts its session, as Livebook starts an app.
 
-Run it with ``python examples/app_autostart.py`` and open
+Run it with ``python -m examples.app_autostart`` and open
 http://127.0.0.1:8000/proxy/apps/dashboard/ : the first request starts a
 session, the next ones reach the same one.
 """

@@ -1,6 +1,6 @@
 """A listener that only answers callers with the right bearer token.
 
-Run it with ``REPORT_TOKEN=s3cret python examples/auth.py`` and try
+Run it with ``REPORT_TOKEN=s3cret python -m examples.auth`` and try
 ``curl -H "Authorization: Bearer s3cret" http://127.0.0.1:8000/proxy/sessions/secret-report/``
 """
 

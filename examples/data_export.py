@@ -1,6 +1,6 @@
 """A CSV export from a session: the first example of Kino.Proxy's documentation.
 
-Run it with ``python examples/data_export.py`` and open
+Run it with ``python -m examples.data_export`` and open
 http://127.0.0.1:8000/proxy/sessions/report-1/export/data
 """
 

@@ -1,7 +1,7 @@
 """A Flask host set up with the ``ProxyListen`` extension and an app factory.
 ``POST /reports/<id>`` starts a session that serves a CSV export.
 
-Run it with ``python examples/flask_host.py``, then
+Run it with ``python -m examples.flask_host``, then
 ``curl -X POST http://127.0.0.1:8000/reports/r1`` and open the link it prints.
 """
 

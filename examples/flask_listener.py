@@ -1,7 +1,7 @@
 """A whole Flask app registered as a listener: its ``url_for`` links carry the prefix,
 because the middleware moves it into ``SCRIPT_NAME``.
 
-Run it with ``python examples/flask_listener.py`` and open
+Run it with ``python -m examples.flask_listener`` and open
 http://127.0.0.1:8000/proxy/sessions/flask-nb/
 """
 

@@ -1,7 +1,7 @@
 """A class listener with options that routes several endpoints with werkzeug's routing,
 the counterpart of a ``Plug.Router`` listener in Kino.Proxy.
 
-Run it with ``python examples/router.py`` and open
+Run it with ``python -m examples.router`` and open
 http://127.0.0.1:8000/proxy/sessions/router/echo/hi
 """
 

@@ -1,6 +1,6 @@
 """A request handler written with webob: the annotation picks webob's Request.
 
-Run it with ``python examples/webob_handler.py`` and open
+Run it with ``python -m examples.webob_handler`` and open
 http://127.0.0.1:8000/proxy/sessions/greeter/?name=Ada
 """
 

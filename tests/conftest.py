@@ -152,3 +152,12 @@ def running_server(app: WSGIApplication) -> t.Iterator[int]:
         server.shutdown()
         thread.join(5)
         server.server_close()
+
+
+def pytest_terminal_summary(terminalreporter: t.Any) -> None:
+    """Say it loudly when the browser test could not run."""
+    for report in terminalreporter.stats.get("skipped", []):
+        if "BROWSER TEST SKIPPED" in str(report.longrepr):
+            terminalreporter.write_sep("!", "THE BROWSER TEST WAS SKIPPED", red=True, bold=True)
+            terminalreporter.write_line(str(report.longrepr[-1]), red=True)
+            break

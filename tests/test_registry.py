@@ -383,3 +383,19 @@ def test_start_app_runs_once_for_concurrent_callers(registry: Registry) -> None:
     assert calls == [1]
     assert len(results) == 16
     assert all(result is registry.get("started") for result in results)
+
+
+def test_prefix_can_change_until_a_middleware_uses_it() -> None:
+    from wsgi_proxy_listen import ProxyMiddleware
+
+    registry = Registry()
+    listener = registry.listen(hello, session="s1")
+    registry.prefix = "/kino"
+    assert listener.url() == "/kino/sessions/s1"
+    with pytest.raises(ValueError, match="invalid prefix 'kino'"):
+        registry.prefix = "kino"
+    ProxyMiddleware(lambda environ, start_response: [], registry)
+    registry.prefix = "/kino"  # the same value is fine
+    with pytest.raises(RuntimeError, match=r"cannot change the prefix .* to '/other'"):
+        registry.prefix = "/other"
+    assert registry.prefix == "/kino"
