@@ -161,3 +161,16 @@ def pytest_terminal_summary(terminalreporter: t.Any) -> None:
             terminalreporter.write_sep("!", "THE BROWSER TEST WAS SKIPPED", red=True, bold=True)
             terminalreporter.write_line(str(report.longrepr[-1]), red=True)
             break
+
+
+def assert_plain_answer(response: t.Any, status: int, *secrets: str) -> None:
+    """A middleware answer (SPEC §3): plain text, nosniff, a length, nothing echoed."""
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    body = response.get_data()
+    assert response.headers["Content-Length"] == str(len(body))
+    assert body.startswith(f"{status} ".encode())
+    for secret in secrets:
+        assert secret.encode() not in body
+    assert b"Traceback" not in body

@@ -25,11 +25,12 @@ that never echo the path, an id or a registered name.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import typing as t
 
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream, get_content_length
 
 from . import routing
@@ -84,7 +85,8 @@ class ProxyMiddleware:
         listener may receive: a larger declared ``Content-Length`` gets 413
         before the listener runs, and a body without one (chunked) raises
         :exc:`~werkzeug.exceptions.RequestEntityTooLarge` when read past it,
-        which becomes 413.
+        which becomes 413. With a limit, a listener's ``wsgi.input`` also
+        ends at the declared ``Content-Length``.
     :param forward_cookies: when false, the host's ``Cookie`` header is
         removed from the environ a listener sees.
     """
@@ -146,6 +148,8 @@ class ProxyMiddleware:
             return respond(start_response, 404)
         listener = self._find(route)
         if not isinstance(listener, Listener):
+            if listener == 404 and environ.get("wsgi.multiprocess"):
+                _warn_once_per_process()
             return respond(start_response, listener)
         limit = self.max_content_length
         declared = get_content_length(environ) if limit is not None else None
@@ -157,8 +161,15 @@ class ProxyMiddleware:
         inner["PATH_INFO"] = path[route.split :]
         if not self.forward_cookies:
             inner.pop("HTTP_COOKIE", None)
-        if limit is not None and declared is None:
-            inner["wsgi.input"] = _BodyLimit(inner["wsgi.input"], limit)
+        if limit is not None:
+            # With a limit, the body is bounded whatever the listener does: by the
+            # declared length (what follows on the connection is the next request),
+            # or, without one, by the limit itself.
+            stream = inner["wsgi.input"]
+            if declared is None:
+                inner["wsgi.input"] = _BodyLimit(stream, limit)
+            else:
+                inner["wsgi.input"] = LimitedStream(stream, declared)
         listener.last_request = time.monotonic()
         return _call(listener, inner, start_response)
 
@@ -182,6 +193,25 @@ class ProxyMiddleware:
 
     def __repr__(self) -> str:
         return f"<ProxyMiddleware app={self.app!r} registry={self.registry!r}>"
+
+
+_warned_in: int | None = None
+
+
+def _warn_once_per_process() -> None:
+    global _warned_in
+    pid = os.getpid()
+    if _warned_in == pid:
+        return
+    _warned_in = pid
+    logger.warning(
+        "a request under the proxy prefix found no listener in worker process %d."
+        " The server runs several worker processes, and listeners registered at run time"
+        " live only in the process that registered them. Register listeners at start-up"
+        " in every worker (an app factory, or gunicorn's post_fork hook), or route each"
+        " session to one worker. This warning is logged once per process.",
+        pid,
+    )
 
 
 class _Guard:
@@ -250,6 +280,8 @@ def _failed(
     status = 500
     if isinstance(error, RequestEntityTooLarge):
         status = 413
+    elif isinstance(error, ClientDisconnected):
+        status = 400
     elif error is not None:
         logger.error("listener of session %r raised", listener.session, exc_info=error)
     elif iterable is None:
