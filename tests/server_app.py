@@ -1,0 +1,185 @@
+"""The app that tests/test_servers.py and tests/test_load.py serve with real servers.
+
+Run in a subprocess by gunicorn (``tests.server_app:application``), waitress, or
+werkzeug's dev server (``python -m tests.server_app PORT``). The host app
+answers ``/host/...`` with facts the tests need (its pid, what was closed);
+the listeners cover the cases of the tests. With ``WSGI_PROXY_LISTEN_CHURN=1``
+the first request starts threads that listen, replace and close the
+``churn-*`` sessions for as long as the server runs (at most ten minutes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+import typing as t
+from collections.abc import Iterable, Iterator
+
+from werkzeug.wrappers import Request
+
+from wsgi_proxy_listen import ProxyMiddleware, Registry
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+registry = Registry()
+closed: dict[str, int] = {}
+_lock = threading.Lock()
+CHUNK = b"x" * 65536
+
+
+def count_close(name: str) -> None:
+    with _lock:
+        closed[name] = closed.get(name, 0) + 1
+
+
+def host(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    path = environ.get("PATH_INFO", "")
+    if path == "/host/pid":
+        body = str(os.getpid()).encode()
+    elif path == "/host/closed":
+        with _lock:
+            body = json.dumps(closed).encode()
+    else:
+        body = f"host {path}".encode("latin-1", "replace")
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def named(name: str) -> t.Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
+    def listener(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        body = json.dumps(
+            {
+                "listener": name,
+                "script_name": environ["SCRIPT_NAME"],
+                "path_info": environ["PATH_INFO"],
+            }
+        ).encode()
+        start_response(
+            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    return listener
+
+
+class Stream:
+    """``megabytes`` MB in 64 KB chunks, generated as they are sent; counts close()."""
+
+    def __init__(self, megabytes: int) -> None:
+        self.chunks = megabytes * 16
+
+    def __iter__(self) -> Iterator[bytes]:
+        for _ in range(self.chunks):
+            yield CHUNK
+
+    def close(self) -> None:
+        count_close("stream")
+
+
+def stream(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    megabytes = int(Request(environ).args.get("mb", "1"))
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Length", str(megabytes * 16 * len(CHUNK))),
+        ],
+    )
+    return Stream(megabytes)
+
+
+def upload(request: Request) -> dict[str, object]:
+    digest = hashlib.sha256()
+    size = 0
+    stream = request.stream
+    while chunk := stream.read(65536):
+        digest.update(chunk)
+        size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def sleep(request: Request) -> str:
+    time.sleep(float(request.args.get("seconds", "1")))
+    return "slept"
+
+
+def crlf(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    kind = environ["PATH_INFO"]
+    if kind == "/status":
+        start_response("200 OK\r\nX-Injected: status", [("Content-Type", "text/plain")])
+    elif kind == "/name":
+        start_response("200 OK", [("X-Injected: name\r\nX-A", "1")])
+    else:
+        start_response("200 OK", [("X-A", "1\r\nX-Injected: value")])
+    return [b"SECRET-BODY"]
+
+
+for name in ("a", "A", "other", "m"):
+    registry.listen(named(name), session=name, app="sales" if name == "m" else None)
+registry.register_app("multi", multi_session=True)
+registry.listen(named("x2"), session="x2", app="multi")
+registry.listen(stream, session="stream")
+registry.listen(upload, session="upload")
+registry.listen(sleep, session="sleep")
+registry.listen(crlf, session="crlf")
+
+STABLE = [f"stable-{i}" for i in range(8)]
+CHURNED = [f"churn-{i}" for i in range(8)]
+
+
+def generation_listener(session: str, generation: int) -> t.Callable[[Request], str]:
+    def listener(request: Request) -> str:
+        return f"{session}:{generation}"
+
+    return listener
+
+
+for session in STABLE:
+    registry.listen(generation_listener(session, 0), session=session)
+
+_churn_started = False
+
+
+def churn(offset: int) -> None:
+    """Listen, replace and close the churn-* sessions until the server stops."""
+    generation = 0
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        for session in CHURNED[offset::2]:
+            generation += 1
+            handle = registry.listen(generation_listener(session, generation), session=session)
+            if generation % 3 == 0:
+                handle.close()
+            elif generation % 7 == 0:
+                registry.close_session(session)
+        time.sleep(0.001)
+
+
+def start_churn_once() -> None:
+    global _churn_started
+    with _lock:
+        if _churn_started:
+            return
+        _churn_started = True
+    for offset in range(2):
+        threading.Thread(target=churn, args=(offset,), daemon=True).start()
+
+
+proxy = ProxyMiddleware(host, registry, max_content_length=64 * 1024 * 1024)
+
+
+def application(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    if os.environ.get("WSGI_PROXY_LISTEN_CHURN") == "1" and not _churn_started:
+        start_churn_once()
+    return proxy(environ, start_response)
+
+
+if __name__ == "__main__":
+    from werkzeug.serving import run_simple
+
+    run_simple("127.0.0.1", int(sys.argv[1]), application, threaded=True)

@@ -1,0 +1,292 @@
+"""The middleware under real servers: gunicorn (sync and gthread workers), waitress and
+werkzeug's dev server, each a subprocess on 127.0.0.1, spoken to over raw sockets so that
+no client library normalises the path.
+
+The servers disagree on what they hand the app (gunicorn keeps ``//``, waitress collapses
+leading slashes, werkzeug's server turns ``%FF`` into U+FFFD); the answers below are the
+same safe ones on each, and where a server's own behaviour makes them differ, the table says
+which and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import typing as t
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .test_bad_input import HOST, REQUESTS
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = ["gunicorn-sync", "gunicorn-gthread", "waitress", "werkzeug"]
+THREADED = ["gunicorn-gthread", "waitress", "werkzeug"]
+# Which environ style of the bad-input table each server matches.
+STYLE = {
+    "gunicorn-sync": "gunicorn",
+    "gunicorn-gthread": "gunicorn",
+    "waitress": "waitress",
+    "werkzeug": "gunicorn",
+}
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def command(server: str, port: int) -> list[str]:
+    bind = f"127.0.0.1:{port}"
+    app = "tests.server_app:application"
+    # --limit-request-line 0 lets the long-path cases reach the app: gunicorn's default
+    # refuses request lines over 4094 bytes with its own 414.
+    gunicorn = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", bind]
+    gunicorn += ["--limit-request-line", "0"]
+    if server == "gunicorn-sync":
+        return [*gunicorn, "-k", "sync", app]
+    if server == "gunicorn-gthread":
+        return [*gunicorn, "-k", "gthread", "--threads", "8", app]
+    if server == "waitress":
+        return [sys.executable, "-m", "waitress", f"--listen={bind}", "--threads=8", app]
+    return [sys.executable, "-m", "tests.server_app", str(port)]
+
+
+class Server(t.NamedTuple):
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def running(server: str, **env: str) -> Iterator[Server]:
+    """Start ``server`` on a free port, wait until it accepts, stop it afterwards."""
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            command(server, port),
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until_listening(process, port, log)
+            yield Server(server, port, process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def wait_until_listening(process: subprocess.Popen[bytes], port: int, log: t.IO[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                output = log.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"the server did not start: {output}") from None
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    with running(request.param) as started:
+        yield started
+
+
+class Answer(t.NamedTuple):
+    status: int
+    head: bytes
+    body: bytes
+
+
+def exchange(port: int, request: bytes, timeout: float = 30) -> Answer:
+    """Send raw bytes, read the whole answer (the request asks to close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(request)
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return Answer(status, head, body)
+
+
+def get(port: int, target: str, headers: str = "") -> Answer:
+    request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
+    return exchange(port, request.encode("latin-1"))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def closed_count(server: Server, name: str) -> int:
+    return int(json.loads(get(server.port, "/host/closed").body).get(name, 0))
+
+
+# -- the corpus on the wire ------------------------------------------------------------------
+
+WIRE_CASES = [case for case in REQUESTS if len(case[1]) < 4000]
+
+
+def wire_expectation(case: t.Any, server: str) -> tuple[int, str | None] | None:
+    _, raw, status, who = case
+    style = STYLE[server]
+    expected = status.get(style) if isinstance(status, dict) else (status, who)
+    if server == "werkzeug" and raw.startswith("//"):
+        # Python's http.server collapses leading slashes of the request line itself
+        # (gh-87389), so werkzeug's server sees and reports "/proxy/sessions/a/x".
+        return (200, "a")
+    return expected
+
+
+@pytest.mark.parametrize("case", WIRE_CASES, ids=[case[0] for case in WIRE_CASES])
+def test_corpus_on_the_wire(server: Server, case: t.Any) -> None:
+    expected = wire_expectation(case, server.name)
+    assert expected is not None
+    status, who = expected
+    answer = get(server.port, case[1])
+    assert answer.status == status, answer.head
+    if who is None:
+        assert b"text/plain; charset=utf-8" in answer.head
+        assert answer.body.split(b":")[0] in {b"400 Bad Request", b"404 Not Found"}
+    elif who == HOST:
+        assert answer.body.startswith(b"host ")
+    else:
+        assert json.loads(answer.body)["listener"] == who
+
+
+def test_long_paths_on_the_wire(server: Server) -> None:
+    """A 10 KB id and 10,000 slashes reach the middleware and get its 404 at once."""
+    for target in ["/proxy/sessions/" + "a" * 10_240 + "/x", "/proxy/sessions/" + "/" * 10_000]:
+        answer = get(server.port, target)
+        assert answer.status == 404, answer.head
+        assert answer.body.startswith(b"404 Not Found:")
+
+
+@pytest.mark.parametrize("kind", ["value", "name", "status"])
+def test_crlf_from_a_listener_never_reaches_the_wire(server: Server, kind: str) -> None:
+    answer = get(server.port, f"/proxy/sessions/crlf/{kind}")
+    assert answer.status == 500
+    assert b"X-Injected" not in answer.head + answer.body
+    assert b"SECRET-BODY" not in answer.body
+    assert b"Traceback" not in answer.body
+
+
+# -- big bodies -------------------------------------------------------------------------------
+
+
+def test_200_mb_streamed_response_with_bounded_memory(server: Server) -> None:
+    pid = int(get(server.port, "/host/pid").body)
+    before = rss_kib(pid)
+    peak = before
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                peak = max(peak, rss_kib(pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    received = 0
+    try:
+        request = (
+            b"GET /proxy/sessions/stream/?mb=200 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as connection:
+            connection.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += connection.recv(65536)
+            head, _, rest = head.partition(b"\r\n\r\n")
+            received = len(rest)
+            while chunk := connection.recv(1 << 20):
+                received += len(chunk)
+    finally:
+        stop.set()
+        sampler.join()
+    assert head.startswith(b"HTTP/1.1 200")
+    assert received == 200 * 1024 * 1024
+    growth_mib = (peak - before) / 1024
+    print(f"{server.name}: 200 MB streamed, worker RSS growth {growth_mib:.1f} MiB")
+    assert growth_mib < 50
+
+
+def test_50_mb_upload_arrives_whole(server: Server) -> None:
+    payload = os.urandom(1024 * 1024) * 50
+    head = (
+        "POST /proxy/sessions/upload/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    answer = exchange(server.port, head.encode() + payload, timeout=60)
+    assert answer.status == 200, answer.head
+    assert json.loads(answer.body) == {
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+
+
+def test_client_disconnect_mid_stream_closes_the_iterable(server: Server) -> None:
+    before = closed_count(server, "stream")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(b"GET /proxy/sessions/stream/?mb=500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = 0
+        while received < 1024 * 1024:
+            received += len(connection.recv(65536))
+        connection.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+        )
+    deadline = time.monotonic() + 60
+    while closed_count(server, "stream") == before:
+        assert time.monotonic() < deadline, "close() was not called after the client left"
+        time.sleep(0.1)
+    assert closed_count(server, "stream") == before + 1
+
+
+@pytest.mark.parametrize("name", THREADED)
+def test_a_sleeping_listener_blocks_nothing_else(name: str) -> None:
+    """Under a threaded server, while one listener sleeps, the host and other listeners answer."""
+    with running(name) as started:
+        sleeper_done = threading.Event()
+
+        def sleeper() -> None:
+            assert get(started.port, "/proxy/sessions/sleep/?seconds=5").body == b"slept"
+            sleeper_done.set()
+
+        thread = threading.Thread(target=sleeper)
+        thread.start()
+        time.sleep(0.3)
+        try:
+            assert get(started.port, "/").body == b"host /"
+            assert json.loads(get(started.port, "/proxy/sessions/a/").body)["listener"] == "a"
+            assert not sleeper_done.is_set(), "the fast requests finished while the listener slept"
+        finally:
+            thread.join(30)
+        assert sleeper_done.is_set()
