@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import typing as t
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,15 +60,23 @@ def command(server: str, port: int) -> list[str]:
         return [*gunicorn, "-k", "sync", app]
     if server == "gunicorn-gthread":
         return [*gunicorn, "-k", "gthread", "--threads", "8", app]
+    if server == "gunicorn-startup-example":
+        config = "examples/startup_listeners.py"
+        return [*gunicorn[:3], "-w", "2", "-b", bind, "-c", config, config_app(config)]
     if server == "waitress":
         return [sys.executable, "-m", "waitress", f"--listen={bind}", "--threads=8", app]
     return [sys.executable, "-m", "tests.server_app", str(port)]
+
+
+def config_app(config: str) -> str:
+    return config.removesuffix(".py").replace("/", ".") + ":application"
 
 
 class Server(t.NamedTuple):
     name: str
     port: int
     process: subprocess.Popen[bytes]
+    log: t.IO[bytes]
 
 
 @contextlib.contextmanager
@@ -84,7 +93,7 @@ def running(server: str, **env: str) -> Iterator[Server]:
         )
         try:
             wait_until_listening(process, port, log)
-            yield Server(server, port, process)
+            yield Server(server, port, process, log)
         finally:
             process.terminate()
             try:
@@ -290,3 +299,29 @@ def test_a_sleeping_listener_blocks_nothing_else(name: str) -> None:
         finally:
             thread.join(30)
         assert sleeper_done.is_set()
+
+
+def test_startup_listeners_exist_in_every_worker() -> None:
+    """The README recipe (examples/startup_listeners.py) under gunicorn -w 2: listeners
+    registered in post_fork answer in every worker; a run-time listener answers only in its
+    own worker, and each other worker that misses it logs the warning once."""
+    with running("gunicorn-startup-example") as started:
+        for _ in range(20):
+            answer = get(started.port, "/proxy/sessions/status/")
+            assert answer.status == 200
+            assert answer.body.startswith(b"status from worker ")
+        created = exchange(
+            started.port,
+            b"POST /start/rt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        assert created.status == 200
+        statuses = Counter(get(started.port, "/proxy/sessions/rt/").status for _ in range(40))
+        assert set(statuses) <= {200, 404}
+        assert statuses[200] > 0
+        started.process.terminate()
+        started.process.wait(10)
+        started.log.seek(0)
+        log = started.log.read().decode(errors="replace")
+    warnings = log.count("found no listener in worker process")
+    print(f"run-time listener under 2 workers: {dict(statuses)}, {warnings} warning(s) logged")
+    assert warnings == (1 if statuses[404] else 0)
