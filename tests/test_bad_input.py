@@ -560,3 +560,40 @@ def test_exceptions_around_start_response(when: str, errors: pytest.LogCaptureFi
         assert served.status == 500
         assert b"X-Listener" not in served.wire
         assert served.body.startswith(b"500 Internal Server Error")
+
+
+@pytest.mark.parametrize("cache_size", [0, 1024], ids=["cache-full", "cache-room"])
+def test_checks_hold_whatever_the_cache_holds(
+    cache_size: int, monkeypatch: pytest.MonkeyPatch, errors: pytest.LogCaptureFixture
+) -> None:
+    """The caches of valid status lines and names only speed things up: with no room left
+    in them, hop-by-hop headers are still dropped and bad ones still refused."""
+    from wsgi_proxy_listen import middleware
+
+    monkeypatch.setattr(middleware, "_CACHE_SIZE", cache_size)
+    monkeypatch.setattr(middleware, "_VALID_HEADERS", set())
+    monkeypatch.setattr(middleware, "_VALID_STATUSES", set())
+    registry = Registry()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/plain"),
+                ("X-Kept", "1"),
+                ("Connection", "hop"),
+                ("Proxy-X", "hop"),
+            ],
+        )
+        return [b"ok"]
+
+    registry.listen(app, session="a")
+    registry.listen(BadListener(headers=[("X-A", "a\r\nX-Injected: 1")]), session="bad")
+    proxy = checked(ProxyMiddleware(Host(), registry))
+    for _ in range(2):
+        served = serve(proxy, "/proxy/sessions/a")
+        assert served.status == 200
+        assert b"hop" not in served.wire
+        assert b"X-Kept: 1" in served.wire
+        assert_clean_500(serve(proxy, "/proxy/sessions/bad"))
+    assert len(middleware._VALID_HEADERS) == (0 if cache_size == 0 else 2)

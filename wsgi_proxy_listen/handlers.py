@@ -44,6 +44,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import types
 import typing as t
 from collections.abc import Iterator, Mapping
 
@@ -119,7 +120,39 @@ def _describe(handler: object, target: object) -> str:
     return f"{target!r} (an instance of {handler!r})"
 
 
+def _plain_function(target: object) -> tuple[types.FunctionType, int] | None:
+    """The Python function behind ``target`` and how many leading parameters it binds
+    (1 for a method's self), or None when ``target`` is not one."""
+    if isinstance(target, types.FunctionType):
+        return target, 0
+    if isinstance(target, types.MethodType) and isinstance(target.__func__, types.FunctionType):
+        return target.__func__, 1
+    call = getattr(type(target), "__call__", None)  # noqa: B004 - the function itself is wanted
+    if isinstance(call, types.FunctionType):
+        return call, 1
+    return None
+
+
+def _required_positional(target: object) -> int | None:
+    """Required positional parameters read off the code object, which is what
+    inspect.signature computes, at a fraction of its cost; None for anything that is
+    not a plain function or method without ``*args``."""
+    found = _plain_function(target)
+    if found is None:
+        return None
+    function, bound = found
+    code = function.__code__
+    if code.co_flags & inspect.CO_VARARGS:
+        return None
+    return code.co_argcount - len(function.__defaults__ or ()) - bound
+
+
 def _infer_kind(handler: object, target: t.Callable[..., object]) -> str:
+    required = _required_positional(target)
+    if required == 1:
+        return "request"
+    if required == 2:
+        return "wsgi"
     problem = ""
     try:
         # follow_wrapped=False: a decorator's own (*args, **kwargs) is what
@@ -148,6 +181,9 @@ def _infer_kind(handler: object, target: t.Callable[..., object]) -> str:
 
 
 def _annotated_request_class(target: t.Callable[..., object]) -> type | None:
+    found = _plain_function(target)
+    if found is not None and not set(found[0].__annotations__) - {"return"}:
+        return None
     try:
         hints = t.get_type_hints(target if inspect.isroutine(target) else type(target).__call__)
     except Exception:  # noqa: BLE001 - unresolvable annotations simply mean "no hint"

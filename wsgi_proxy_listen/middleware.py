@@ -27,8 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 import typing as t
+from time import monotonic
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream, get_content_length
@@ -121,17 +121,40 @@ class ProxyMiddleware:
         self.max_content_length = max_content_length
         self.forward_cookies = forward_cookies
         self._prefix = prefix = registry._use()
-        self._owned = (prefix + "/sessions/", prefix + "/apps/")
+        self._base = prefix + "/"
+        self._sessions = prefix + "/sessions/"
+        self._sessions_length = len(self._sessions)
+        self._owned = (self._sessions, prefix + "/apps/")
+        self._local = registry._listeners.get
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "")
+        if not path.startswith(self._base):
+            return self.app(environ, start_response)
+        # The common case, a session route to a listener of this process, costs a few
+        # string operations and one dict read; anything else takes the checked path.
+        if path.startswith(self._sessions) and "/." not in path:
+            start = self._sessions_length
+            end = path.find("/", start)
+            if end == -1:
+                end = len(path)
+            listener = self._local(path[start:end])
+            if listener is not None:
+                raw: str | None = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+                if raw is None or (
+                    raw.startswith(path[:end])
+                    and (len(raw) == end or raw[end] in "/?")
+                    and "%2" not in raw
+                ):
+                    return self._dispatch(listener, environ, start_response, path, end)
         if not path.startswith(self._owned):
             return self.app(environ, start_response)
-        return self._proxy(environ, start_response, path)
+        return self._checked(environ, start_response, path)
 
-    def _proxy(
+    def _checked(
         self, environ: WSGIEnvironment, start_response: StartResponse, path: str
     ) -> Iterable[bytes]:
+        """Every check, in the order SPEC §2 gives, with the answer for each failure."""
         raw_uri: str | None = environ.get("REQUEST_URI") or environ.get("RAW_URI")
         raw_path = routing.raw_uri_path(raw_uri) if raw_uri else None
         if routing.has_dot_segment(path) or (
@@ -141,9 +164,8 @@ class ProxyMiddleware:
         route = routing.parse(path, self._prefix)
         if route is None:
             return respond(start_response, 404)
-        script_name: str = environ.get("SCRIPT_NAME", "")
         if raw_path is not None and not routing.raw_path_spells(
-            raw_path, script_name, path[: route.split]
+            raw_path, environ.get("SCRIPT_NAME", ""), path[: route.split]
         ):
             return respond(start_response, 404)
         listener = self._find(route)
@@ -151,27 +173,37 @@ class ProxyMiddleware:
             if listener == 404 and environ.get("wsgi.multiprocess"):
                 _warn_once_per_process()
             return respond(start_response, listener)
-        limit = self.max_content_length
-        declared = get_content_length(environ) if limit is not None else None
-        if declared is not None and declared > t.cast(int, limit):
-            return respond(start_response, 413)
+        return self._dispatch(listener, environ, start_response, path, route.split)
 
+    def _dispatch(
+        self,
+        listener: Listener,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        path: str,
+        split: int,
+    ) -> Iterable[bytes]:
+        """Call the listener with a copy of the environ, its start_response checked."""
+        limit = self.max_content_length
         inner = environ.copy()
-        inner["SCRIPT_NAME"] = script_name + path[: route.split]
-        inner["PATH_INFO"] = path[route.split :]
+        if limit is not None:
+            declared = get_content_length(environ)
+            if declared is not None and declared > limit:
+                return respond(start_response, 413)
+            inner["wsgi.input"] = _bounded_input(environ["wsgi.input"], declared, limit)
+        inner["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + path[:split]
+        inner["PATH_INFO"] = path[split:]
         if not self.forward_cookies:
             inner.pop("HTTP_COOKIE", None)
-        if limit is not None:
-            # With a limit, the body is bounded whatever the listener does: by the
-            # declared length (what follows on the connection is the next request),
-            # or, without one, by the limit itself.
-            stream = inner["wsgi.input"]
-            if declared is None:
-                inner["wsgi.input"] = _BodyLimit(stream, limit)
-            else:
-                inner["wsgi.input"] = LimitedStream(stream, declared)
-        listener.last_request = time.monotonic()
-        return _call(listener, inner, start_response)
+        listener.last_request = monotonic()
+        guard = _Guard(start_response)
+        try:
+            iterable = listener.wsgi_app(inner, guard)
+        except Exception as error:  # noqa: BLE001 - any failure of a listener becomes a 500
+            return _failed(listener, guard, start_response, None, error)
+        if guard.invalid or iterable is None:
+            return _failed(listener, guard, start_response, iterable, None)
+        return iterable
 
     def _find(self, route: routing.Route) -> Listener | int:
         registry = self.registry
@@ -195,6 +227,15 @@ class ProxyMiddleware:
         return f"<ProxyMiddleware app={self.app!r} registry={self.registry!r}>"
 
 
+def _bounded_input(stream: t.IO[bytes], declared: int | None, limit: int) -> t.IO[bytes]:
+    # With a limit, the body is bounded whatever the listener does: by the declared
+    # length (what follows on the connection is the next request), or, without one,
+    # by the limit itself.
+    if declared is None:
+        return t.cast(t.IO[bytes], _BodyLimit(stream, limit))
+    return t.cast(t.IO[bytes], LimitedStream(stream, declared))
+
+
 _warned_in: int | None = None
 
 
@@ -212,6 +253,52 @@ def _warn_once_per_process() -> None:
         " session to one worker. This warning is logged once per process.",
         pid,
     )
+
+
+# Status lines and (name, value) pairs already found valid (hop-by-hop ones never
+# enter), so that a usual response costs one set read for its status and one
+# issuperset() for its headers. Emptied when full, so a listener that invents
+# values cannot grow them without bound.
+_VALID_STATUSES: set[str] = set()
+_VALID_HEADERS: set[tuple[str, str]] = set()
+_CACHE_SIZE = 4096
+
+
+def _remember(cache: set[t.Any], item: object) -> None:
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    if _CACHE_SIZE:
+        cache.add(item)
+
+
+def _check_status(status: object) -> bool:
+    if not isinstance(status, str) or _STATUS.fullmatch(status) is None:
+        return False
+    _remember(_VALID_STATUSES, status)
+    return True
+
+
+def _check_headers(headers: object) -> bool | None:
+    """Whether valid headers include hop-by-hop ones; None if any header is invalid."""
+    hop_by_hop = False
+    for header in t.cast("list[tuple[str, str]]", headers):
+        if header in _VALID_HEADERS:
+            continue
+        name, value = header
+        if not (isinstance(name, str) and isinstance(value, str)):
+            return None
+        if _HEADER_NAME.fullmatch(name) is None or _HEADER_VALUE.fullmatch(value) is None:
+            return None
+        if _is_hop_by_hop(name):
+            hop_by_hop = True
+        else:
+            _remember(_VALID_HEADERS, header)
+    return hop_by_hop
+
+
+def _is_hop_by_hop(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _HOP_BY_HOP or lowered.startswith("proxy-")
 
 
 class _Guard:
@@ -236,37 +323,21 @@ class _Guard:
                 "start_response was called a second time without exc_info (PEP 3333)"
             )
         try:
-            valid = _STATUS.fullmatch(status) is not None
-            kept = []
-            for name, value in headers:
-                if _HEADER_NAME.fullmatch(name) is None or _HEADER_VALUE.fullmatch(value) is None:
-                    valid = False
-                    break
-                lowered = name.lower()
-                if lowered not in _HOP_BY_HOP and not lowered.startswith("proxy-"):
-                    kept.append((name, value))
+            known = status in _VALID_STATUSES and _VALID_HEADERS.issuperset(headers)
+            if not known:
+                hop_by_hop = _check_headers(headers) if _check_status(status) else None
+                if hop_by_hop is None:
+                    self.invalid = True
+                elif hop_by_hop:
+                    headers = [header for header in headers if not _is_hop_by_hop(header[0])]
         except (TypeError, ValueError):
-            valid = False
-        if not valid:
             self.invalid = True
+        if self.invalid:
             raise InvalidResponse("the listener sent an invalid status line or header")
         self.started = True
         if exc_info is None:
-            return self.start_response(status, kept)
-        return self.start_response(status, kept, exc_info)
-
-
-def _call(
-    listener: Listener, environ: WSGIEnvironment, start_response: StartResponse
-) -> Iterable[bytes]:
-    guard = _Guard(start_response)
-    try:
-        iterable = listener.wsgi_app(environ, guard)
-    except Exception as error:  # noqa: BLE001 - any failure of a listener becomes a 500
-        return _failed(listener, guard, start_response, None, error)
-    if guard.invalid or iterable is None:
-        return _failed(listener, guard, start_response, iterable, None)
-    return iterable
+            return self.start_response(status, headers)
+        return self.start_response(status, headers, exc_info)
 
 
 def _failed(

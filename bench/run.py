@@ -1,0 +1,259 @@
+"""The benchmark suite: wsgi_proxy_listen against its peers, in one process and one run.
+
+    python -m bench.run            # the full run recorded in BENCHMARKS.md (a few minutes)
+    python -m bench.run --quick    # a smoke run, well under a minute
+
+Method: every case is a zero-argument callable that serves one request from a
+prepared environ (copied per request, as a server builds a new one) with a
+no-op ``start_response``, and iterates and closes the body. Cases are timed
+with :mod:`timeit` in interleaved rounds (round 1 of every case, then round 2
+of every case, ...) so that machine noise hits them all alike; each figure is
+the median over the rounds of the best-of-loop time per request. Overheads are
+the median minus the bare host app's median, ratios are taken between figures
+of the same run. Timings are never asserted anywhere: this shared machine is
+noisy, so the suite only checks that the runner works.
+
+pyperf is the usual tool, but it spreads a benchmark over worker processes;
+the budget compares cases side by side in one process, so this uses its
+method (interleaving, medians) with :mod:`timeit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import sys
+import timeit
+import tracemalloc
+import typing as t
+from collections.abc import Callable, Iterable
+from importlib.metadata import version
+
+import flask
+from paste.urlmap import URLMap
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.wrappers import Request, Response
+
+import wsgi_proxy_listen
+from wsgi_proxy_listen import ProxyMiddleware, Registry
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+SIZES = (1, 1_000, 100_000)
+HEADERS = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "2")]
+
+
+def host(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", HEADERS)
+    return [b"ok"]
+
+
+def wsgi_listener(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", HEADERS)
+    return [b"ok"]
+
+
+def request_handler(request: Request) -> Response:
+    return Response("ok")
+
+
+def start_response(
+    status: str, headers: list[tuple[str, str]], exc_info: object = None
+) -> Callable[[bytes], object]:
+    return _write
+
+
+def _write(data: bytes) -> None:
+    pass
+
+
+def server_environ(path: str) -> WSGIEnvironment:
+    """An environ like gunicorn's for ``GET path``."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "RAW_URI": path,
+        "REQUEST_URI": path,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_SOFTWARE": "gunicorn/22.0.0",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "54321",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_USER_AGENT": "bench/1.0",
+        "HTTP_ACCEPT": "*/*",
+        "HTTP_ACCEPT_ENCODING": "gzip, deflate",
+        "HTTP_CONNECTION": "keep-alive",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": _EmptyInput(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+
+
+class _EmptyInput:
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+
+def serve(app: WSGIApplication, environ: WSGIEnvironment) -> Callable[[], None]:
+    """One request: a fresh environ, the call, the body iterated and closed."""
+
+    def one() -> None:
+        body = app(environ.copy(), start_response)
+        for _ in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+    return one
+
+
+def registry_with(size: int, handler: object, **kwargs: t.Any) -> Registry:
+    registry = Registry()
+    for index in range(size - 1):
+        registry.listen(wsgi_listener, session=f"s{index}", kind="wsgi")
+    registry.listen(handler, session="target", **kwargs)
+    return registry
+
+
+def timing_cases(quick: bool) -> dict[str, Callable[[], None]]:
+    host_env = server_environ("/app/page/1")
+    hit_env = server_environ("/proxy/sessions/target/x")
+    miss_env = server_environ("/proxy/sessions/nope/x")
+    cases: dict[str, Callable[[], None]] = {"bare host app": serve(host, host_env)}
+    for size in (SIZES[:1] + SIZES[-1:]) if quick else SIZES:
+        wsgi = ProxyMiddleware(host, registry_with(size, wsgi_listener))
+        handler = ProxyMiddleware(host, registry_with(size, request_handler))
+        cases[f"ours: pass-through [{size}]"] = serve(wsgi, host_env)
+        cases[f"ours: WSGI listener [{size}]"] = serve(wsgi, hit_env)
+        cases[f"ours: request handler [{size}]"] = serve(handler, hit_env)
+        cases[f"ours: 404 miss [{size}]"] = serve(wsgi, miss_env)
+    dispatcher = DispatcherMiddleware(host, {"/proxy/sessions/target": wsgi_listener})
+    cases["DispatcherMiddleware: pass-through"] = serve(dispatcher, host_env)
+    cases["DispatcherMiddleware: hit"] = serve(dispatcher, hit_env)
+    urlmap = URLMap()
+    urlmap["/"] = host
+    urlmap["/proxy/sessions/target"] = wsgi_listener
+    cases["paste URLMap: hit"] = serve(urlmap, hit_env)
+    flask_app = flask.Flask("bench")
+    flask_app.add_url_rule("/proxy/sessions/target/x", "x", lambda: request_handler(flask.request))
+    cases["Flask route: request handler"] = serve(flask_app, hit_env)
+    return cases
+
+
+def measure(cases: dict[str, Callable[[], None]], rounds: int, budget: float) -> dict[str, float]:
+    """Median over interleaved rounds of the best time per call, in ns."""
+    loops = {}
+    for name, case in cases.items():
+        number, _ = timeit.Timer(case).autorange()
+        seconds = timeit.Timer(case).timeit(number)
+        loops[name] = max(1, int(number * budget / max(seconds, 1e-9) / 3))
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    gc.collect()
+    for _ in range(rounds):
+        for name, case in cases.items():
+            best = min(timeit.Timer(case).repeat(repeat=3, number=loops[name]))
+            samples[name].append(best / loops[name] * 1e9)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def listen_close_ns(size: int, rounds: int) -> float:
+    registry = registry_with(size, wsgi_listener)
+    timer = timeit.Timer(lambda: registry.listen(wsgi_listener, session="bench").close())
+    number = 20_000 if rounds > 3 else 2_000
+    return statistics.median(min(timer.repeat(3, number)) / number * 1e9 for _ in range(rounds))
+
+
+def memory_per_listener(size: int) -> float:
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    registry = Registry()
+    for index in range(size):
+        registry.listen(wsgi_listener, session=f"s{index}")
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert len(registry) == size
+    return grown / size
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
+    options = parser.parse_args(argv)
+    rounds, budget = (3, 0.01) if options.quick else (15, 0.1)
+    print(f"machine: {platform.machine()}, {platform.processor() or platform.platform()}")
+    print(
+        f"python {platform.python_version()}, wsgi_proxy_listen {wsgi_proxy_listen.__version__},"
+        f" werkzeug {version('werkzeug')}, flask {version('flask')}, paste {version('paste')}"
+    )
+    print(f"method: timeit, {rounds} interleaved rounds, median of best-of-3 per round\n")
+    results = measure(timing_cases(options.quick), rounds, budget)
+    bare = results["bare host app"]
+    print(f"{'case':44} {'ns/request':>11} {'above bare':>11}")
+    for name, value in results.items():
+        print(f"{name:44} {value:11.0f} {value - bare:11.0f}")
+
+    def above(name: str) -> float:
+        return results[name] - bare
+
+    sizes = (SIZES[:1] + SIZES[-1:]) if options.quick else SIZES
+    largest = sizes[-1]
+    rows = [
+        (
+            "pass-through overhead / DispatcherMiddleware's",
+            above("ours: pass-through [1]") / above("DispatcherMiddleware: pass-through"),
+            "<= 0.25",
+        ),
+        (
+            "WSGI listener dispatch / DispatcherMiddleware hit",
+            results["ours: WSGI listener [1]"] / results["DispatcherMiddleware: hit"],
+            "<= 1.0",
+        ),
+        (
+            f"WSGI listener dispatch, {largest:,} / 1 listeners",
+            results[f"ours: WSGI listener [{largest}]"] / results["ours: WSGI listener [1]"],
+            "<= 1.1",
+        ),
+        (
+            "paste URLMap hit / our WSGI listener dispatch",
+            results["paste URLMap: hit"] / results["ours: WSGI listener [1]"],
+            "(peer)",
+        ),
+        (
+            "request handler throughput / same handler as Flask route",
+            results["Flask route: request handler"] / results["ours: request handler [1]"],
+            ">= 2",
+        ),
+    ]
+    small, large = listen_close_ns(1, rounds), listen_close_ns(largest, rounds)
+    rows.append((f"listen()+close(), {largest:,} / 1 listeners", large / small, "<= 1.1"))
+    print(
+        f"\nlisten()+close(): {small:.0f} ns at 1 listener, {large:.0f} ns at {largest:,}"
+        " (budget: < 5000 ns)"
+    )
+    per_listener = memory_per_listener(10_000 if options.quick else 100_000)
+    print(f"registry memory per listener: {per_listener:.0f} bytes (budget: < 1024)\n")
+    print(f"{'ratio':58} {'value':>7}  budget")
+    for label, value, goal in rows:
+        print(f"{label:58} {value:7.2f}  {goal}")
+
+
+if __name__ == "__main__":
+    main()
