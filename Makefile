@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typing pytest clean
+.PHONY: test demo bench lint typing pytest clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ pytest: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
+
+# make bench: the full run recorded in BENCHMARKS.md; make bench QUICK=1: a smoke run.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick,--breakdown)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .tox

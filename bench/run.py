@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from importlib.metadata import version
 
 import flask
-from paste.urlmap import URLMap
+from paste.urlmap import URLMap  # type: ignore[import-untyped]
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.wrappers import Request, Response
 
@@ -156,6 +156,35 @@ def timing_cases(quick: bool) -> dict[str, Callable[[], None]]:
     return cases
 
 
+def breakdown_cases() -> dict[str, Callable[[], None]]:
+    """The pieces of a dispatch that SPEC requires and DispatcherMiddleware does not do."""
+    from wsgi_proxy_listen.middleware import _Guard
+
+    environ = server_environ("/proxy/sessions/target/x")
+
+    class CallableClass:
+        def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> None:
+            return None
+
+    def function(environ: WSGIEnvironment, start_response: StartResponse) -> None:
+        return None
+
+    instance = CallableClass()
+
+    def copy() -> None:
+        environ.copy()
+
+    def checked_start_response() -> None:
+        _Guard(start_response)("200 OK", HEADERS)
+
+    return {
+        "a plain function call": lambda: function(environ, start_response),
+        "a call of an instance with __call__": lambda: instance(environ, start_response),
+        "environ.copy() (the listener's copy)": copy,
+        "checked start_response (create + call)": checked_start_response,
+    }
+
+
 def measure(cases: dict[str, Callable[[], None]], rounds: int, budget: float) -> dict[str, float]:
     """Median over interleaved rounds of the best time per call, in ns."""
     loops = {}
@@ -196,6 +225,9 @@ def memory_per_listener(size: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time the pieces a dispatch is made of"
+    )
     options = parser.parse_args(argv)
     rounds, budget = (3, 0.01) if options.quick else (15, 0.1)
     print(f"machine: {platform.machine()}, {platform.processor() or platform.platform()}")
@@ -253,6 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'ratio':58} {'value':>7}  budget")
     for label, value, goal in rows:
         print(f"{label:58} {value:7.2f}  {goal}")
+    if options.breakdown:
+        print(f"\n{'piece':44} {'ns':>11}")
+        for name, value in measure(breakdown_cases(), rounds, budget).items():
+            print(f"{name:44} {value:11.0f}")
 
 
 if __name__ == "__main__":

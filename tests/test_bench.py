@@ -1,0 +1,39 @@
+"""The benchmark runner works (`make bench QUICK=1`). Timings are printed, never asserted:
+this machine is shared and noisy; BENCHMARKS.md records the figures of a full run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(180)
+def test_quick_benchmark_runs_and_prints_the_table() -> None:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "bench", "QUICK=1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout
+    print(output)
+    for line in [
+        "bare host app",
+        "ours: pass-through [1]",
+        "ours: WSGI listener [100000]",
+        "ours: request handler [1]",
+        "ours: 404 miss [1]",
+        "DispatcherMiddleware: hit",
+        "paste URLMap: hit",
+        "Flask route: request handler",
+        "listen()+close():",
+        "registry memory per listener:",
+        "WSGI listener dispatch / DispatcherMiddleware hit",
+    ]:
+        assert line in output, line
