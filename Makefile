@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typing pytest clean
+.PHONY: test demo bench bench-cluster lint typing pytest clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,webob]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,webob,cluster]'
 	touch $(STAMP)
 
 test: lint typing pytest
@@ -31,6 +31,10 @@ demo: $(STAMP)
 # make bench: the full run recorded in BENCHMARKS.md; make bench QUICK=1: a smoke run.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,--breakdown)
+
+# make bench-cluster: forwarded vs local requests through gunicorn -w 4 (needs redis-server).
+bench-cluster: $(STAMP)
+	$(BIN)/python -m bench.cluster
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .tox

@@ -155,12 +155,15 @@ def running_server(app: WSGIApplication) -> t.Iterator[int]:
 
 
 def pytest_terminal_summary(terminalreporter: t.Any) -> None:
-    """Say it loudly when the browser test could not run."""
-    for report in terminalreporter.stats.get("skipped", []):
-        if "BROWSER TEST SKIPPED" in str(report.longrepr):
-            terminalreporter.write_sep("!", "THE BROWSER TEST WAS SKIPPED", red=True, bold=True)
-            terminalreporter.write_line(str(report.longrepr[-1]), red=True)
-            break
+    """Say it loudly when the browser or cluster tests could not run."""
+    for marker in ("BROWSER TEST SKIPPED", "CLUSTER TESTS SKIPPED"):
+        for report in terminalreporter.stats.get("skipped", []):
+            if marker in str(report.longrepr):
+                terminalreporter.write_sep(
+                    "!", marker.replace("TEST", "THE TEST"), red=True, bold=True
+                )
+                terminalreporter.write_line(str(report.longrepr[-1]), red=True)
+                break
 
 
 def assert_plain_answer(response: t.Any, status: int, *secrets: str) -> None:

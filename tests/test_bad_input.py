@@ -259,10 +259,12 @@ def test_host_and_forwarded_headers_are_ignored(style: str) -> None:
     else:
         environ = server_environ("/proxy/sessions/a/x", style)
         environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()})
-        response = Response.from_app(checked(world.middleware), environ, buffered=True)
+        response = t.cast(
+            t.Any, Response.from_app(checked(world.middleware), environ, buffered=True)
+        )
     assert response.get_data() == b"listener a"
     assert world.called() == {"a"}
-    spoofed = EnvironBuilder("/", headers=headers).get_environ()
+    spoofed = EnvironBuilder("/", headers=list(headers.items())).get_environ()
     assert world.registry.get("a").url("/x", spoofed) == "/proxy/sessions/a/x"  # type: ignore[union-attr]
 
 

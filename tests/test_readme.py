@@ -27,8 +27,10 @@ def test_snippet_is_copied_from_an_example(snippet: str) -> None:
 
 
 def test_every_example_is_listed() -> None:
+    projects = ("examples/django_host/", "examples/cluster/")
     for name in EXAMPLES:
-        if name.endswith("__init__.py") or "/django_host/" in name:
+        if name.endswith("__init__.py") or name.startswith(projects):
             continue
         assert f"`{name}`" in README, name
-    assert "`examples/django_host/`" in README
+    for project in projects:
+        assert f"`{project}`" in README, project

@@ -141,9 +141,9 @@ def exchange(port: int, request: bytes, timeout: float = 30) -> Answer:
     return Answer(status, head, body)
 
 
-def get(port: int, target: str, headers: str = "") -> Answer:
+def get(port: int, target: str, headers: str = "", timeout: float = 30) -> Answer:
     request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
-    return exchange(port, request.encode("latin-1"))
+    return exchange(port, request.encode("latin-1"), timeout)
 
 
 def rss_kib(pid: int) -> int:

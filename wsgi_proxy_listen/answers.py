@@ -22,11 +22,13 @@ __all__ = ["answer_app", "respond"]
 
 _MESSAGES = {
     401: "Authentication is required.",
+    403: "This request is not allowed.",
     400: "This address is not valid for a listener.",
     404: "No listener answers at this address.",
     413: "The request body is too large.",
     500: "The listener failed to answer.",
     503: "The listener is not available yet. Try again later.",
+    504: "The listener did not answer in time.",
 }
 
 

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import typing as t
-from time import monotonic
+from time import monotonic, sleep
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream, get_content_length
@@ -36,7 +36,7 @@ from werkzeug.wsgi import LimitedStream, get_content_length
 from . import routing
 from .answers import respond
 from .exceptions import InvalidResponse
-from .registry import Listener, Registry, default_registry
+from .registry import Directory, Listener, Registry, default_registry
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable
@@ -48,6 +48,10 @@ if t.TYPE_CHECKING:
 __all__ = ["ProxyMiddleware"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
+
+#: Marks an environ that came over the hop between workers (CLUSTER.md): a miss
+#: there is a 404, never another hop.
+HOP_MARK = "wsgi_proxy_listen.hop"
 
 _STATUS = re.compile(r"[2-5][0-9][0-9] [\x20-\x7e\x80-\xff]+")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -78,6 +82,11 @@ class _BodyLimit(LimitedStream):
 class ProxyMiddleware:
     """Dispatch requests under the registry's prefix to listeners.
 
+    With a registry that has a directory (CLUSTER.md), a request for a listener
+    of another worker process or host is forwarded to it; the class is then
+    ``ClusterProxyMiddleware``, which also starts the directory's threads with
+    the first request the process serves.
+
     :param app: the host's WSGI app, which gets every other request.
     :param registry: where listeners are looked up; ``None`` means
         :data:`~wsgi_proxy_listen.default_registry`. The prefix comes from it.
@@ -90,6 +99,13 @@ class ProxyMiddleware:
     :param forward_cookies: when false, the host's ``Cookie`` header is
         removed from the environ a listener sees.
     """
+
+    def __new__(
+        cls, app: WSGIApplication, registry: Registry | None = None, **options: t.Any
+    ) -> t.Any:
+        if cls is ProxyMiddleware and isinstance(registry, Registry) and registry.directory:
+            cls = ClusterProxyMiddleware
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -126,6 +142,8 @@ class ProxyMiddleware:
         self._sessions_length = len(self._sessions)
         self._owned = (self._sessions, prefix + "/apps/")
         self._local = registry._listeners.get
+        if registry.directory is not None:
+            registry.directory.use_middleware(self)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "")
@@ -170,10 +188,18 @@ class ProxyMiddleware:
             return respond(start_response, 404)
         listener = self._find(route)
         if not isinstance(listener, Listener):
+            if listener == 404 and self.registry.directory is not None:
+                return self._elsewhere(route, environ, start_response)
             if listener == 404 and environ.get("wsgi.multiprocess"):
                 _warn_once_per_process()
             return respond(start_response, listener)
         return self._dispatch(listener, environ, start_response, path, route.split)
+
+    def _elsewhere(
+        self, route: routing.Route, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Overridden by ClusterProxyMiddleware: not found in this process is not found."""
+        return respond(start_response, 404)
 
     def _dispatch(
         self,
@@ -219,7 +245,8 @@ class ProxyMiddleware:
         listener = registry.current_listener(slug)
         if listener is not None:
             return listener
-        if declaration is None or declaration.start is None:
+        if declaration is None or declaration.start is None or registry.directory is not None:
+            # With a directory, the app may have a session elsewhere: look there first.
             return 404
         return registry.start_app(slug) or 503
 
@@ -234,6 +261,63 @@ def _bounded_input(stream: t.IO[bytes], declared: int | None, limit: int) -> t.I
     if declared is None:
         return t.cast(t.IO[bytes], _BodyLimit(stream, limit))
     return t.cast(t.IO[bytes], LimitedStream(stream, declared))
+
+
+class ClusterProxyMiddleware(ProxyMiddleware):
+    """A :class:`ProxyMiddleware` whose registry has a directory (CLUSTER.md)."""
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        directory = t.cast("Directory", self.registry.directory)
+        if not directory.serving:
+            directory.start_serving()
+        return super().__call__(environ, start_response)
+
+    def _elsewhere(
+        self, route: routing.Route, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        from .cluster.directory import DirectoryUnavailable
+
+        if environ.get(HOP_MARK):
+            return respond(start_response, 404)  # a hop never hops again
+        directory = t.cast("t.Any", self.registry.directory)
+        try:
+            if route.kind == routing.APP:
+                return self._app_elsewhere(route, environ, start_response)
+            session = t.cast(str, route.session)
+            owner = directory.locate(session)
+            if owner is None or (route.app is not None and owner.app != route.app):
+                return respond(start_response, 404)
+            return t.cast(
+                "Iterable[bytes]", directory.forward(owner, session, environ, start_response)
+            )
+        except DirectoryUnavailable:
+            return respond(start_response, 503)
+
+    def _app_elsewhere(
+        self, route: routing.Route, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        slug = t.cast(str, route.app)
+        directory = t.cast("t.Any", self.registry.directory)
+        found = directory.current_session(slug)
+        declaration = self.registry.get_app(slug)
+        if found is None and declaration is not None and declaration.start is not None:
+            if directory.start_lock(slug, declaration.start_timeout):
+                # This worker starts the app, once cluster-wide; its threads wait here.
+                listener = self.registry.start_app(slug)
+                if listener is None:
+                    return respond(start_response, 503)
+                path = environ["PATH_INFO"]
+                return self._dispatch(listener, environ, start_response, path, route.split)
+            deadline = monotonic() + declaration.start_timeout
+            while found is None and monotonic() < deadline:
+                sleep(0.05)
+                found = directory.current_session(slug)
+            if found is None:
+                return respond(start_response, 503)
+        if found is None:
+            return respond(start_response, 404)
+        session, owner = found
+        return t.cast("Iterable[bytes]", directory.forward(owner, session, environ, start_response))
 
 
 _warned_in: int | None = None

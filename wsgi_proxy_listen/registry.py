@@ -40,7 +40,7 @@ if t.TYPE_CHECKING:
 
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
-__all__ = ["App", "Listener", "Registry", "default_registry"]
+__all__ = ["App", "Directory", "Listener", "Registry", "default_registry"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
 
@@ -58,6 +58,32 @@ def _check_id(what: str, value: object) -> str:
             f"invalid {what} {value!r}: use 1 to 128 characters from A-Z, a-z, 0-9, '_' and '-'"
         )
     return t.cast(str, value)
+
+
+class Directory(t.Protocol):
+    """Where listeners are found beyond this process (SPEC §4's seam; CLUSTER.md).
+
+    :class:`~wsgi_proxy_listen.cluster.RedisDirectory` is the one implementation.
+    A registry without one is local only, with no extra cost.
+    """
+
+    def attach(self, registry: Registry) -> None:
+        """Called once by the registry that uses this directory."""
+
+    def listened(self, listener: Listener) -> None:
+        """Called after ``listener`` was registered in this process."""
+
+    def removed(self, listener: Listener) -> None:
+        """Called after ``listener`` was closed or replaced in this process."""
+
+    def use_middleware(self, app: WSGIApplication) -> None:
+        """Called by each middleware that routes with the registry."""
+
+    def start_serving(self) -> None:
+        """Called with the first request the process serves; idempotent."""
+
+    serving: bool
+    """Whether :meth:`start_serving` ran in this process."""
 
 
 class Listener:
@@ -177,10 +203,14 @@ class Registry:
     lock and cost O(1) whatever the number of listeners.
 
     :param prefix: the path under which listeners are reachable.
+    :param directory: where listeners of other worker processes and hosts are
+        found (:class:`~wsgi_proxy_listen.cluster.RedisDirectory`); ``None``
+        keeps the registry local to this process.
     """
 
-    def __init__(self, prefix: str = "/proxy") -> None:
+    def __init__(self, prefix: str = "/proxy", *, directory: Directory | None = None) -> None:
         self._prefix = validate_prefix(prefix)
+        self.directory = directory
         self._in_use = False
         self._lock = threading.Lock()
         self._listeners: dict[str, Listener] = {}
@@ -190,6 +220,8 @@ class Registry:
         # without iterating a dict that another thread may change.
         self._members: dict[str, dict[str, None]] = {}
         self._current: dict[str, str] = {}
+        if directory is not None:
+            directory.attach(self)
 
     @property
     def prefix(self) -> str:
@@ -265,6 +297,8 @@ class Registry:
             self._listeners[session] = listener
             if app is not None:
                 self._join(app, session)
+        if self.directory is not None:
+            self.directory.listened(listener)
         return listener
 
     def get(self, session: str) -> Listener | None:
@@ -276,20 +310,21 @@ class Registry:
 
         Returns whether there was one.
         """
-        with self._lock:
-            listener = self._listeners.pop(session, None)
-            if listener is None:
-                return False
-            if listener.app is not None:
-                self._leave(listener.app, session)
-            return True
+        while (listener := self._listeners.get(session)) is not None:
+            if self._remove(listener):
+                return True
+        return False
 
-    def _remove(self, listener: Listener) -> None:
+    def _remove(self, listener: Listener, *, tell_directory: bool = True) -> bool:
         with self._lock:
-            if self._listeners.get(listener.session) is listener:
-                del self._listeners[listener.session]
-                if listener.app is not None:
-                    self._leave(listener.app, listener.session)
+            if self._listeners.get(listener.session) is not listener:
+                return False
+            del self._listeners[listener.session]
+            if listener.app is not None:
+                self._leave(listener.app, listener.session)
+        if tell_directory and self.directory is not None:
+            self.directory.removed(listener)
+        return True
 
     @contextmanager
     def session(self, session: str, *, app: str | None = None) -> Iterator[None]:

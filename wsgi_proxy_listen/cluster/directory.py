@@ -1,0 +1,399 @@
+"""
+RedisDirectory
+==============
+
+Shares run-time listeners across worker processes and hosts through Redis, as
+``../shared/CLUSTER.md`` describes:
+
+- listeners registered before a process serves its first request exist in every
+  worker (each runs the same start-up code) and are never published;
+- listeners registered while it serves are *owned* by that worker and published
+  as ``session -> owner id, address, app`` with a lease, renewed by a heartbeat
+  every ``lease / 3`` seconds;
+- a request for a session this worker does not have is looked up in Redis and
+  forwarded to the owner's internal endpoint (:mod:`.hop`);
+- ``listen()`` for a session owned elsewhere takes it over; the old owner hears
+  it on a pub/sub channel and stops serving it;
+- threads and sockets start with the first request a process serves, never in a
+  server's master process, and again after a fork.
+
+Redis keys (``{namespace}`` defaults to ``wsgi-proxy-listen``):
+
+====================================  =====================================================
+``{namespace}:session:{id}``          ``"{owner id} {address} {app}"``, with the lease as TTL
+``{namespace}:app:{slug}``            sorted set of member sessions, scored by join time
+``{namespace}:start:{slug}``          the cluster-wide auto-start lock
+``{namespace}:takeover``              pub/sub channel: ``"{session} {new owner id}"``
+====================================  =====================================================
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+import time
+import typing as t
+import uuid
+
+import redis
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from .hop import Forwarder, InternalEndpoint
+
+if t.TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from ..registry import Listener, Registry
+
+__all__ = ["Owner", "RedisDirectory"]
+
+logger = logging.getLogger("wsgi_proxy_listen")
+
+# Delete or renew a key only while it still names this owner.
+_DELETE_IF = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+_RENEW_IF = (
+    "local v = redis.call('get', KEYS[1]) "
+    "if v == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end "
+    "if not v then redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 2 end "
+    "return -1"
+)
+
+
+class Owner(t.NamedTuple):
+    """Who serves a session, as Redis says."""
+
+    owner: str
+    address: str
+    app: str | None
+
+    @classmethod
+    def parse(cls, value: bytes | str | None) -> Owner | None:
+        if value is None:
+            return None
+        text = value.decode() if isinstance(value, bytes) else value
+        owner, address, app = [*text.split(" "), "", ""][:3]
+        return cls(owner, address, app or None)
+
+    def encode(self) -> str:
+        return f"{self.owner} {self.address} {self.app or ''}"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per hop: the receiving worker's server logs the request."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+class DirectoryUnavailable(ConnectionError):
+    """Redis cannot be reached: lookups for other workers' listeners answer 503."""
+
+
+class RedisDirectory:
+    """A shared directory of listeners in Redis, with HTTP hops between workers.
+
+    :param url: the Redis (or Valkey) server, such as ``redis://127.0.0.1:6379/0``.
+    :param secret: signs the hop between workers; required, non-empty, the same
+        in every worker and host.
+    :param advertise_host: the address other workers reach this one at (a LAN
+        address across hosts); the internal endpoint binds to it.
+    :param lease: seconds a registration outlives a silent owner.
+    :param read_timeout: seconds a hop waits for the owner's answer (then 504).
+    :param namespace: prefix of the Redis keys, to share one Redis between clusters.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: str | bytes,
+        advertise_host: str = "127.0.0.1",
+        lease: float = 10.0,
+        read_timeout: float = 60.0,
+        namespace: str = "wsgi-proxy-listen",
+    ) -> None:
+        if not secret:
+            raise ValueError(
+                "RedisDirectory needs a non-empty secret, the same in every worker:"
+                " it signs the requests between workers"
+            )
+        if not lease > 0:
+            raise ValueError(f"invalid lease {lease!r}: use a positive number of seconds")
+        if not read_timeout > 0:
+            raise ValueError(f"invalid read_timeout {read_timeout!r}: use a positive number")
+        self.url = url
+        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.advertise_host = advertise_host
+        self.lease = float(lease)
+        self.read_timeout = float(read_timeout)
+        self.namespace = namespace
+        self.serving = False
+        self.address = ""
+        self.owner = ""
+        self._registry: Registry | None = None
+        self._dispatch: WSGIApplication | None = None
+        self._published: dict[str, Listener] = {}
+        self._lock = threading.Lock()
+        self._outage = False
+        self._stop = threading.Event()
+        self._redis = redis.Redis.from_url(
+            url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=10
+        )
+        self._forwarder = Forwarder(self.secret, self.read_timeout)
+        os.register_at_fork(after_in_child=self._after_fork)
+        atexit.register(self.withdraw_all)
+
+    def __repr__(self) -> str:
+        return f"<RedisDirectory url={self.url!r} owner={self.owner!r} address={self.address!r}>"
+
+    # -- keys --------------------------------------------------------------------
+
+    def _session_key(self, session: str) -> str:
+        return f"{self.namespace}:session:{session}"
+
+    def _app_key(self, slug: str) -> str:
+        return f"{self.namespace}:app:{slug}"
+
+    @property
+    def _channel(self) -> str:
+        return f"{self.namespace}:takeover"
+
+    # -- the Directory seam --------------------------------------------------------
+
+    def attach(self, registry: Registry) -> None:
+        if self._registry is not None and self._registry is not registry:
+            raise RuntimeError(f"{self!r} is already used by {self._registry!r}")
+        self._registry = registry
+
+    def use_middleware(self, app: WSGIApplication) -> None:
+        """The middleware that the internal endpoint hands forwarded requests to."""
+        if self._dispatch is None:
+            self._dispatch = app
+
+    def listened(self, listener: Listener) -> None:
+        with self._lock:
+            self._published.pop(listener.session, None)
+            if not self.serving:
+                return
+            self._published[listener.session] = listener
+        self._publish(listener, announce=True)
+
+    def removed(self, listener: Listener) -> None:
+        with self._lock:
+            if self._published.get(listener.session) is not listener:
+                return
+            del self._published[listener.session]
+        value = Owner(self.owner, self.address, listener.app).encode()
+        try:
+            self._redis.eval(_DELETE_IF, 1, self._session_key(listener.session), value)
+            if listener.app is not None:
+                self._redis.zrem(self._app_key(listener.app), listener.session)
+        except redis.RedisError:
+            self._lost()
+
+    # -- serving -------------------------------------------------------------------
+
+    def start_serving(self) -> None:
+        """Start the internal endpoint, the heartbeat and the take-over listener.
+
+        Called by the middleware with the first request this process serves.
+        """
+        with self._lock:
+            if self.serving:
+                return
+            # werkzeug's threaded server (the standard library's ThreadingHTTPServer with
+            # WSGI glue) writes straight to the socket; waitress keeps a buffer of up
+            # to 16 MB per kept-alive connection, which a 100 MB stream fills.
+            endpoint = InternalEndpoint(self.secret, lambda: self._dispatch)
+            server = make_server(
+                self.advertise_host, 0, endpoint, threaded=True, request_handler=_QuietHandler
+            )
+            server.daemon_threads = True  # type: ignore[attr-defined]
+            self.address = f"{self.advertise_host}:{server.port}"
+            self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self._stop = threading.Event()
+            self._server = server
+            for target, name in (
+                (server.serve_forever, "internal endpoint"),
+                (self._heartbeat, "heartbeat"),
+                (self._listen_for_takeovers, "take-over listener"),
+            ):
+                threading.Thread(
+                    target=target, name=f"wsgi_proxy_listen {name}", daemon=True
+                ).start()
+            self.serving = True
+
+    def _after_fork(self) -> None:
+        # The threads and sockets of the parent do not exist in the child: start again
+        # with the child's first request. Listeners published by the parent stay its own.
+        self.serving = False
+        self._published = {}
+        self._lock = threading.Lock()
+        self._redis.connection_pool.reset()
+        self._forwarder = Forwarder(self.secret, self.read_timeout)
+
+    def withdraw_all(self) -> None:
+        """Delete this worker's entries (at exit)."""
+        self._stop.set()
+        with self._lock:
+            published = list(self._published.values())
+            self._published.clear()
+        for listener in published:
+            value = Owner(self.owner, self.address, listener.app).encode()
+            try:
+                self._redis.eval(_DELETE_IF, 1, self._session_key(listener.session), value)
+            except redis.RedisError:
+                return
+
+    # -- Redis writes ------------------------------------------------------------------
+
+    def _publish(self, listener: Listener, *, announce: bool) -> None:
+        value = Owner(self.owner, self.address, listener.app).encode()
+        key = self._session_key(listener.session)
+        try:
+            previous = Owner.parse(
+                t.cast("bytes | None", self._redis.set(key, value, px=self._lease_ms, get=True))
+            )
+            if listener.app is not None:
+                self._redis.zadd(self._app_key(listener.app), {listener.session: time.time()})
+            if previous is not None and previous.app not in (None, listener.app):
+                self._redis.zrem(self._app_key(previous.app), listener.session)
+            if announce and previous is not None and previous.owner != self.owner:
+                self._redis.publish(self._channel, f"{listener.session} {self.owner}")
+        except redis.RedisError:
+            self._lost()  # kept in _published: the heartbeat publishes it when Redis is back
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.lease * 1000)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            with self._lock:
+                published = list(self._published.values())
+            try:
+                for listener in published:
+                    value = Owner(self.owner, self.address, listener.app).encode()
+                    key = self._session_key(listener.session)
+                    renewed = self._redis.eval(_RENEW_IF, 1, key, value, self._lease_ms)
+                    if renewed == -1:
+                        self._taken_over(listener.session)
+                    elif renewed == 2 and listener.app is not None:
+                        self._redis.zadd(
+                            self._app_key(listener.app), {listener.session: time.time()}
+                        )
+                self._redis.ping()
+            except redis.RedisError:
+                self._lost()
+            else:
+                self._back()
+
+    def _listen_for_takeovers(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub.subscribe(self._channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    session, _, owner = message["data"].decode().partition(" ")
+                    if owner != self.owner:
+                        self._taken_over(session)
+            except redis.RedisError:
+                self._lost()
+                self._stop.wait(1.0)
+
+    def _taken_over(self, session: str) -> None:
+        with self._lock:
+            listener = self._published.pop(session, None)
+        if listener is not None and self._registry is not None:
+            self._registry._remove(listener, tell_directory=False)
+            logger.info("session %r was taken over by another worker", session)
+
+    def _lost(self) -> None:
+        if not self._outage:
+            self._outage = True
+            logger.error(
+                "Redis at %s cannot be reached: listeners of this worker keep working,"
+                " requests for other workers' listeners get 503 until it is back",
+                self.url,
+            )
+
+    def _back(self) -> None:
+        if self._outage:
+            self._outage = False
+            logger.warning("Redis at %s is reachable again", self.url)
+
+    # -- lookups ---------------------------------------------------------------------
+
+    def locate(self, session: str) -> Owner | None:
+        """The owner of ``session`` in Redis, or None.
+
+        :raises DirectoryUnavailable: Redis cannot be reached.
+        """
+        try:
+            return Owner.parse(self._redis.get(self._session_key(session)))
+        except redis.RedisError:
+            self._lost()
+            raise DirectoryUnavailable(self.url) from None
+
+    def current_session(self, slug: str) -> tuple[str, Owner] | None:
+        """The newest member of app ``slug`` that still has an owner.
+
+        :raises DirectoryUnavailable: Redis cannot be reached.
+        """
+        key = self._app_key(slug)
+        try:
+            found = t.cast("list[bytes]", self._redis.zrevrange(key, 0, 15))
+            members = [member.decode() for member in found]
+            if not members:
+                return None
+            owners = self._redis.mget([self._session_key(m) for m in members])
+            stale: list[str] = []
+            for member, value in zip(members, owners, strict=True):
+                owner = Owner.parse(value)
+                if owner is not None and owner.app == slug:
+                    if stale:
+                        self._redis.zrem(key, *stale)
+                    return member, owner
+                stale.append(member)
+            self._redis.zrem(key, *stale)
+            return None
+        except redis.RedisError:
+            self._lost()
+            raise DirectoryUnavailable(self.url) from None
+
+    def start_lock(self, slug: str, timeout: float) -> bool:
+        """Take the cluster-wide auto-start lock of ``slug`` for ``timeout`` seconds."""
+        try:
+            key = f"{self.namespace}:start:{slug}"
+            return bool(self._redis.set(key, self.owner, nx=True, px=int(timeout * 1000)))
+        except redis.RedisError:
+            self._lost()
+            raise DirectoryUnavailable(self.url) from None
+
+    def forward(
+        self,
+        owner: Owner,
+        session: str,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        """Forward the request to ``owner``; drop its entry if it is gone."""
+
+        def owner_gone() -> None:
+            logger.warning("the owner of session %r at %s is gone", session, owner.address)
+            try:
+                self._redis.eval(_DELETE_IF, 1, self._session_key(session), owner.encode())
+            except redis.RedisError:
+                self._lost()
+
+        return self._forwarder.forward(owner.address, environ, start_response, owner_gone)

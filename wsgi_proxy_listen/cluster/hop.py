@@ -1,0 +1,255 @@
+"""
+The hop between workers
+=======================
+
+A worker that receives a request for a listener owned by another worker
+forwards it over HTTP to the owner's *internal endpoint* and streams the answer
+back. The forwarded request carries the original request's ``SCRIPT_NAME``,
+``PATH_INFO``, raw URI, ``REMOTE_ADDR``, URL scheme and ``Host`` in a signed
+header, so that the owner dispatches it exactly as the receiving worker would
+have. Every hop request is signed with HMAC-SHA256 over the method, path,
+query, that header, a timestamp and a nonce; the endpoint refuses (403) a bad
+signature, a timestamp outside a 30 s window, or a nonce it has seen.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+import typing as t
+from collections.abc import Iterable, Iterator
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+
+from ..answers import respond
+from ..middleware import HOP_MARK
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+logger = logging.getLogger("wsgi_proxy_listen")
+
+HOP_PATH = "/wsgi-proxy-listen/hop"
+WINDOW = 30.0
+_CHUNK = 65536
+# Forwarded from the original request: everything the owner's dispatch reads.
+_ENVIRON_KEYS = (
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "REQUEST_URI",
+    "RAW_URI",
+    "REMOTE_ADDR",
+    "wsgi.url_scheme",
+    "HTTP_HOST",
+)
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
+)
+# Added by the owner's internal server, not by the listener.
+_SERVER_HEADERS = frozenset({"server", "date"})
+
+
+def _signature(secret: bytes, method: str, query: str, meta: str, stamp: str, nonce: str) -> str:
+    message = "\n".join((method, HOP_PATH, query, meta, stamp, nonce)).encode("latin-1")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def _is_hop_by_hop(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _HOP_BY_HOP or lowered.startswith("proxy-")
+
+
+class Forwarder:
+    """Sends a request to its owner's internal endpoint over pooled connections."""
+
+    def __init__(self, secret: bytes, read_timeout: float) -> None:
+        self.secret = secret
+        self.pool = urllib3.PoolManager(
+            num_pools=64,
+            maxsize=16,
+            block=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=1.0, read=read_timeout),
+        )
+
+    def forward(
+        self,
+        address: str,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        owner_gone: t.Callable[[], None],
+    ) -> Iterable[bytes]:
+        """Forward the request of ``environ`` to ``address``; 503 if the owner cannot be
+        reached (after calling ``owner_gone``), 504 if it does not answer in time."""
+        method: str = environ["REQUEST_METHOD"]
+        query: str = environ.get("QUERY_STRING", "")
+        meta = base64.b64encode(
+            json.dumps({key: environ[key] for key in _ENVIRON_KEYS if key in environ}).encode()
+        ).decode()
+        stamp, nonce = f"{time.time():.3f}", secrets.token_hex(16)
+        headers = {
+            _header_name(key): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_") and not _is_hop_by_hop(_header_name(key))
+        }
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        headers["X-Wsgi-Proxy-Listen-Environ"] = meta
+        headers["X-Wsgi-Proxy-Listen-Stamp"] = stamp
+        headers["X-Wsgi-Proxy-Listen-Nonce"] = nonce
+        headers["X-Wsgi-Proxy-Listen-Signature"] = _signature(
+            self.secret, method, query, meta, stamp, nonce
+        )
+        length = _content_length(environ)
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        body = _read_body(environ["wsgi.input"], length)
+        url = f"http://{address}{HOP_PATH}" + (f"?{query}" if query else "")
+        try:
+            response = self.pool.urlopen(
+                method,
+                url,
+                body=body,
+                headers=headers,
+                chunked=length is None,
+                preload_content=False,
+                redirect=False,
+                assert_same_host=False,
+            )
+        except (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError):
+            owner_gone()
+            return respond(start_response, 503)
+        except ReadTimeoutError:
+            logger.warning("the owner at %s did not answer in time", address)
+            return respond(start_response, 504)
+        except (ProtocolError, OSError):
+            # The owner closed the connection without an answer: it is going away.
+            owner_gone()
+            return respond(start_response, 503)
+        kept = [
+            (name, value)
+            for name, value in response.headers.items()
+            if not _is_hop_by_hop(name) and name.lower() not in _SERVER_HEADERS
+        ]
+        start_response(f"{response.status} {response.reason or 'Unknown'}", kept)
+        return _Relay(response)
+
+
+def _header_name(key: str) -> str:
+    return key[5:].replace("_", "-").title()
+
+
+def _content_length(environ: WSGIEnvironment) -> int | None:
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return None
+    try:
+        return max(0, int(environ.get("CONTENT_LENGTH") or "0"))
+    except ValueError:
+        return 0
+
+
+def _read_body(stream: t.IO[bytes], length: int | None) -> Iterator[bytes] | bytes:
+    if length == 0:
+        return b""
+
+    def chunks() -> Iterator[bytes]:
+        remaining = length
+        while remaining is None or remaining > 0:
+            chunk = stream.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
+            if not chunk:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
+
+    return chunks()
+
+
+class _Relay:
+    """The owner's answer, streamed through; the connection goes back to the pool
+    only when it was read to the end."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self.response = response
+        self.done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.response.stream(_CHUNK, decode_content=False)
+        self.done = True
+
+    def close(self) -> None:
+        if self.done:
+            self.response.release_conn()
+        else:
+            self.response.close()
+
+
+class InternalEndpoint:
+    """The WSGI app of the internal endpoint: verifies, rebuilds the environ, dispatches."""
+
+    def __init__(self, secret: bytes, dispatch: t.Callable[[], WSGIApplication | None]) -> None:
+        self.secret = secret
+        self.dispatch = dispatch
+        self._nonces: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != HOP_PATH or not self._verified(environ):
+            logger.warning("refused an unsigned or replayed request to the internal endpoint")
+            return respond(start_response, 403)
+        meta = json.loads(base64.b64decode(environ["HTTP_X_WSGI_PROXY_LISTEN_ENVIRON"]))
+        inner = {
+            key: value
+            for key, value in environ.items()
+            if not key.startswith("HTTP_X_WSGI_PROXY_LISTEN_")
+        }
+        for key in ("REQUEST_URI", "RAW_URI"):
+            inner.pop(key, None)
+        inner.update(meta)
+        inner[HOP_MARK] = True
+        app = self.dispatch()
+        if app is None:
+            return respond(start_response, 503)
+        return app(inner, start_response)
+
+    def _verified(self, environ: WSGIEnvironment) -> bool:
+        try:
+            meta = environ["HTTP_X_WSGI_PROXY_LISTEN_ENVIRON"]
+            stamp = environ["HTTP_X_WSGI_PROXY_LISTEN_STAMP"]
+            nonce = environ["HTTP_X_WSGI_PROXY_LISTEN_NONCE"]
+            given = environ["HTTP_X_WSGI_PROXY_LISTEN_SIGNATURE"]
+            sent = float(stamp)
+        except (KeyError, ValueError):
+            return False
+        expected = _signature(
+            self.secret,
+            environ["REQUEST_METHOD"],
+            environ.get("QUERY_STRING", ""),
+            meta,
+            stamp,
+            nonce,
+        )
+        now = time.time()
+        if not hmac.compare_digest(given.encode("latin-1"), expected.encode()):
+            return False
+        if abs(now - sent) > WINDOW:
+            return False
+        with self._lock:
+            if nonce in self._nonces:
+                return False
+            if len(self._nonces) > 10_000:
+                self._nonces = {n: s for n, s in self._nonces.items() if now - s <= WINDOW}
+            self._nonces[nonce] = sent
+        return True
