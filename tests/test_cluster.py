@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import os
 import shutil
 import signal
@@ -392,7 +393,7 @@ def test_unsigned_or_replayed_hop_requests_get_403(redis_server: RedisServer) ->
         client = redis.Redis.from_url(redis_server.url)
         value = t.cast(bytes, client.get("wsgi-proxy-listen:session:guarded")).decode()
         client.close()
-        address = value.split()[1]
+        owner_id, address = value.split()[:2]
         port = address.rsplit(":", 1)[1]
         unsigned = exchange(
             int(port),
@@ -403,7 +404,7 @@ def test_unsigned_or_replayed_hop_requests_get_403(redis_server: RedisServer) ->
 
         meta = "e30="  # {}
         stamp = f"{time.time():.3f}"
-        signature = _signature(SECRET.encode(), "GET", "", meta, stamp, "n1")
+        signature = _signature(SECRET.encode(), owner_id, "GET", "", meta, stamp, "n1")
         signed = (
             "GET /wsgi-proxy-listen/hop HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             f"X-Wsgi-Proxy-Listen-Environ: {meta}\r\nX-Wsgi-Proxy-Listen-Stamp: {stamp}\r\n"
@@ -415,7 +416,7 @@ def test_unsigned_or_replayed_hop_requests_get_403(redis_server: RedisServer) ->
         assert replayed.status == 403
         forged = exchange(int(port), signed.replace(b"n1\r\n", b"n2\r\n"))
         assert forged.status == 403
-        old = _signature(SECRET.encode(), "GET", "", meta, "1000.000", "n3")
+        old = _signature(SECRET.encode(), owner_id, "GET", "", meta, "1000.000", "n3")
         stale = (
             signed.decode()
             .replace(stamp, "1000.000")
@@ -504,3 +505,80 @@ def test_directory_rejects_wrong_settings() -> None:
         RedisDirectory("redis://127.0.0.1:1/0", secret="")
     with pytest.raises(ValueError, match="invalid lease"):
         RedisDirectory("redis://127.0.0.1:1/0", secret="s", lease=0)
+
+
+# -- in one process: two directories stand for two workers -------------------------------------
+
+
+@contextlib.contextmanager
+def worker(redis_url: str) -> Iterator[tuple[t.Any, t.Any, t.Any]]:
+    """A registry with a RedisDirectory and a client through its middleware, serving."""
+    from werkzeug.test import Client
+
+    from wsgi_proxy_listen import ProxyMiddleware, Registry
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    from .conftest import Host
+
+    directory = RedisDirectory(redis_url, secret=SECRET, lease=3)
+    registry = Registry(directory=directory)
+    client = Client(ProxyMiddleware(Host(), registry))
+    client.get("/", buffered=True)  # the first request starts the directory's threads
+    try:
+        yield directory, registry, client
+    finally:
+        directory.close()
+
+
+def text(answer: str) -> t.Callable[[t.Any], str]:
+    return lambda request: answer
+
+
+def test_a_late_take_over_notice_does_not_drop_a_newer_listener(redis_server: RedisServer) -> None:
+    """A owns s1, B takes it over, A takes it back at once: A's subscriber may hear B's
+    notice after that, and must not drop its newer listener (Redis names A again)."""
+    with worker(redis_server.url) as (a_dir, a_reg, _), worker(redis_server.url) as (_, b_reg, b):
+        for round_ in range(5):
+            a_reg.listen(text("a-old"), session="s1")
+            b_reg.listen(text("b"), session="s1")
+            newest = a_reg.listen(text(f"a-new-{round_}"), session="s1")
+            time.sleep(1.2)
+            assert a_reg.get("s1") is newest
+            assert b_reg.get("s1") is None
+            owner = redis_server_value(redis_server, "s1").split()[0]
+            assert owner == a_dir.owner
+            assert b.get("/proxy/sessions/s1/", buffered=True).data == f"a-new-{round_}".encode()
+
+
+def redis_server_value(redis_server: RedisServer, session: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        return t.cast(bytes, client.get(f"wsgi-proxy-listen:session:{session}")).decode()
+    finally:
+        client.close()
+
+
+def test_a_failed_cluster_auto_start_is_retried_by_the_next_request(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cluster-wide start lock is released when a start ends, so the next request
+    starts again instead of waiting for the lock to expire (SPEC §4)."""
+    caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
+    with worker(redis_server.url) as (_, registry, client):
+        attempts: list[int] = []
+
+        def start() -> None:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise RuntimeError("the first start fails")
+            registry.listen(text("started"), session="f1", app="flaky")
+
+        registry.register_app("flaky", start=start, start_timeout=20)
+        first = client.get("/proxy/apps/flaky/", buffered=True)
+        assert first.status_code == 503
+        second = client.get("/proxy/apps/flaky/", buffered=True)
+        assert (second.status_code, second.data) == (200, b"started")
+        assert attempts == [1, 1]
+        assert "start of app 'flaky' raised" in caplog.text

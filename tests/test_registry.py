@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextvars
+import sys
 import threading
 import time
 import typing as t
@@ -399,3 +400,30 @@ def test_prefix_can_change_until_a_middleware_uses_it() -> None:
     with pytest.raises(RuntimeError, match=r"cannot change the prefix .* to '/other'"):
         registry.prefix = "/other"
     assert registry.prefix == "/kino"
+
+
+def test_relisten_in_the_same_app_never_hides_the_app(registry: Registry) -> None:
+    """Lock-free readers of an app's current session never see it missing while its only
+    member is replaced by a listener for the same app."""
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    registry.listen(hello, session="s1", app="A")
+    stop = threading.Event()
+    misses: list[int] = []
+
+    def relisten() -> None:
+        while not stop.is_set():
+            registry.listen(hello, session="s1", app="A")
+
+    writer = threading.Thread(target=relisten)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if registry.current_listener("A") is None:
+                misses.append(1)
+    finally:
+        stop.set()
+        writer.join()
+        sys.setswitchinterval(old_interval)
+    assert misses == []

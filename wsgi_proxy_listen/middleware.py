@@ -53,9 +53,10 @@ logger = logging.getLogger("wsgi_proxy_listen")
 #: there is a 404, never another hop.
 HOP_MARK = "wsgi_proxy_listen.hop"
 
-_STATUS = re.compile(r"[2-5][0-9][0-9] [\x20-\x7e\x80-\xff]+")
+# Latin-1 without control characters: C0, DEL and C1 (\x80-\x9f) are refused.
+_STATUS = re.compile(r"[2-5][0-9][0-9] [\x20-\x7e\xa0-\xff]+")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 )
@@ -303,7 +304,13 @@ class ClusterProxyMiddleware(ProxyMiddleware):
         if found is None and declaration is not None and declaration.start is not None:
             if directory.start_lock(slug, declaration.start_timeout):
                 # This worker starts the app, once cluster-wide; its threads wait here.
-                listener = self.registry.start_app(slug)
+                try:
+                    listener = self.registry.start_app(slug)
+                finally:
+                    # A start still running past start_timeout keeps the lock, which
+                    # expires by itself; an ended one frees it for the next request.
+                    if not declaration.starting:
+                        directory.start_unlock(slug)
                 if listener is None:
                     return respond(start_response, 503)
                 path = environ["PATH_INFO"]

@@ -187,6 +187,11 @@ class App:
         self.start_timeout = start_timeout
         self._starting: threading.Event | None = None
 
+    @property
+    def starting(self) -> bool:
+        """Whether a start of this app is running."""
+        return self._starting is not None
+
     def __repr__(self) -> str:
         return (
             f"<App {self.slug!r} multi_session={self.multi_session!r}"
@@ -292,7 +297,10 @@ class Registry:
         listener = Listener(self, session, app, handler, wsgi_app)
         with self._lock:
             replaced = self._listeners.get(session)
-            if replaced is not None and replaced.app is not None:
+            # Lookups take no lock, so every intermediate state must be one they can
+            # read: leave an app the session quits before the new listener shows,
+            # and stay in an app it keeps (its _current entry never goes missing).
+            if replaced is not None and replaced.app is not None and replaced.app != app:
                 self._leave(replaced.app, session)
             self._listeners[session] = listener
             if app is not None:

@@ -178,12 +178,17 @@ class RedisDirectory:
             self._dispatch = app
 
     def listened(self, listener: Listener) -> None:
-        with self._lock:
-            self._published.pop(listener.session, None)
-            if not self.serving:
-                return
-            self._published[listener.session] = listener
+        if not self.serving:
+            with self._lock:
+                self._published.pop(listener.session, None)
+            return
+        # Redis first: a take-over notice handled in between then reads this worker's
+        # name in Redis, or finds only the listener this one replaced.
         self._publish(listener, announce=True)
+        with self._lock:
+            self._published[listener.session] = listener
+        if self._registry is not None and self._registry.get(listener.session) is not listener:
+            self.removed(listener)  # closed or replaced while it was being published
 
     def removed(self, listener: Listener) -> None:
         with self._lock:
@@ -211,13 +216,13 @@ class RedisDirectory:
             # werkzeug's threaded server (the standard library's ThreadingHTTPServer with
             # WSGI glue) writes straight to the socket; waitress keeps a buffer of up
             # to 16 MB per kept-alive connection, which a 100 MB stream fills.
-            endpoint = InternalEndpoint(self.secret, lambda: self._dispatch)
+            self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            endpoint = InternalEndpoint(self.secret, self.owner, lambda: self._dispatch)
             server = make_server(
                 self.advertise_host, 0, endpoint, threaded=True, request_handler=_QuietHandler
             )
             server.daemon_threads = True  # type: ignore[attr-defined]
             self.address = f"{self.advertise_host}:{server.port}"
-            self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self._stop = threading.Event()
             self._server = server
             for target, name in (
@@ -238,6 +243,15 @@ class RedisDirectory:
         self._lock = threading.Lock()
         self._redis.connection_pool.reset()
         self._forwarder = Forwarder(self.secret, self.read_timeout)
+
+    def close(self) -> None:
+        """Withdraw this worker's entries and stop the internal endpoint and threads."""
+        self.withdraw_all()
+        server = getattr(self, "_server", None)
+        if server is not None and self.serving:
+            server.shutdown()
+            server.server_close()
+        self.serving = False
 
     def withdraw_all(self) -> None:
         """Delete this worker's entries (at exit)."""
@@ -280,20 +294,28 @@ class RedisDirectory:
                 published = list(self._published.values())
             try:
                 for listener in published:
-                    value = Owner(self.owner, self.address, listener.app).encode()
-                    key = self._session_key(listener.session)
-                    renewed = self._redis.eval(_RENEW_IF, 1, key, value, self._lease_ms)
-                    if renewed == -1:
-                        self._taken_over(listener.session)
-                    elif renewed == 2 and listener.app is not None:
-                        self._redis.zadd(
-                            self._app_key(listener.app), {listener.session: time.time()}
-                        )
+                    self._renew(listener)
                 self._redis.ping()
             except redis.RedisError:
                 self._lost()
             else:
                 self._back()
+
+    def _renew(self, listener: Listener) -> None:
+        """Renew the lease of ``listener``, publish it again if it expired (a Redis
+        outage), or give it up if another owner holds the session now."""
+        value = Owner(self.owner, self.address, listener.app).encode()
+        key = self._session_key(listener.session)
+        renewed = self._redis.eval(_RENEW_IF, 1, key, value, self._lease_ms)
+        if self._published.get(listener.session) is not listener:
+            # Replaced or closed while we renewed: undo a key we may have just recreated.
+            if renewed == 2:
+                self._redis.eval(_DELETE_IF, 1, key, value)
+            return
+        if renewed == -1:
+            self._give_up(listener)
+        elif renewed == 2 and listener.app is not None:
+            self._redis.zadd(self._app_key(listener.app), {listener.session: time.time()})
 
     def _listen_for_takeovers(self) -> None:
         while not self._stop.is_set():
@@ -312,11 +334,25 @@ class RedisDirectory:
                 self._stop.wait(1.0)
 
     def _taken_over(self, session: str) -> None:
+        """A take-over notice: give the session up if Redis no longer names this worker.
+
+        The notice may arrive after this worker took the session back; Redis decides.
+        """
+        listener = self._published.get(session)
+        if listener is None:
+            return
+        owner = Owner.parse(t.cast("bytes | None", self._redis.get(self._session_key(session))))
+        if owner is None or owner.owner != self.owner:
+            self._give_up(listener)
+
+    def _give_up(self, listener: Listener) -> None:
         with self._lock:
-            listener = self._published.pop(session, None)
-        if listener is not None and self._registry is not None:
+            if self._published.get(listener.session) is not listener:
+                return
+            del self._published[listener.session]
+        if self._registry is not None:
             self._registry._remove(listener, tell_directory=False)
-            logger.info("session %r was taken over by another worker", session)
+            logger.info("session %r was taken over by another worker", listener.session)
 
     def _lost(self) -> None:
         if not self._outage:
@@ -372,13 +408,24 @@ class RedisDirectory:
             raise DirectoryUnavailable(self.url) from None
 
     def start_lock(self, slug: str, timeout: float) -> bool:
-        """Take the cluster-wide auto-start lock of ``slug`` for ``timeout`` seconds."""
+        """Take the cluster-wide auto-start lock of ``slug`` for ``timeout`` seconds.
+
+        :raises DirectoryUnavailable: Redis cannot be reached.
+        """
         try:
             key = f"{self.namespace}:start:{slug}"
             return bool(self._redis.set(key, self.owner, nx=True, px=int(timeout * 1000)))
         except redis.RedisError:
             self._lost()
             raise DirectoryUnavailable(self.url) from None
+
+    def start_unlock(self, slug: str) -> None:
+        """Release the auto-start lock of ``slug`` if this worker holds it, so that the
+        next request tries again (SPEC §4) after a start that failed."""
+        try:
+            self._redis.eval(_DELETE_IF, 1, f"{self.namespace}:start:{slug}", self.owner)
+        except redis.RedisError:
+            self._lost()
 
     def forward(
         self,
@@ -396,4 +443,4 @@ class RedisDirectory:
             except redis.RedisError:
                 self._lost()
 
-        return self._forwarder.forward(owner.address, environ, start_response, owner_gone)
+        return self._forwarder.forward(owner, environ, start_response, owner_gone)

@@ -39,6 +39,8 @@ from ..middleware import HOP_MARK
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from .directory import Owner
+
 logger = logging.getLogger("wsgi_proxy_listen")
 
 HOP_PATH = "/wsgi-proxy-listen/hop"
@@ -61,9 +63,13 @@ _HOP_BY_HOP = frozenset(
 _SERVER_HEADERS = frozenset({"server", "date"})
 
 
-def _signature(secret: bytes, method: str, query: str, meta: str, stamp: str, nonce: str) -> str:
-    message = "\n".join((method, HOP_PATH, query, meta, stamp, nonce)).encode("latin-1")
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+def _signature(
+    secret: bytes, owner: str, method: str, query: str, meta: str, stamp: str, nonce: str
+) -> str:
+    """HMAC-SHA256 over the target owner, the request line, the forwarded environ, a
+    timestamp and a nonce. The body is streamed and not covered."""
+    message = "\n".join((owner, method, HOP_PATH, query, meta, stamp, nonce))
+    return hmac.new(secret, message.encode("latin-1"), hashlib.sha256).hexdigest()
 
 
 def _is_hop_by_hop(name: str) -> bool:
@@ -86,13 +92,14 @@ class Forwarder:
 
     def forward(
         self,
-        address: str,
+        owner: Owner,
         environ: WSGIEnvironment,
         start_response: StartResponse,
         owner_gone: t.Callable[[], None],
     ) -> Iterable[bytes]:
-        """Forward the request of ``environ`` to ``address``; 503 if the owner cannot be
-        reached (after calling ``owner_gone``), 504 if it does not answer in time."""
+        """Forward the request of ``environ`` to ``owner``; 503 if it cannot be reached
+        (after calling ``owner_gone``), 504 if it does not answer in time."""
+        address = owner.address
         method: str = environ["REQUEST_METHOD"]
         query: str = environ.get("QUERY_STRING", "")
         meta = base64.b64encode(
@@ -110,7 +117,7 @@ class Forwarder:
         headers["X-Wsgi-Proxy-Listen-Stamp"] = stamp
         headers["X-Wsgi-Proxy-Listen-Nonce"] = nonce
         headers["X-Wsgi-Proxy-Listen-Signature"] = _signature(
-            self.secret, method, query, meta, stamp, nonce
+            self.secret, owner.owner, method, query, meta, stamp, nonce
         )
         length = _content_length(environ)
         if length is not None:
@@ -199,8 +206,11 @@ class _Relay:
 class InternalEndpoint:
     """The WSGI app of the internal endpoint: verifies, rebuilds the environ, dispatches."""
 
-    def __init__(self, secret: bytes, dispatch: t.Callable[[], WSGIApplication | None]) -> None:
+    def __init__(
+        self, secret: bytes, owner: str, dispatch: t.Callable[[], WSGIApplication | None]
+    ) -> None:
         self.secret = secret
+        self.owner = owner
         self.dispatch = dispatch
         self._nonces: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -235,6 +245,7 @@ class InternalEndpoint:
             return False
         expected = _signature(
             self.secret,
+            self.owner,
             environ["REQUEST_METHOD"],
             environ.get("QUERY_STRING", ""),
             meta,
