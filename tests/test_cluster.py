@@ -338,6 +338,16 @@ def test_killed_owner_gives_503_fast_and_its_entries_go(redis_server: RedisServe
         assert "wsgi-proxy-listen:session:doomed" not in redis_server.keys_now()
 
 
+def test_graceful_exit_withdraws_the_entries(redis_server: RedisServer) -> None:
+    with gunicorn(redis_server.url) as cluster:
+        start_session(cluster, "leaving-1")
+        start_session(cluster, "leaving-2", "?app=board")
+        assert "wsgi-proxy-listen:session:leaving-1" in redis_server.keys_now()
+        cluster.process.terminate()  # gunicorn stops its workers gracefully
+        cluster.process.wait(15)
+    assert redis_server.keys_now() == []
+
+
 def test_redis_outage_and_return(redis_server: RedisServer) -> None:
     with gunicorn(redis_server.url) as cluster:
         owner = start_session(cluster, "steady")

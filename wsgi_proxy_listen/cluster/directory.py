@@ -254,17 +254,19 @@ class RedisDirectory:
         self.serving = False
 
     def withdraw_all(self) -> None:
-        """Delete this worker's entries (at exit)."""
+        """Delete this worker's entries and app memberships (at exit)."""
         self._stop.set()
         with self._lock:
             published = list(self._published.values())
             self._published.clear()
-        for listener in published:
-            value = Owner(self.owner, self.address, listener.app).encode()
-            try:
+        try:
+            for listener in published:
+                value = Owner(self.owner, self.address, listener.app).encode()
                 self._redis.eval(_DELETE_IF, 1, self._session_key(listener.session), value)
-            except redis.RedisError:
-                return
+                if listener.app is not None:
+                    self._redis.zrem(self._app_key(listener.app), listener.session)
+        except redis.RedisError:
+            return
 
     # -- Redis writes ------------------------------------------------------------------
 
