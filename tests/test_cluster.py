@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
-import json
 import logging
 import os
 import shutil
@@ -23,7 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from .test_servers import Answer, exchange, free_port, get, rss_kib
+from .test_servers import (
+    Answer,
+    exchange,
+    free_port,
+    get,
+    peak_rss_growth_mib,
+    upload_arrives_whole,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS = shutil.which("redis-server")
@@ -240,32 +245,9 @@ def test_big_bodies_through_the_hop(redis_server: RedisServer) -> None:
             for line in cluster.log_text().splitlines()
             if "Booting worker" in line
         ]
-        before = {pid: rss_kib(pid) for pid in pids}
-        peak = dict(before)
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                for pid in pids:
-                    with contextlib.suppress(FileNotFoundError):
-                        peak[pid] = max(peak[pid], rss_kib(pid))
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            payload = os.urandom(1024 * 1024) * 50
+        with peak_rss_growth_mib(pids) as growth:
             for _ in range(3):
-                head = (
-                    "POST /proxy/sessions/big/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                    f"Content-Length: {len(payload)}\r\n\r\n"
-                )
-                answer = exchange(cluster.port, head.encode() + payload, timeout=120)
-                assert answer.status == 200, answer.head
-                assert json.loads(answer.body) == {
-                    "size": len(payload),
-                    "sha256": hashlib.sha256(payload).hexdigest(),
-                }
+                upload_arrives_whole(cluster.port, "/proxy/sessions/big/upload", 50)
             for _ in range(3):
                 # http.client undoes the chunked encoding gunicorn applies to a stream.
                 connection = http.client.HTTPConnection("127.0.0.1", cluster.port, timeout=120)
@@ -277,10 +259,6 @@ def test_big_bodies_through_the_hop(redis_server: RedisServer) -> None:
                 connection.close()
                 assert response.status == 200
                 assert received == 100 * 1024 * 1024
-        finally:
-            stop.set()
-            sampler.join()
-        growth = {pid: (peak[pid] - before[pid]) / 1024 for pid in pids}
         print(f"\nowner {owner}; worker RSS growth in MiB: {growth}")
         assert max(growth.values()) < 50
 

@@ -153,6 +153,46 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+@contextlib.contextmanager
+def peak_rss_growth_mib(pids: list[int]) -> Iterator[dict[int, float]]:
+    """Sample the RSS of ``pids`` while the block runs; fill in each one's peak growth."""
+    before = {pid: rss_kib(pid) for pid in pids}
+    peak = dict(before)
+    growth: dict[int, float] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for pid in pids:
+                with contextlib.suppress(FileNotFoundError):
+                    peak[pid] = max(peak[pid], rss_kib(pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield growth
+    finally:
+        stop.set()
+        sampler.join()
+        growth.update({pid: (peak[pid] - before[pid]) / 1024 for pid in pids})
+
+
+def upload_arrives_whole(port: int, path: str, megabytes: int) -> None:
+    """POST ``megabytes`` of random bytes; the listener answers their size and sha256."""
+    payload = os.urandom(1024 * 1024) * megabytes
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    answer = exchange(port, head.encode() + payload, timeout=120)
+    assert answer.status == 200, answer.head
+    assert json.loads(answer.body) == {
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+
+
 def closed_count(server: Server, name: str) -> int:
     return int(json.loads(get(server.port, "/host/closed").body).get(name, 0))
 
@@ -211,21 +251,8 @@ def test_crlf_from_a_listener_never_reaches_the_wire(server: Server, kind: str) 
 
 def test_200_mb_streamed_response_with_bounded_memory(server: Server) -> None:
     pid = int(get(server.port, "/host/pid").body)
-    before = rss_kib(pid)
-    peak = before
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            with contextlib.suppress(FileNotFoundError):
-                peak = max(peak, rss_kib(pid))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
     received = 0
-    try:
+    with peak_rss_growth_mib([pid]) as growth:
         request = (
             b"GET /proxy/sessions/stream/?mb=200 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
@@ -238,28 +265,14 @@ def test_200_mb_streamed_response_with_bounded_memory(server: Server) -> None:
             received = len(rest)
             while chunk := connection.recv(1 << 20):
                 received += len(chunk)
-    finally:
-        stop.set()
-        sampler.join()
     assert head.startswith(b"HTTP/1.1 200")
     assert received == 200 * 1024 * 1024
-    growth_mib = (peak - before) / 1024
-    print(f"{server.name}: 200 MB streamed, worker RSS growth {growth_mib:.1f} MiB")
-    assert growth_mib < 50
+    print(f"{server.name}: 200 MB streamed, worker RSS growth {growth[pid]:.1f} MiB")
+    assert growth[pid] < 50
 
 
 def test_50_mb_upload_arrives_whole(server: Server) -> None:
-    payload = os.urandom(1024 * 1024) * 50
-    head = (
-        "POST /proxy/sessions/upload/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        f"Content-Type: application/octet-stream\r\nContent-Length: {len(payload)}\r\n\r\n"
-    )
-    answer = exchange(server.port, head.encode() + payload, timeout=60)
-    assert answer.status == 200, answer.head
-    assert json.loads(answer.body) == {
-        "size": len(payload),
-        "sha256": hashlib.sha256(payload).hexdigest(),
-    }
+    upload_arrives_whole(server.port, "/proxy/sessions/upload/", 50)
 
 
 def test_client_disconnect_mid_stream_closes_the_iterable(server: Server) -> None:

@@ -380,14 +380,15 @@ def _check_headers(headers: object) -> bool | None:
             return None
         if _HEADER_NAME.fullmatch(name) is None or _HEADER_VALUE.fullmatch(value) is None:
             return None
-        if _is_hop_by_hop(name):
+        if is_hop_by_hop(name):
             hop_by_hop = True
         else:
             _remember(_VALID_HEADERS, header)
     return hop_by_hop
 
 
-def _is_hop_by_hop(name: str) -> bool:
+def is_hop_by_hop(name: str) -> bool:
+    """Whether a header ends at the hop it travels (RFC 9110 §7.6.1, and Proxy-*)."""
     lowered = name.lower()
     return lowered in _HOP_BY_HOP or lowered.startswith("proxy-")
 
@@ -420,7 +421,7 @@ class _Guard:
                 if hop_by_hop is None:
                     self.invalid = True
                 elif hop_by_hop:
-                    headers = [header for header in headers if not _is_hop_by_hop(header[0])]
+                    headers = [header for header in headers if not is_hop_by_hop(header[0])]
         except (TypeError, ValueError):
             self.invalid = True
         if self.invalid:

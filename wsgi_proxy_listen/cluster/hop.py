@@ -34,7 +34,7 @@ from urllib3.exceptions import (
 )
 
 from ..answers import respond
-from ..middleware import HOP_MARK
+from ..middleware import HOP_MARK, is_hop_by_hop
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -56,9 +56,6 @@ _ENVIRON_KEYS = (
     "wsgi.url_scheme",
     "HTTP_HOST",
 )
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
-)
 # Added by the owner's internal server, not by the listener.
 _SERVER_HEADERS = frozenset({"server", "date"})
 
@@ -72,9 +69,9 @@ def _signature(
     return hmac.new(secret, message.encode("latin-1"), hashlib.sha256).hexdigest()
 
 
-def _is_hop_by_hop(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in _HOP_BY_HOP or lowered.startswith("proxy-")
+def _not_forwarded(name: str) -> bool:
+    # Host travels in the signed environ; hop-by-hop headers end at each hop.
+    return name.lower() == "host" or is_hop_by_hop(name)
 
 
 class Forwarder:
@@ -109,7 +106,7 @@ class Forwarder:
         headers = {
             _header_name(key): value
             for key, value in environ.items()
-            if key.startswith("HTTP_") and not _is_hop_by_hop(_header_name(key))
+            if key.startswith("HTTP_") and not _not_forwarded(_header_name(key))
         }
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
@@ -148,7 +145,7 @@ class Forwarder:
         kept = [
             (name, value)
             for name, value in response.headers.items()
-            if not _is_hop_by_hop(name) and name.lower() not in _SERVER_HEADERS
+            if not _not_forwarded(name) and name.lower() not in _SERVER_HEADERS
         ]
         start_response(f"{response.status} {response.reason or 'Unknown'}", kept)
         return _Relay(response)
