@@ -38,3 +38,17 @@ def test_typed_marker_is_shipped() -> None:
 def test_version_matches_changes() -> None:
     assert wsgi_proxy_listen.__version__ == "0.1.0"
     assert "## Unreleased" in (ROOT / "CHANGES.md").read_text()
+
+
+def test_every_subpackage_is_packaged() -> None:
+    """setup.cfg lists every package directory, so that none is left out of the wheel."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {
+        path.parent.relative_to(ROOT).as_posix().replace("/", ".")
+        for path in (ROOT / "wsgi_proxy_listen").rglob("__init__.py")
+    }
+    assert listed == found
