@@ -14,7 +14,7 @@ Listeners across worker processes and hosts
     ))
     application = ProxyMiddleware(django_or_flask_app, registry)
 
-Needs the extra: ``pip install wsgi-proxy-listen[cluster]`` (redis-py and urllib3).
+Needs the extra: ``pip install wsgi-proxy-listen[cluster]`` (redis-py, urllib3, waitress).
 ``import wsgi_proxy_listen`` never imports this package.
 """
 

@@ -39,7 +39,7 @@ import typing as t
 import uuid
 
 import redis
-from werkzeug.serving import WSGIRequestHandler, make_server
+from waitress.server import create_server
 
 from .hop import Forwarder, InternalEndpoint
 
@@ -83,13 +83,6 @@ class Owner(t.NamedTuple):
 
     def encode(self) -> str:
         return f"{self.owner} {self.address} {self.app or ''}"
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log line per hop: the receiving worker's server logs the request."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
 
 
 class DirectoryUnavailable(ConnectionError):
@@ -213,20 +206,25 @@ class RedisDirectory:
         with self._lock:
             if self.serving:
                 return
-            # werkzeug's threaded server (the standard library's ThreadingHTTPServer with
-            # WSGI glue) writes straight to the socket; waitress keeps a buffer of up
-            # to 16 MB per kept-alive connection, which a 100 MB stream fills.
             self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            # waitress keeps hop connections alive, which the pool needs (werkzeug's
+            # server closes every connection). Small output buffers: with waitress's
+            # defaults a kept-alive connection holds up to 16 MB after a big stream.
             endpoint = InternalEndpoint(self.secret, self.owner, lambda: self._dispatch)
-            server = make_server(
-                self.advertise_host, 0, endpoint, threaded=True, request_handler=_QuietHandler
+            server = create_server(
+                endpoint,
+                host=self.advertise_host,
+                port=0,
+                threads=8,
+                outbuf_overflow=65536,
+                outbuf_high_watermark=262144,
+                ident="wsgi-proxy-listen",
             )
-            server.daemon_threads = True  # type: ignore[attr-defined]
-            self.address = f"{self.advertise_host}:{server.port}"
+            self.address = f"{self.advertise_host}:{server.effective_port}"  # type: ignore[union-attr]
             self._stop = threading.Event()
             self._server = server
             for target, name in (
-                (server.serve_forever, "internal endpoint"),
+                (server.run, "internal endpoint"),
                 (self._heartbeat, "heartbeat"),
                 (self._listen_for_takeovers, "take-over listener"),
             ):
@@ -249,8 +247,7 @@ class RedisDirectory:
         self.withdraw_all()
         server = getattr(self, "_server", None)
         if server is not None and self.serving:
-            server.shutdown()
-            server.server_close()
+            server.close()
         self.serving = False
 
     def withdraw_all(self) -> None:

@@ -121,27 +121,35 @@ class Forwarder:
             headers["Content-Length"] = str(length)
         body = _read_body(environ["wsgi.input"], length)
         url = f"http://{address}{HOP_PATH}" + (f"?{query}" if query else "")
-        try:
-            response = self.pool.urlopen(
-                method,
-                url,
-                body=body,
-                headers=headers,
-                chunked=length is None,
-                preload_content=False,
-                redirect=False,
-                assert_same_host=False,
-            )
-        except (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError):
-            owner_gone()
-            return respond(start_response, 503)
-        except ReadTimeoutError:
-            logger.warning("the owner at %s did not answer in time", address)
-            return respond(start_response, 504)
-        except (ProtocolError, OSError):
-            # The owner closed the connection without an answer: it is going away.
-            owner_gone()
-            return respond(start_response, 503)
+        # A pooled connection the owner closed while idle fails on its first use; a
+        # request without a body can go again on a fresh one.
+        attempts = 2 if length == 0 else 1
+        while True:
+            attempts -= 1
+            try:
+                response = self.pool.urlopen(
+                    method,
+                    url,
+                    body=body,
+                    headers=headers,
+                    chunked=length is None,
+                    preload_content=False,
+                    redirect=False,
+                    assert_same_host=False,
+                )
+                break
+            except (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError):
+                owner_gone()
+                return respond(start_response, 503)
+            except ReadTimeoutError:
+                logger.warning("the owner at %s did not answer in time", address)
+                return respond(start_response, 504)
+            except (ProtocolError, OSError):
+                if attempts:
+                    continue
+                # The owner closed the connection without an answer: it is going away.
+                owner_gone()
+                return respond(start_response, 503)
         kept = [
             (name, value)
             for name, value in response.headers.items()
