@@ -7,9 +7,11 @@ forwards it over HTTP to the owner's *internal endpoint* and streams the answer
 back. The forwarded request carries the original request's ``SCRIPT_NAME``,
 ``PATH_INFO``, raw URI, ``REMOTE_ADDR``, URL scheme and ``Host`` in a signed
 header, so that the owner dispatches it exactly as the receiving worker would
-have. Every hop request is signed with HMAC-SHA256 over the method, path,
-query, that header, a timestamp and a nonce; the endpoint refuses (403) a bad
-signature, a timestamp outside a 30 s window, or a nonce it has seen.
+have. Every hop request is signed with HMAC-SHA256 over the target worker's
+owner id, the method, path, query, that header, a timestamp and a nonce (the
+streamed body is not covered); the endpoint refuses (403) a bad signature, one
+made for another worker, a timestamp outside a 30 s window, or a nonce it has
+seen.
 """
 
 from __future__ import annotations
