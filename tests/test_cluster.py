@@ -392,7 +392,7 @@ def test_unsigned_or_replayed_hop_requests_get_403(redis_server: RedisServer) ->
 
         meta = "e30="  # {}
         stamp = f"{time.time():.3f}"
-        signature = _signature(SECRET.encode(), owner_id, "GET", "", meta, stamp, "n1")
+        signature = _signature(SECRET.encode(), owner_id, "GET", meta, stamp, "n1")
         signed = (
             "GET /wsgi-proxy-listen/hop HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             f"X-Wsgi-Proxy-Listen-Environ: {meta}\r\nX-Wsgi-Proxy-Listen-Stamp: {stamp}\r\n"
@@ -404,7 +404,7 @@ def test_unsigned_or_replayed_hop_requests_get_403(redis_server: RedisServer) ->
         assert replayed.status == 403
         forged = exchange(int(port), signed.replace(b"n1\r\n", b"n2\r\n"))
         assert forged.status == 403
-        old = _signature(SECRET.encode(), owner_id, "GET", "", meta, "1000.000", "n3")
+        old = _signature(SECRET.encode(), owner_id, "GET", meta, "1000.000", "n3")
         stale = (
             signed.decode()
             .replace(stamp, "1000.000")
@@ -570,3 +570,107 @@ def test_a_failed_cluster_auto_start_is_retried_by_the_next_request(
         assert (second.status_code, second.data) == (200, b"started")
         assert attempts == [1, 1]
         assert "start of app 'flaky' raised" in caplog.text
+
+
+def test_concurrent_listens_in_one_worker_stay_published(redis_server: RedisServer) -> None:
+    """Two threads of one worker listen() for the same session at once, many times: the
+    session stays in Redis under this worker and reachable from the other."""
+    with worker(redis_server.url) as (a_dir, a_reg, _), worker(redis_server.url) as (_, _, b):
+        for round_ in range(30):
+            session = f"race-{round_}"
+            threads = [
+                threading.Thread(
+                    target=a_reg.listen, args=(text(f"{session} {n}"),), kwargs={"session": session}
+                )
+                for n in range(2)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        time.sleep(1.5)  # one heartbeat (lease 3 s / 3) rewrites any entry a loser wrote
+        for round_ in range(30):
+            session = f"race-{round_}"
+            assert redis_server_value(redis_server, session).split()[0] == a_dir.owner
+            answer = b.get(f"/proxy/sessions/{session}/", buffered=True)
+            assert answer.status_code == 200
+            assert answer.data == a_reg.get(session).handler(None).encode()
+
+
+def test_the_hop_keeps_query_host_and_headers_as_sent(redis_server: RedisServer) -> None:
+    """What the owner's listener sees is what the receiving worker got: the raw query
+    (urllib3 would re-quote a URL), the client's Host or none, no added User-Agent."""
+    seen: list[dict[str, t.Any]] = []
+
+    def record(request: t.Any) -> str:
+        seen.append(dict(request.environ))
+        return "ok"
+
+    with worker(redis_server.url) as (_, a_reg, _), worker(redis_server.url) as (_, _, b):
+        a_reg.listen(record, session="echo")
+        query = 'x={1}&y="q"&z=a|b&ids[]=1&w=%C3%A9&v=`t`^'
+        answer = b.get(f"/proxy/sessions/echo/p?{query}", buffered=True, headers={"X-Test": "1"})
+        assert answer.status_code == 200
+        environ = seen[-1]
+        assert environ["QUERY_STRING"] == query
+        assert environ["HTTP_HOST"] == "localhost"
+        assert environ["SERVER_NAME"] == "localhost"
+        assert environ["HTTP_X_TEST"] == "1"
+        assert "HTTP_USER_AGENT" not in environ
+        assert "HTTP_ACCEPT_ENCODING" not in environ
+        assert "via" not in {name.lower() for name, _ in answer.headers}
+
+
+class _Aborting:
+    """A request body whose client goes away after the first chunk."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def read(self, size: int = -1) -> bytes:
+        if self.sent:
+            raise OSError("the client went away")
+        self.sent = True
+        return b"x" * 1000
+
+
+def test_a_client_that_aborts_its_upload_is_not_the_owners_fault(redis_server: RedisServer) -> None:
+    with worker(redis_server.url) as (a_dir, a_reg, _), worker(redis_server.url) as (_, _, b):
+        a_reg.listen(lambda request: str(len(request.get_data())), session="up")
+        answer = b.post(
+            "/proxy/sessions/up/",
+            environ_overrides={
+                "wsgi.input": _Aborting(),
+                "HTTP_TRANSFER_ENCODING": "chunked",
+                "wsgi.input_terminated": True,
+            },
+            buffered=True,
+        )
+        assert answer.status_code == 400
+        assert redis_server_value(redis_server, "up").split()[0] == a_dir.owner
+
+
+def test_an_ipv6_advertise_host(redis_server: RedisServer) -> None:
+    from werkzeug.test import Client
+
+    from wsgi_proxy_listen import ProxyMiddleware, Registry
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    from .conftest import Host
+
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    directory = RedisDirectory(redis_server.url, secret=SECRET, lease=3, advertise_host="::1")
+    registry = Registry(directory=directory)
+    Client(ProxyMiddleware(Host(), registry)).get("/", buffered=True)
+    try:
+        assert directory.address.startswith("[::1]:")
+        registry.listen(text("over ipv6"), session="v6")
+        with worker(redis_server.url) as (_, _, b):
+            assert b.get("/proxy/sessions/v6/", buffered=True).data == b"over ipv6"
+    finally:
+        directory.close()

@@ -58,11 +58,13 @@ logger = logging.getLogger("wsgi_proxy_listen")
 _DELETE_IF = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
+# Renew a key that names this owner (ARGV[3] is "{owner id} "), whatever app an older
+# listener of the same session wrote; recreate a missing one; -1 if another owner has it.
 _RENEW_IF = (
     "local v = redis.call('get', KEYS[1]) "
-    "if v == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end "
-    "if not v then redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 2 end "
-    "return -1"
+    "if v and string.sub(v, 1, string.len(ARGV[3])) ~= ARGV[3] then return -1 end "
+    "redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) "
+    "if v then return 1 end return 2"
 )
 
 
@@ -133,6 +135,7 @@ class RedisDirectory:
         self._registry: Registry | None = None
         self._dispatch: WSGIApplication | None = None
         self._published: dict[str, Listener] = {}
+        self._pending: set[str] = set()  # published locally, not yet in Redis
         self._lock = threading.Lock()
         self._outage = False
         self._stop = threading.Event()
@@ -177,17 +180,28 @@ class RedisDirectory:
             return
         # Redis first: a take-over notice handled in between then reads this worker's
         # name in Redis, or finds only the listener this one replaced.
-        self._publish(listener, announce=True)
+        published = self._publish(listener, announce=True)
         with self._lock:
-            self._published[listener.session] = listener
-        if self._registry is not None and self._registry.get(listener.session) is not listener:
-            self.removed(listener)  # closed or replaced while it was being published
+            registry = self._registry
+            current = listener if registry is None else registry.get(listener.session)
+            if current is listener:
+                self._published[listener.session] = listener
+                if not published:
+                    self._pending.add(listener.session)
+        # Replaced meanwhile by another listen() in this worker: that one publishes
+        # itself (and the heartbeat rewrites the entry). Closed meanwhile: undo it.
+        if current is None:
+            self._delete(listener)
 
     def removed(self, listener: Listener) -> None:
         with self._lock:
             if self._published.get(listener.session) is not listener:
                 return
             del self._published[listener.session]
+            self._pending.discard(listener.session)
+        self._delete(listener)
+
+    def _delete(self, listener: Listener) -> None:
         value = Owner(self.owner, self.address, listener.app).encode()
         try:
             self._redis.eval(_DELETE_IF, 1, self._session_key(listener.session), value)
@@ -218,9 +232,12 @@ class RedisDirectory:
                 threads=8,
                 outbuf_overflow=65536,
                 outbuf_high_watermark=262144,
+                # The receiving worker's middleware applies max_content_length.
+                max_request_body_size=2**62,
                 ident="wsgi-proxy-listen",
             )
-            self.address = f"{self.advertise_host}:{server.effective_port}"  # type: ignore[union-attr]
+            host = f"[{self.advertise_host}]" if ":" in self.advertise_host else self.advertise_host
+            self.address = f"{host}:{server.effective_port}"  # type: ignore[union-attr]
             self._stop = threading.Event()
             self._server = server
             for target, name in (
@@ -236,8 +253,14 @@ class RedisDirectory:
     def _after_fork(self) -> None:
         # The threads and sockets of the parent do not exist in the child: start again
         # with the child's first request. Listeners published by the parent stay its own.
+        server = getattr(self, "_server", None)
+        if self.serving and server is not None:
+            # The parent's listening socket: kept open here, it would accept hop
+            # requests for the parent after the parent died, and nobody would answer.
+            server.socket.close()
         self.serving = False
         self._published = {}
+        self._pending = set()
         self._lock = threading.Lock()
         self._redis.connection_pool.reset()
         self._forwarder = Forwarder(self.secret, self.read_timeout)
@@ -267,7 +290,8 @@ class RedisDirectory:
 
     # -- Redis writes ------------------------------------------------------------------
 
-    def _publish(self, listener: Listener, *, announce: bool) -> None:
+    def _publish(self, listener: Listener, *, announce: bool) -> bool:
+        """Write the session's entry, taking it over; False if Redis cannot be reached."""
         value = Owner(self.owner, self.address, listener.app).encode()
         key = self._session_key(listener.session)
         try:
@@ -282,6 +306,8 @@ class RedisDirectory:
                 self._redis.publish(self._channel, f"{listener.session} {self.owner}")
         except redis.RedisError:
             self._lost()  # kept in _published: the heartbeat publishes it when Redis is back
+            return False
+        return True
 
     @property
     def _lease_ms(self) -> int:
@@ -291,11 +317,19 @@ class RedisDirectory:
         while not self._stop.wait(self.lease / 3):
             with self._lock:
                 published = list(self._published.values())
+                pending, self._pending = self._pending, set()
             try:
                 for listener in published:
-                    self._renew(listener)
+                    if listener.session in pending:
+                        # listen() ran while Redis was away: it is the newest, take over.
+                        if not self._publish(listener, announce=True):
+                            raise redis.ConnectionError("still unreachable")
+                    else:
+                        self._renew(listener)
                 self._redis.ping()
             except redis.RedisError:
+                with self._lock:
+                    self._pending |= {s for s in pending if s in self._published}
                 self._lost()
             else:
                 self._back()
@@ -305,7 +339,7 @@ class RedisDirectory:
         outage), or give it up if another owner holds the session now."""
         value = Owner(self.owner, self.address, listener.app).encode()
         key = self._session_key(listener.session)
-        renewed = self._redis.eval(_RENEW_IF, 1, key, value, self._lease_ms)
+        renewed = self._redis.eval(_RENEW_IF, 1, key, value, self._lease_ms, f"{self.owner} ")
         if self._published.get(listener.session) is not listener:
             # Replaced or closed while we renewed: undo a key we may have just recreated.
             if renewed == 2:

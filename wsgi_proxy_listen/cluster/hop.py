@@ -34,6 +34,7 @@ from urllib3.exceptions import (
     ProtocolError,
     ReadTimeoutError,
 )
+from urllib3.util import SKIP_HEADER
 
 from ..answers import respond
 from ..middleware import HOP_MARK, is_hop_by_hop
@@ -52,22 +53,27 @@ _CHUNK = 65536
 _ENVIRON_KEYS = (
     "SCRIPT_NAME",
     "PATH_INFO",
+    # The query travels here, signed, rather than in the hop's URL, which urllib3
+    # would re-quote.
+    "QUERY_STRING",
     "REQUEST_URI",
     "RAW_URI",
     "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
     "wsgi.url_scheme",
     "HTTP_HOST",
 )
-# Added by the owner's internal server, not by the listener.
-_SERVER_HEADERS = frozenset({"server", "date"})
+# Added by the owner's internal server (waitress), not by the listener.
+_SERVER_HEADERS = frozenset({"server", "date", "via"})
 
 
-def _signature(
-    secret: bytes, owner: str, method: str, query: str, meta: str, stamp: str, nonce: str
-) -> str:
-    """HMAC-SHA256 over the target owner, the request line, the forwarded environ, a
-    timestamp and a nonce. The body is streamed and not covered."""
-    message = "\n".join((owner, method, HOP_PATH, query, meta, stamp, nonce))
+def _signature(secret: bytes, owner: str, method: str, meta: str, stamp: str, nonce: str) -> str:
+    """HMAC-SHA256 over the target owner, the method, the forwarded environ (path and
+    query included), a timestamp and a nonce. The body is streamed and not covered."""
+    message = "\n".join((owner, method, HOP_PATH, meta, stamp, nonce))
     return hmac.new(secret, message.encode("latin-1"), hashlib.sha256).hexdigest()
 
 
@@ -100,29 +106,31 @@ class Forwarder:
         (after calling ``owner_gone``), 504 if it does not answer in time."""
         address = owner.address
         method: str = environ["REQUEST_METHOD"]
-        query: str = environ.get("QUERY_STRING", "")
         meta = base64.b64encode(
             json.dumps({key: environ[key] for key in _ENVIRON_KEYS if key in environ}).encode()
         ).decode()
         stamp, nonce = f"{time.time():.3f}", secrets.token_hex(16)
-        headers = {
-            _header_name(key): value
+        # SKIP_HEADER: urllib3 and http.client add no User-Agent or Accept-Encoding
+        # that the client did not send.
+        headers = {"User-Agent": SKIP_HEADER, "Accept-Encoding": SKIP_HEADER}
+        headers.update(
+            (_header_name(key), value)
             for key, value in environ.items()
             if key.startswith("HTTP_") and not _not_forwarded(_header_name(key))
-        }
+        )
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
         headers["X-Wsgi-Proxy-Listen-Environ"] = meta
         headers["X-Wsgi-Proxy-Listen-Stamp"] = stamp
         headers["X-Wsgi-Proxy-Listen-Nonce"] = nonce
         headers["X-Wsgi-Proxy-Listen-Signature"] = _signature(
-            self.secret, owner.owner, method, query, meta, stamp, nonce
+            self.secret, owner.owner, method, meta, stamp, nonce
         )
         length = _content_length(environ)
         if length is not None:
             headers["Content-Length"] = str(length)
-        body = _read_body(environ["wsgi.input"], length)
-        url = f"http://{address}{HOP_PATH}" + (f"?{query}" if query else "")
+        body = _Body(environ["wsgi.input"], length)
+        url = f"http://{address}{HOP_PATH}"
         # A pooled connection the owner closed while idle fails on its first use; a
         # request without a body can go again on a fresh one.
         attempts = 2 if length == 0 else 1
@@ -132,7 +140,7 @@ class Forwarder:
                 response = self.pool.urlopen(
                     method,
                     url,
-                    body=body,
+                    body=body.chunks() if length != 0 else b"",
                     headers=headers,
                     chunked=length is None,
                     preload_content=False,
@@ -146,12 +154,22 @@ class Forwarder:
             except ReadTimeoutError:
                 logger.warning("the owner at %s did not answer in time", address)
                 return respond(start_response, 504)
-            except (ProtocolError, OSError):
+            except (ProtocolError, OSError) as error:
+                if body.failed:
+                    # The client went away while sending its body: not the owner's fault.
+                    return respond(start_response, 400)
+                if _timed_out(error):
+                    logger.warning("the owner at %s did not take the body in time", address)
+                    return respond(start_response, 504)
                 if attempts:
                     continue
                 # The owner closed the connection without an answer: it is going away.
                 owner_gone()
                 return respond(start_response, 503)
+            except Exception:
+                if body.failed:  # werkzeug's ClientDisconnected, for one
+                    return respond(start_response, 400)
+                raise
         kept = [
             (name, value)
             for name, value in response.headers.items()
@@ -174,21 +192,33 @@ def _content_length(environ: WSGIEnvironment) -> int | None:
         return 0
 
 
-def _read_body(stream: t.IO[bytes], length: int | None) -> Iterator[bytes] | bytes:
-    if length == 0:
-        return b""
+class _Body:
+    """The request body read from ``wsgi.input`` in chunks, remembering whether reading
+    it failed (the client went away), which is no fault of the owner."""
 
-    def chunks() -> Iterator[bytes]:
-        remaining = length
+    def __init__(self, stream: t.IO[bytes], length: int | None) -> None:
+        self.stream = stream
+        self.length = length
+        self.failed = False
+
+    def chunks(self) -> Iterator[bytes]:
+        remaining = self.length
         while remaining is None or remaining > 0:
-            chunk = stream.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
+            try:
+                chunk = self.stream.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
+            except Exception:
+                self.failed = True
+                raise
             if not chunk:
                 return
             if remaining is not None:
                 remaining -= len(chunk)
             yield chunk
 
-    return chunks()
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether a failed send was the owner not reading in time (urllib3 wraps it)."""
+    return any(isinstance(cause, TimeoutError) for cause in (error, *error.args))
 
 
 class _Relay:
@@ -232,8 +262,8 @@ class InternalEndpoint:
             for key, value in environ.items()
             if not key.startswith("HTTP_X_WSGI_PROXY_LISTEN_")
         }
-        for key in ("REQUEST_URI", "RAW_URI"):
-            inner.pop(key, None)
+        for key in ("REQUEST_URI", "RAW_URI", "HTTP_HOST", "REMOTE_PORT"):
+            inner.pop(key, None)  # the internal request's own values, not the client's
         inner.update(meta)
         inner[HOP_MARK] = True
         app = self.dispatch()
@@ -251,13 +281,7 @@ class InternalEndpoint:
         except (KeyError, ValueError):
             return False
         expected = _signature(
-            self.secret,
-            self.owner,
-            environ["REQUEST_METHOD"],
-            environ.get("QUERY_STRING", ""),
-            meta,
-            stamp,
-            nonce,
+            self.secret, self.owner, environ["REQUEST_METHOD"], meta, stamp, nonce
         )
         now = time.time()
         if not hmac.compare_digest(given.encode("latin-1"), expected.encode()):
