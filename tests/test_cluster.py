@@ -674,3 +674,29 @@ def test_an_ipv6_advertise_host(redis_server: RedisServer) -> None:
             assert b.get("/proxy/sessions/v6/", buffered=True).data == b"over ipv6"
     finally:
         directory.close()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_does_not_keep_the_endpoint_socket(redis_server: RedisServer) -> None:
+    """After a fork the child closes its copy of the parent's listening socket: otherwise,
+    once the parent died, the port would still accept hop requests nobody answers."""
+    with worker(redis_server.url) as (a_dir, _, _):
+        listening = os.fstat(a_dir._server.socket.fileno()).st_ino
+        child = os.fork()
+        if child == 0:
+            time.sleep(5)
+            os._exit(0)
+        try:
+            deadline = time.monotonic() + 5
+            inherited = True
+            while inherited and time.monotonic() < deadline:
+                links = []
+                for fd in os.listdir(f"/proc/{child}/fd"):
+                    with contextlib.suppress(OSError):
+                        links.append(os.readlink(f"/proc/{child}/fd/{fd}"))
+                inherited = f"socket:[{listening}]" in links
+                time.sleep(0.05)
+            assert not inherited
+        finally:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)

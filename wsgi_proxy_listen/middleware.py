@@ -36,7 +36,7 @@ from werkzeug.wsgi import LimitedStream, get_content_length
 from . import routing
 from .answers import respond
 from .exceptions import InvalidResponse
-from .registry import Directory, Listener, Registry, default_registry
+from .registry import App, Directory, Listener, Registry, default_registry
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable
@@ -303,28 +303,42 @@ class ClusterProxyMiddleware(ProxyMiddleware):
         declaration = self.registry.get_app(slug)
         if found is None and declaration is not None and declaration.start is not None:
             if directory.start_lock(slug, declaration.start_timeout):
-                # This worker starts the app, once cluster-wide; its threads wait here.
-                try:
-                    listener = self.registry.start_app(slug)
-                finally:
-                    # A start still running past start_timeout keeps the lock, which
-                    # expires by itself; an ended one frees it for the next request.
-                    if not declaration.starting:
-                        directory.start_unlock(slug)
-                if listener is None:
-                    return respond(start_response, 503)
-                path = environ["PATH_INFO"]
-                return self._dispatch(listener, environ, start_response, path, route.split)
-            deadline = monotonic() + declaration.start_timeout
-            while found is None and monotonic() < deadline:
-                sleep(0.05)
+                # Another worker may have started it between the lookup and the lock.
                 found = directory.current_session(slug)
-            if found is None:
-                return respond(start_response, 503)
+                if found is None:
+                    return self._start_here(route, declaration, environ, start_response)
+                directory.start_unlock(slug)
+            else:
+                deadline = monotonic() + declaration.start_timeout
+                while found is None and monotonic() < deadline:
+                    sleep(0.05)
+                    found = directory.current_session(slug)
+                if found is None:
+                    return respond(start_response, 503)
         if found is None:
             return respond(start_response, 404)
         session, owner = found
         return t.cast("Iterable[bytes]", directory.forward(owner, session, environ, start_response))
+
+    def _start_here(
+        self,
+        route: routing.Route,
+        declaration: App,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        """Start the app in this worker, holding the cluster-wide start lock."""
+        directory = t.cast("t.Any", self.registry.directory)
+        try:
+            listener = self.registry.start_app(declaration.slug)
+        finally:
+            # A start still running past start_timeout keeps the lock, which expires
+            # by itself; an ended one frees it for the next request (SPEC §4).
+            if not declaration.starting:
+                directory.start_unlock(declaration.slug)
+        if listener is None:
+            return respond(start_response, 503)
+        return self._dispatch(listener, environ, start_response, environ["PATH_INFO"], route.split)
 
 
 _warned_in: int | None = None

@@ -136,6 +136,7 @@ class RedisDirectory:
         self._dispatch: WSGIApplication | None = None
         self._published: dict[str, Listener] = {}
         self._pending: set[str] = set()  # published locally, not yet in Redis
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._outage = False
         self._stop = threading.Event()
@@ -240,25 +241,29 @@ class RedisDirectory:
             self.address = f"{host}:{server.effective_port}"  # type: ignore[union-attr]
             self._stop = threading.Event()
             self._server = server
-            for target, name in (
-                (server.run, "internal endpoint"),
-                (self._heartbeat, "heartbeat"),
-                (self._listen_for_takeovers, "take-over listener"),
-            ):
-                threading.Thread(
-                    target=target, name=f"wsgi_proxy_listen {name}", daemon=True
-                ).start()
+            self._threads = [
+                threading.Thread(target=target, name=f"wsgi_proxy_listen {name}", daemon=True)
+                for target, name in (
+                    (server.run, "internal endpoint"),
+                    (self._heartbeat, "heartbeat"),
+                    (self._listen_for_takeovers, "take-over listener"),
+                )
+            ]
+            for thread in self._threads:
+                thread.start()
             self.serving = True
 
     def _after_fork(self) -> None:
         # The threads and sockets of the parent do not exist in the child: start again
         # with the child's first request. Listeners published by the parent stay its own.
-        server = getattr(self, "_server", None)
-        if self.serving and server is not None:
+        if self.serving:
             # The parent's listening socket: kept open here, it would accept hop
             # requests for the parent after the parent died, and nobody would answer.
-            server.socket.close()
+            listening = getattr(self._server, "socket", None)
+            if listening is not None:
+                listening.close()
         self.serving = False
+        self._threads = []
         self._published = {}
         self._pending = set()
         self._lock = threading.Lock()
@@ -268,10 +273,13 @@ class RedisDirectory:
     def close(self) -> None:
         """Withdraw this worker's entries and stop the internal endpoint and threads."""
         self.withdraw_all()
-        server = getattr(self, "_server", None)
-        if server is not None and self.serving:
-            server.close()
+        if self.serving:
+            self._server.close()
+            for thread in self._threads[1:]:  # the heartbeat and take-over listener
+                thread.join(5)
         self.serving = False
+        self._forwarder.pool.clear()
+        self._redis.close()
 
     def withdraw_all(self) -> None:
         """Delete this worker's entries and app memberships (at exit)."""
@@ -352,8 +360,8 @@ class RedisDirectory:
 
     def _listen_for_takeovers(self) -> None:
         while not self._stop.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
-                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(self._channel)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
@@ -365,6 +373,8 @@ class RedisDirectory:
             except redis.RedisError:
                 self._lost()
                 self._stop.wait(1.0)
+            finally:
+                pubsub.close()
 
     def _taken_over(self, session: str) -> None:
         """A take-over notice: give the session up if Redis no longer names this worker.
