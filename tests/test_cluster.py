@@ -27,7 +27,9 @@ from .test_servers import (
     free_port,
     get,
     peak_rss_growth_mib,
+    stop,
     upload_arrives_whole,
+    wait_until_listening,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,17 +151,12 @@ def gunicorn(redis_url: str, workers: int = 4, **env: str) -> Iterator[Cluster]:
             },
         )
         try:
-            wait_for_port(port)
+            wait_until_listening(process, port, log)
             cluster = Cluster(port, process, log)
             warm_up(cluster, workers)
             yield cluster
         finally:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+            stop(process)
 
 
 @contextlib.contextmanager

@@ -95,12 +95,17 @@ def running(server: str, **env: str) -> Iterator[Server]:
             wait_until_listening(process, port, log)
             yield Server(server, port, process, log)
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+            stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """Ask the server to stop; kill it if it has not stopped after ``grace`` seconds."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def wait_until_listening(process: subprocess.Popen[bytes], port: int, log: t.IO[bytes]) -> None:
