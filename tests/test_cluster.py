@@ -71,12 +71,11 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port)
+        wait_until_listening(self.process, self.port)
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
+            stop(self.process)
             self.process = None
 
     def keys_now(self) -> list[str]:
@@ -87,17 +86,6 @@ class RedisServer:
             return sorted(key.decode() for key in t.cast("list[bytes]", client.keys("*")))
         finally:
             client.close()
-
-
-def wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            assert time.monotonic() < deadline, f"nothing listens on {port}"
-            time.sleep(0.05)
 
 
 @pytest.fixture

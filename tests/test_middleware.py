@@ -1055,17 +1055,28 @@ def test_chunked_transfer_encoding_wins_over_a_content_length(registry: Registry
     assert_plain_answer(Response.from_app(middleware, environ, buffered=True), 413)
 
 
+@pytest.fixture
+def warnings_log(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> pytest.LogCaptureFixture:
+    """Warnings of the package, with the once-per-process warning not yet given."""
+    from wsgi_proxy_listen import middleware
+
+    monkeypatch.setattr(middleware, "_warned_in", None)
+    caplog.set_level(logging.WARNING, logger="wsgi_proxy_listen")
+    return caplog
+
+
 def test_multiprocess_miss_warns_once_per_process(
     registry: Registry,
     make_client: MakeClient,
-    caplog: pytest.LogCaptureFixture,
+    warnings_log: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Under several worker processes a miss explains where run-time listeners live, once."""
     from wsgi_proxy_listen import middleware
 
-    monkeypatch.setattr(middleware, "_warned_in", None)
-    caplog.set_level(logging.WARNING, logger="wsgi_proxy_listen")
+    caplog = warnings_log
     client = make_client()
     multiprocess = {"wsgi.multiprocess": True}
     registry.listen(lambda request: "x", session="here")
@@ -1083,14 +1094,7 @@ def test_multiprocess_miss_warns_once_per_process(
 
 
 def test_single_process_miss_does_not_warn(
-    registry: Registry,
-    make_client: MakeClient,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    make_client: MakeClient, warnings_log: pytest.LogCaptureFixture
 ) -> None:
-    from wsgi_proxy_listen import middleware
-
-    monkeypatch.setattr(middleware, "_warned_in", None)
-    caplog.set_level(logging.WARNING, logger="wsgi_proxy_listen")
     make_client().get("/proxy/sessions/gone/", environ_overrides={"wsgi.multiprocess": False})
-    assert caplog.records == []
+    assert warnings_log.records == []
