@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,webob,cluster]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,webob,redis]'
 	touch $(STAMP)
 
 test: lint typing pytest
@@ -32,7 +32,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,--breakdown)
 
-# make bench-cluster: forwarded vs local requests through gunicorn -w 4 (needs redis-server).
+# make bench-cluster: the hop between processes on both directories, through gunicorn -w 4
+# (the Redis half needs redis-server).
 bench-cluster: $(STAMP)
 	$(BIN)/python -m bench.cluster
 

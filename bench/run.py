@@ -158,7 +158,7 @@ def timing_cases(quick: bool) -> dict[str, Callable[[], None]]:
 
 def breakdown_cases() -> dict[str, Callable[[], None]]:
     """The pieces of a dispatch that SPEC requires and DispatcherMiddleware does not do."""
-    from wsgi_proxy_listen.middleware import _Guard
+    from wsgi_proxy_listen.guard import Guard as _Guard
 
     environ = server_environ("/proxy/sessions/target/x")
 

@@ -573,11 +573,11 @@ def test_checks_hold_whatever_the_cache_holds(
 ) -> None:
     """The caches of valid status lines and names only speed things up: with no room left
     in them, hop-by-hop headers are still dropped and bad ones still refused."""
-    from wsgi_proxy_listen import middleware
+    from wsgi_proxy_listen import guard
 
-    monkeypatch.setattr(middleware, "_CACHE_SIZE", cache_size)
-    monkeypatch.setattr(middleware, "_VALID_HEADERS", set())
-    monkeypatch.setattr(middleware, "_VALID_STATUSES", set())
+    monkeypatch.setattr(guard, "_CACHE_SIZE", cache_size)
+    monkeypatch.setattr(guard, "_VALID_HEADERS", set())
+    monkeypatch.setattr(guard, "_VALID_STATUSES", set())
     registry = Registry()
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -601,4 +601,4 @@ def test_checks_hold_whatever_the_cache_holds(
         assert b"hop" not in served.wire
         assert b"X-Kept: 1" in served.wire
         assert_clean_500(serve(proxy, "/proxy/sessions/bad"))
-    assert len(middleware._VALID_HEADERS) == (0 if cache_size == 0 else 2)
+    assert len(guard._VALID_HEADERS) == (0 if cache_size == 0 else 2)

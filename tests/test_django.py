@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import typing as t
 
 import django
@@ -17,9 +18,11 @@ from django.core.signals import request_finished
 from django.test import override_settings
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry, default_registry
+from wsgi_proxy_listen.cluster import EmbeddedDirectory
 from wsgi_proxy_listen.django import get_wsgi_application
 
 from .conftest import BufferedClient, checked, running_server
+from .test_cluster import short_folder
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_host.settings")
 django.setup()
@@ -150,3 +153,29 @@ def test_over_a_real_server(application: ProxyMiddleware) -> None:
                 assert data.startswith(body), path
         finally:
             connection.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        pytest.param({"DIRECTORY": "proxy"}, "unknown directory", id="relative"),
+        pytest.param({"DIRECTORY": "rediss://h/0"}, "needs a secret", id="no-secret"),
+    ],
+)
+def test_bad_django_directory_settings_raise_improperly_configured(
+    config: dict[str, object], message: str
+) -> None:
+    with (
+        override_settings(WSGI_PROXY_LISTEN=config),
+        pytest.raises(ImproperlyConfigured, match=message),
+    ):
+        get_wsgi_application(registry=Registry())
+
+
+def test_django_directory_setting() -> None:
+    folder = short_folder()
+    registry = Registry()
+    with override_settings(WSGI_PROXY_LISTEN={"DIRECTORY": folder}):
+        get_wsgi_application(registry=registry)
+    assert t.cast(EmbeddedDirectory, registry.directory).folder == folder
+    shutil.rmtree(folder)

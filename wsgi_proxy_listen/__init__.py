@@ -31,12 +31,13 @@ import typing as t
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
-from .exceptions import InvalidResponse
+from .exceptions import DirectoryUnavailable, InvalidResponse
 from .middleware import ProxyMiddleware
 from .registry import App, Listener, Registry, default_registry
 
 __all__ = [
     "App",
+    "DirectoryUnavailable",
     "InvalidResponse",
     "Listener",
     "ProxyMiddleware",

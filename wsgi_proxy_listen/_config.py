@@ -7,10 +7,12 @@ same keys and give the same errors.
 
 from __future__ import annotations
 
+import os
 import typing as t
 from collections.abc import Mapping
 
 from .middleware import ProxyMiddleware
+from .naming import ENV_DIRECTORY
 from .registry import Registry, default_registry
 
 if t.TYPE_CHECKING:
@@ -21,6 +23,8 @@ KEYS = {
     "PREFIX": "prefix",
     "MAX_CONTENT_LENGTH": "max_content_length",
     "FORWARD_COOKIES": "forward_cookies",
+    "DIRECTORY": "directory",
+    "SECRET": "secret",
 }
 
 
@@ -45,6 +49,7 @@ def middleware_from_config(
     try:
         if "PREFIX" in config:
             registry.prefix = config["PREFIX"]
+        _connect(registry, config)
         return ProxyMiddleware(
             app,
             registry,
@@ -53,3 +58,22 @@ def middleware_from_config(
         )
     except (TypeError, ValueError, RuntimeError) as problem:
         raise error(f"{where}: {problem}") from problem
+
+
+def _connect(registry: Registry, config: Mapping[str, t.Any]) -> None:
+    """Connect the registry to the directory that the settings name, or else the
+    environment; a registry that has a directory keeps it."""
+    directory = config.get("DIRECTORY")
+    secret = config.get("SECRET")
+    if directory is None and registry.directory is None:
+        directory = os.environ.get(ENV_DIRECTORY) or None
+    if directory is None:
+        if secret is not None and registry.directory is None:
+            raise ValueError("SECRET is set without DIRECTORY: it signs the hop between processes")
+        return
+    if registry.directory is not None:
+        raise ValueError(
+            f"DIRECTORY is {directory!r}, but {registry!r} has the directory"
+            f" {registry.directory!r} already: name the directory in one place"
+        )
+    registry.connect(directory, secret=secret)

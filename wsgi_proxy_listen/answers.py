@@ -18,7 +18,14 @@ if t.TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["answer_app", "respond"]
+__all__ = [
+    "BAD_REQUEST",
+    "NOT_FOUND",
+    "UNAVAILABLE",
+    "Answer",
+    "answer_app",
+    "respond",
+]
 
 _MESSAGES = {
     401: "Authentication is required.",
@@ -46,6 +53,17 @@ def _answer(status: int) -> tuple[str, list[tuple[str, str]], bytes]:
 
 
 _ANSWERS = {status: _answer(status) for status in _MESSAGES}
+
+
+class Answer(t.NamedTuple):
+    """A lookup's outcome when no listener serves the request: the status to answer."""
+
+    status: int
+
+
+NOT_FOUND = Answer(404)
+BAD_REQUEST = Answer(400)
+UNAVAILABLE = Answer(503)
 
 
 def respond(

@@ -33,14 +33,16 @@ from contextlib import contextmanager
 from werkzeug.urls import iri_to_uri
 
 from .handlers import to_wsgi
+from .naming import open_directory
 from .routing import is_valid_id, validate_prefix
+from .seam import Directory
 
 if t.TYPE_CHECKING:
     from types import TracebackType
 
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
-__all__ = ["App", "Directory", "Listener", "Registry", "default_registry"]
+__all__ = ["App", "Listener", "Registry", "default_registry"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
 
@@ -58,32 +60,6 @@ def _check_id(what: str, value: object) -> str:
             f"invalid {what} {value!r}: use 1 to 128 characters from A-Z, a-z, 0-9, '_' and '-'"
         )
     return t.cast(str, value)
-
-
-class Directory(t.Protocol):
-    """Where listeners are found beyond this process (SPEC §4's seam; CLUSTER.md).
-
-    :class:`~wsgi_proxy_listen.cluster.RedisDirectory` is the one implementation.
-    A registry without one is local only, with no extra cost.
-    """
-
-    def attach(self, registry: Registry) -> None:
-        """Called once by the registry that uses this directory."""
-
-    def listened(self, listener: Listener) -> None:
-        """Called after ``listener`` was registered in this process."""
-
-    def removed(self, listener: Listener) -> None:
-        """Called after ``listener`` was closed or replaced in this process."""
-
-    def use_middleware(self, app: WSGIApplication) -> None:
-        """Called by each middleware that routes with the registry."""
-
-    def start_serving(self) -> None:
-        """Called with the first request the process serves; idempotent."""
-
-    serving: bool
-    """Whether :meth:`start_serving` ran in this process."""
 
 
 class Listener:
@@ -124,7 +100,7 @@ class Listener:
 
     def close(self) -> None:
         """Remove this listener from its registry. Idempotent."""
-        self._registry._remove(self)
+        self._registry.remove(self)
 
     @property
     def closed(self) -> bool:
@@ -209,13 +185,27 @@ class Registry:
 
     :param prefix: the path under which listeners are reachable.
     :param directory: where listeners of other worker processes and hosts are
-        found (:class:`~wsgi_proxy_listen.cluster.RedisDirectory`); ``None``
-        keeps the registry local to this process.
+        found: an absolute folder path (the embedded directory, one machine),
+        a Redis URL (several machines), or a directory object (see
+        :mod:`wsgi_proxy_listen.seam`); ``None`` keeps the registry local to
+        this process. See :meth:`connect`.
+    :param secret: signs the requests between processes; required for Redis,
+        optional for the embedded directory. ``None`` reads the environment
+        variable ``WSGI_PROXY_LISTEN_SECRET``.
     """
 
-    def __init__(self, prefix: str = "/proxy", *, directory: Directory | None = None) -> None:
+    directory: Directory | None
+    """The directory that shares this registry's listeners, or ``None``."""
+
+    def __init__(
+        self,
+        prefix: str = "/proxy",
+        *,
+        directory: Directory | str | None = None,
+        secret: str | bytes | None = None,
+    ) -> None:
         self._prefix = validate_prefix(prefix)
-        self.directory = directory
+        self.directory = None
         self._in_use = False
         self._lock = threading.Lock()
         self._listeners: dict[str, Listener] = {}
@@ -226,7 +216,12 @@ class Registry:
         self._members: dict[str, dict[str, None]] = {}
         self._current: dict[str, str] = {}
         if directory is not None:
-            directory.attach(self)
+            self.connect(directory, secret=secret)
+        elif secret is not None:
+            raise TypeError(
+                "secret= was given without a directory: it signs the requests between"
+                " processes; give directory= too, or drop secret="
+            )
 
     @property
     def prefix(self) -> str:
@@ -250,11 +245,51 @@ class Registry:
                 )
             self._prefix = prefix
 
-    def _use(self) -> str:
-        """Freeze the prefix for a middleware and return it."""
+    def use_prefix(self) -> str:
+        """Freeze the prefix and return it: a middleware routes with it from now on.
+
+        Called by :class:`~wsgi_proxy_listen.ProxyMiddleware` when it is created.
+        """
         with self._lock:
             self._in_use = True
             return self._prefix
+
+    def connect(self, directory: Directory | str, *, secret: str | bytes | None = None) -> None:
+        """Share this registry's run-time listeners through ``directory``.
+
+        ``directory`` is named as for :class:`Registry`: an absolute folder
+        path, a Redis URL, or a directory object. Listeners registered before
+        are start-up listeners: they stay local to this process.
+
+        :raises RuntimeError: the registry has a directory already, or a
+            middleware routes with it.
+        :raises ValueError: ``directory`` names no directory (see
+            :func:`~wsgi_proxy_listen.naming.open_directory`).
+        """
+        with self._lock:
+            if self.directory is not None:
+                raise RuntimeError(
+                    f"{self!r} is connected to {self.directory!r} already: a registry has"
+                    " one directory; make another Registry for another one"
+                )
+            if self._in_use:
+                raise RuntimeError(
+                    f"cannot connect {self!r} to a directory: a ProxyMiddleware already routes"
+                    " with it; connect the registry before wrapping the app"
+                )
+        if isinstance(directory, str):
+            directory = open_directory(directory, secret=secret)
+        elif not isinstance(directory, Directory):
+            raise TypeError(
+                "a directory is named by a string (an absolute folder path or a Redis URL)"
+                f" or given as a directory object (see wsgi_proxy_listen.seam), not {directory!r}"
+            )
+        elif secret is not None:
+            raise TypeError(
+                "secret= was given with a directory object: give the secret to the directory"
+            )
+        directory.attach(self)
+        self.directory = directory
 
     # -- listeners ---------------------------------------------------------
 
@@ -319,18 +354,25 @@ class Registry:
         Returns whether there was one.
         """
         while (listener := self._listeners.get(session)) is not None:
-            if self._remove(listener):
+            if self.remove(listener):
                 return True
         return False
 
-    def _remove(self, listener: Listener, *, tell_directory: bool = True) -> bool:
+    def remove(self, listener: Listener) -> bool:
+        """Remove ``listener`` if it is still the listener of its session.
+
+        What :meth:`Listener.close` does. Returns whether it was removed: a
+        listener that was closed or replaced already is left alone.
+        """
+        if not isinstance(listener, Listener):
+            raise TypeError(f"remove() takes a Listener, not {listener!r}")
         with self._lock:
             if self._listeners.get(listener.session) is not listener:
                 return False
             del self._listeners[listener.session]
             if listener.app is not None:
                 self._leave(listener.app, listener.session)
-        if tell_directory and self.directory is not None:
+        if self.directory is not None:
             self.directory.removed(listener)
         return True
 

@@ -1,8 +1,14 @@
-"""A Flask host whose listeners are reachable from every worker and every host.
+"""A Flask host whose run-time listeners are reachable from every worker.
 
-    redis-server --port 6379 --save '' &
-    export WSGI_PROXY_LISTEN_SECRET=change-me REDIS_URL=redis://127.0.0.1:6379/0
-    gunicorn -c examples/cluster/gunicorn.conf.py examples.cluster.app:app
+On one machine, name a folder (the embedded directory: nothing to install or run):
+
+    WSGI_PROXY_LISTEN_DIRECTORY=/tmp/myhost-proxy \\
+        gunicorn -c examples/cluster/gunicorn_conf.py examples.cluster.app:app
+
+On several machines, name a Redis server and give every host the same secret:
+
+    WSGI_PROXY_LISTEN_DIRECTORY=redis://10.0.0.5:6379/0 WSGI_PROXY_LISTEN_SECRET=change-me \\
+        gunicorn -c examples/cluster/gunicorn_conf.py examples.cluster.app:app
 
 Then ``curl -X POST http://127.0.0.1:8000/sessions/r1`` registers a listener in
 whichever worker takes that request, and
@@ -19,21 +25,13 @@ from collections.abc import Iterator
 from flask import Flask, request
 from werkzeug.wrappers import Request, Response
 
-from wsgi_proxy_listen import Registry
-from wsgi_proxy_listen.cluster import RedisDirectory
+from wsgi_proxy_listen import close_session, listen, register_app
 from wsgi_proxy_listen.flask import ProxyListen
 
-registry = Registry(
-    directory=RedisDirectory(
-        url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        secret=os.environ["WSGI_PROXY_LISTEN_SECRET"],
-        advertise_host=os.environ.get("ADVERTISE_HOST", "127.0.0.1"),
-        lease=float(os.environ.get("WSGI_PROXY_LISTEN_LEASE", "10")),
-        read_timeout=float(os.environ.get("WSGI_PROXY_LISTEN_READ_TIMEOUT", "60")),
-    )
-)
 app = Flask(__name__)
-ProxyListen(app, registry=registry)
+# No DIRECTORY setting: the directory comes from WSGI_PROXY_LISTEN_DIRECTORY.
+app.config["WSGI_PROXY_LISTEN"] = {"MAX_CONTENT_LENGTH": 64 * 1024 * 1024}
+ProxyListen(app)
 
 
 def report(session: str) -> object:
@@ -63,13 +61,13 @@ def _chunks(megabytes: int) -> Iterator[bytes]:
 
 @app.post("/sessions/<session>")
 def start_session(session: str) -> str:
-    registry.listen(report(session), session=session, app=request.args.get("app"))
+    listen(report(session), session=session, app=request.args.get("app"))
     return str(os.getpid())
 
 
 @app.delete("/sessions/<session>")
 def stop_session(session: str) -> str:
-    return str(registry.close_session(session))
+    return str(close_session(session))
 
 
 @app.get("/pid")
@@ -81,12 +79,12 @@ _numbers = itertools.count(1)
 
 
 def start_dashboard() -> None:
-    """Auto-start: runs once cluster-wide, in the worker that got the first request."""
+    """Auto-start: runs once across every worker, in the one that got the first request."""
     session = f"dash-{os.getpid()}-{next(_numbers)}"
-    registry.listen(report(session), session=session, app="dashboard")
+    listen(report(session), session=session, app="dashboard")
 
 
-registry.register_app("dashboard", start=start_dashboard, start_timeout=10)
+register_app("dashboard", start=start_dashboard, start_timeout=10)
 # Registered at start-up, before the worker serves a request: every worker has it,
 # it is served locally and never published.
-registry.listen(report("everywhere"), session="everywhere")
+listen(report("everywhere"), session="everywhere")

@@ -1,23 +1,37 @@
 """
-Listeners across worker processes and hosts
-===========================================
+Listeners across processes and machines
+=======================================
 
-.. code-block:: python
+Two directories share the listeners that processes register at run time, so
+that every worker of a host, and every host, can reach them:
 
-    from wsgi_proxy_listen import ProxyMiddleware, Registry
-    from wsgi_proxy_listen.cluster import RedisDirectory
+- :class:`~.embedded.EmbeddedDirectory`, for the processes of one machine:
+  SQLite and Unix sockets in a folder, nothing to install or run;
+- :class:`~.redis_directory.RedisDirectory`, for several machines, through a
+  Redis server (extra ``wsgi-proxy-listen[redis]``).
 
-    registry = Registry(directory=RedisDirectory(
-        url="redis://127.0.0.1:6379/0",
-        secret=os.environ["WSGI_PROXY_LISTEN_SECRET"],
-        advertise_host="127.0.0.1",
-    ))
-    application = ProxyMiddleware(django_or_flask_app, registry)
-
-Needs the extra: ``pip install wsgi-proxy-listen[cluster]`` (redis-py, urllib3, waitress).
-``import wsgi_proxy_listen`` never imports this package.
+Name one with a string wherever a directory is accepted
+(:func:`wsgi_proxy_listen.naming.open_directory`): an absolute folder path or
+a Redis URL. ``import wsgi_proxy_listen`` never imports this package, and
+importing it never imports redis-py until :class:`RedisDirectory` is used.
 """
 
-from .directory import Owner, RedisDirectory
+from __future__ import annotations
 
-__all__ = ["Owner", "RedisDirectory"]
+import typing as t
+
+from .embedded import EmbeddedDirectory
+from .shared import Owner, SharedDirectory
+
+if t.TYPE_CHECKING:
+    from .redis_directory import RedisDirectory
+
+__all__ = ["EmbeddedDirectory", "Owner", "RedisDirectory", "SharedDirectory"]
+
+
+def __getattr__(name: str) -> t.Any:
+    if name == "RedisDirectory":
+        from .redis_directory import RedisDirectory
+
+        return RedisDirectory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,291 +1,164 @@
 """
-The hop between workers
-=======================
+The hop between processes
+=========================
 
-A worker that receives a request for a listener owned by another worker
-forwards it over HTTP to the owner's *internal endpoint* and streams the answer
-back. The forwarded request carries the original request's ``SCRIPT_NAME``,
-``PATH_INFO``, raw URI, ``REMOTE_ADDR``, URL scheme and ``Host`` in a signed
-header, so that the owner dispatches it exactly as the receiving worker would
-have. Every hop request is signed with HMAC-SHA256 over the target worker's
-owner id, the method, path, query, that header, a timestamp and a nonce (the
-streamed body is not covered); the endpoint refuses (403) a bad signature, one
-made for another worker, a timestamp outside a 30 s window, or a nonce it has
-seen.
+A process that receives a request for a listener owned by another process
+forwards it over HTTP/1.1 to the owner's internal endpoint
+(:mod:`.endpoint`) and streams the answer back. The hop is plain HTTP on a
+kept-alive connection, over a Unix socket (the embedded directory) or TCP
+(Redis): :mod:`http.client` sends it and :mod:`http.server` parses it.
+
+Everything the owner needs to dispatch the request exactly as the receiving
+process would have (the target session, ``SCRIPT_NAME``, ``PATH_INFO``, the
+raw query and URI, the request headers as the server gave them,
+``REMOTE_ADDR``, the URL scheme...) travels in one header as JSON, so the hop
+request itself has four headers and nothing of the client's request is
+re-quoted or re-parsed. With a secret, the request is signed with HMAC-SHA256
+over the target owner, the method, that header, a timestamp and a nonce (the
+streamed body is not covered); the endpoint refuses a bad signature, one made
+for another process, a timestamp outside a 30 s window, or a nonce it has seen.
 """
 
 from __future__ import annotations
 
-import base64
+import enum
 import hashlib
 import hmac
+import http.client
 import json
-import logging
 import secrets
+import socket
 import threading
 import time
 import typing as t
 from collections.abc import Iterable, Iterator
 
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
-from urllib3.util import SKIP_HEADER
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..answers import respond
-from ..middleware import HOP_MARK, is_hop_by_hop
+from ..headers import is_hop_by_hop
 
 if t.TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from email.message import Message
 
-    from .directory import Owner
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-logger = logging.getLogger("wsgi_proxy_listen")
+__all__ = [
+    "HOP_PATH",
+    "MISS_HEADER",
+    "Failure",
+    "HopClient",
+    "Verifier",
+    "pack",
+    "unpack",
+]
 
 HOP_PATH = "/wsgi-proxy-listen/hop"
+#: Seconds a signed hop request stays valid.
 WINDOW = 30.0
-_CHUNK = 65536
-# Forwarded from the original request: everything the owner's dispatch reads.
-_ENVIRON_KEYS = (
-    "SCRIPT_NAME",
-    "PATH_INFO",
-    # The query travels here, signed, rather than in the hop's URL, which urllib3
-    # would re-quote.
-    "QUERY_STRING",
-    "REQUEST_URI",
-    "RAW_URI",
-    "REMOTE_ADDR",
-    "REMOTE_PORT",
-    "SERVER_NAME",
-    "SERVER_PORT",
-    "SERVER_PROTOCOL",
-    "wsgi.url_scheme",
-    "HTTP_HOST",
+#: Bytes read or written at a time when a body streams through the hop.
+CHUNK = 65536
+ENVIRON_HEADER = "X-Wsgi-Proxy-Listen-Environ"
+STAMP_HEADER = "X-Wsgi-Proxy-Listen-Stamp"
+NONCE_HEADER = "X-Wsgi-Proxy-Listen-Nonce"
+SIGNATURE_HEADER = "X-Wsgi-Proxy-Listen-Signature"
+#: Marks the owner's answer "this process does not serve that session".
+MISS_HEADER = "X-Wsgi-Proxy-Listen-Miss"
+#: Pooled connections idle longer than this are dropped before the endpoint,
+#: which closes them after a minute, can close them under a request.
+IDLE = 30.0
+
+# The environ keys forwarded besides the HTTP_* headers: everything the owner's
+# dispatch reads (the streamed body comes as the hop's own body).
+_FORWARDED = frozenset(
+    {
+        "REQUEST_METHOD",
+        "SCRIPT_NAME",
+        "PATH_INFO",
+        "QUERY_STRING",
+        "REQUEST_URI",
+        "RAW_URI",
+        "CONTENT_TYPE",
+        "CONTENT_LENGTH",
+        "REMOTE_ADDR",
+        "REMOTE_PORT",
+        "SERVER_NAME",
+        "SERVER_PORT",
+        "SERVER_PROTOCOL",
+        "wsgi.url_scheme",
+    }
 )
-# Added by the owner's internal server (waitress), not by the listener.
-_SERVER_HEADERS = frozenset({"server", "date", "via"})
+
+
+def pack(environ: WSGIEnvironment, session: str) -> str:
+    """The target session and the forwarded environ, as one header value.
+
+    JSON with ``ensure_ascii`` is printable ASCII whatever the strings hold (a
+    decoded ``%0A`` in ``PATH_INFO`` becomes ``\\n``), so it is a valid header.
+    Hop-by-hop request headers end at the receiving process.
+    """
+    forwarded = {
+        key: value
+        for key, value in environ.items()
+        if isinstance(value, str)
+        and (
+            key in _FORWARDED
+            or (key.startswith("HTTP_") and not is_hop_by_hop(key[5:].replace("_", "-")))
+        )
+    }
+    return json.dumps([session, forwarded], separators=(",", ":"))
+
+
+def unpack(value: str) -> tuple[str, dict[str, str]]:
+    """The session and environ that :func:`pack` wrote.
+
+    :raises ValueError: the value is not what :func:`pack` writes.
+    """
+    session, environ = json.loads(value)
+    if not isinstance(session, str) or not isinstance(environ, dict):
+        raise ValueError("not a forwarded environ")
+    if not all(isinstance(item, str) for pair in environ.items() for item in pair):
+        raise ValueError("not a forwarded environ")
+    return session, environ
 
 
 def _signature(secret: bytes, owner: str, method: str, meta: str, stamp: str, nonce: str) -> str:
-    """HMAC-SHA256 over the target owner, the method, the forwarded environ (path and
-    query included), a timestamp and a nonce. The body is streamed and not covered."""
     message = "\n".join((owner, method, HOP_PATH, meta, stamp, nonce))
     return hmac.new(secret, message.encode("latin-1"), hashlib.sha256).hexdigest()
 
 
-def _not_forwarded(name: str) -> bool:
-    # Host travels in the signed environ; hop-by-hop headers end at each hop.
-    return name.lower() == "host" or is_hop_by_hop(name)
+def signed_headers(secret: bytes, owner: str, method: str, meta: str) -> dict[str, str]:
+    """The headers that sign a hop request to ``owner``."""
+    stamp, nonce = f"{time.time():.3f}", secrets.token_hex(12)
+    return {
+        STAMP_HEADER: stamp,
+        NONCE_HEADER: nonce,
+        SIGNATURE_HEADER: _signature(secret, owner, method, meta, stamp, nonce),
+    }
 
 
-class Forwarder:
-    """Sends a request to its owner's internal endpoint over pooled connections."""
+class Verifier:
+    """Checks the signature of hop requests made for ``owner``, refusing replays."""
 
-    def __init__(self, secret: bytes, read_timeout: float) -> None:
-        self.secret = secret
-        self.pool = urllib3.PoolManager(
-            num_pools=64,
-            maxsize=16,
-            block=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=1.0, read=read_timeout),
-        )
-
-    def forward(
-        self,
-        owner: Owner,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        owner_gone: t.Callable[[], None],
-    ) -> Iterable[bytes]:
-        """Forward the request of ``environ`` to ``owner``; 503 if it cannot be reached
-        (after calling ``owner_gone``), 504 if it does not answer in time."""
-        address = owner.address
-        method: str = environ["REQUEST_METHOD"]
-        meta = base64.b64encode(
-            json.dumps({key: environ[key] for key in _ENVIRON_KEYS if key in environ}).encode()
-        ).decode()
-        stamp, nonce = f"{time.time():.3f}", secrets.token_hex(16)
-        # SKIP_HEADER: urllib3 and http.client add no User-Agent or Accept-Encoding
-        # that the client did not send.
-        headers = {"User-Agent": SKIP_HEADER, "Accept-Encoding": SKIP_HEADER}
-        headers.update(
-            (_header_name(key), value)
-            for key, value in environ.items()
-            if key.startswith("HTTP_") and not _not_forwarded(_header_name(key))
-        )
-        if environ.get("CONTENT_TYPE"):
-            headers["Content-Type"] = environ["CONTENT_TYPE"]
-        headers["X-Wsgi-Proxy-Listen-Environ"] = meta
-        headers["X-Wsgi-Proxy-Listen-Stamp"] = stamp
-        headers["X-Wsgi-Proxy-Listen-Nonce"] = nonce
-        headers["X-Wsgi-Proxy-Listen-Signature"] = _signature(
-            self.secret, owner.owner, method, meta, stamp, nonce
-        )
-        length = _content_length(environ)
-        if length is not None:
-            headers["Content-Length"] = str(length)
-        body = _Body(environ["wsgi.input"], length)
-        url = f"http://{address}{HOP_PATH}"
-        # A pooled connection the owner closed while idle fails on its first use; a
-        # request without a body can go again on a fresh one.
-        attempts = 2 if length == 0 else 1
-        while True:
-            attempts -= 1
-            try:
-                response = self.pool.urlopen(
-                    method,
-                    url,
-                    body=body.chunks() if length != 0 else b"",
-                    headers=headers,
-                    chunked=length is None,
-                    preload_content=False,
-                    redirect=False,
-                    assert_same_host=False,
-                )
-                break
-            except (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError):
-                owner_gone()
-                return respond(start_response, 503)
-            except ReadTimeoutError:
-                logger.warning("the owner at %s did not answer in time", address)
-                return respond(start_response, 504)
-            except (ProtocolError, OSError) as error:
-                if body.failed:
-                    # The client went away while sending its body: not the owner's fault.
-                    return respond(start_response, 400)
-                if _timed_out(error):
-                    logger.warning("the owner at %s did not take the body in time", address)
-                    return respond(start_response, 504)
-                if attempts:
-                    continue
-                # The owner closed the connection without an answer: it is going away.
-                owner_gone()
-                return respond(start_response, 503)
-            except Exception:
-                if body.failed:  # werkzeug's ClientDisconnected, for one
-                    return respond(start_response, 400)
-                raise
-        kept = [
-            (name, value)
-            for name, value in response.headers.items()
-            if not _not_forwarded(name) and name.lower() not in _SERVER_HEADERS
-        ]
-        start_response(f"{response.status} {response.reason or 'Unknown'}", kept)
-        return _Relay(response)
-
-
-def _header_name(key: str) -> str:
-    return key[5:].replace("_", "-").title()
-
-
-def _content_length(environ: WSGIEnvironment) -> int | None:
-    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        return None
-    try:
-        return max(0, int(environ.get("CONTENT_LENGTH") or "0"))
-    except ValueError:
-        return 0
-
-
-class _Body:
-    """The request body read from ``wsgi.input`` in chunks, remembering whether reading
-    it failed (the client went away), which is no fault of the owner."""
-
-    def __init__(self, stream: t.IO[bytes], length: int | None) -> None:
-        self.stream = stream
-        self.length = length
-        self.failed = False
-
-    def chunks(self) -> Iterator[bytes]:
-        remaining = self.length
-        while remaining is None or remaining > 0:
-            try:
-                chunk = self.stream.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
-            except Exception:
-                self.failed = True
-                raise
-            if not chunk:
-                return
-            if remaining is not None:
-                remaining -= len(chunk)
-            yield chunk
-
-
-def _timed_out(error: BaseException) -> bool:
-    """Whether a failed send was the owner not reading in time (urllib3 wraps it)."""
-    return any(isinstance(cause, TimeoutError) for cause in (error, *error.args))
-
-
-class _Relay:
-    """The owner's answer, streamed through; the connection goes back to the pool
-    only when it was read to the end."""
-
-    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
-        self.response = response
-        self.done = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self.response.stream(_CHUNK, decode_content=False)
-        self.done = True
-
-    def close(self) -> None:
-        if self.done:
-            self.response.release_conn()
-        else:
-            self.response.close()
-
-
-class InternalEndpoint:
-    """The WSGI app of the internal endpoint: verifies, rebuilds the environ, dispatches."""
-
-    def __init__(
-        self, secret: bytes, owner: str, dispatch: t.Callable[[], WSGIApplication | None]
-    ) -> None:
+    def __init__(self, secret: bytes, owner: str) -> None:
         self.secret = secret
         self.owner = owner
-        self.dispatch = dispatch
         self._nonces: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != HOP_PATH or not self._verified(environ):
-            logger.warning("refused an unsigned or replayed request to the internal endpoint")
-            return respond(start_response, 403)
-        meta = json.loads(base64.b64decode(environ["HTTP_X_WSGI_PROXY_LISTEN_ENVIRON"]))
-        inner = {
-            key: value
-            for key, value in environ.items()
-            if not key.startswith("HTTP_X_WSGI_PROXY_LISTEN_")
-        }
-        for key in ("REQUEST_URI", "RAW_URI", "HTTP_HOST", "REMOTE_PORT"):
-            inner.pop(key, None)  # the internal request's own values, not the client's
-        inner.update(meta)
-        inner[HOP_MARK] = True
-        app = self.dispatch()
-        if app is None:
-            return respond(start_response, 503)
-        return app(inner, start_response)
-
-    def _verified(self, environ: WSGIEnvironment) -> bool:
-        try:
-            meta = environ["HTTP_X_WSGI_PROXY_LISTEN_ENVIRON"]
-            stamp = environ["HTTP_X_WSGI_PROXY_LISTEN_STAMP"]
-            nonce = environ["HTTP_X_WSGI_PROXY_LISTEN_NONCE"]
-            given = environ["HTTP_X_WSGI_PROXY_LISTEN_SIGNATURE"]
-            sent = float(stamp)
-        except (KeyError, ValueError):
+    def __call__(self, method: str, meta: str, headers: Message) -> bool:
+        stamp = headers.get(STAMP_HEADER)
+        nonce = headers.get(NONCE_HEADER)
+        given = headers.get(SIGNATURE_HEADER)
+        if stamp is None or nonce is None or given is None:
             return False
-        expected = _signature(
-            self.secret, self.owner, environ["REQUEST_METHOD"], meta, stamp, nonce
-        )
-        now = time.time()
+        try:
+            sent = float(stamp)
+        except ValueError:
+            return False
+        expected = _signature(self.secret, self.owner, method, meta, stamp, nonce)
         if not hmac.compare_digest(given.encode("latin-1"), expected.encode()):
             return False
+        now = time.time()
         if abs(now - sent) > WINDOW:
             return False
         with self._lock:
@@ -295,3 +168,229 @@ class InternalEndpoint:
                 self._nonces = {n: s for n, s in self._nonces.items() if now - s <= WINDOW}
             self._nonces[nonce] = sent
         return True
+
+
+class Failure(enum.Enum):
+    """Why a hop gave no answer of the owner's."""
+
+    MISS = "the owner does not serve the session"
+    GONE = "the owner's endpoint refused the connection: the owner is gone"
+    UNRESPONSIVE = "the owner did not accept the connection in time"
+    BROKEN = "the owner closed the connection without an answer"
+    TIMEOUT = "the owner did not answer in time"
+    ABORTED = "the client went away while sending its body"
+    TOO_LARGE = "the body was longer than max_content_length"
+
+
+class _Connection(http.client.HTTPConnection):
+    """A hop connection over TCP (``host:port``) or a Unix socket (an absolute path),
+    with a short connect timeout and a long read timeout."""
+
+    def __init__(self, address: str, connect_timeout: float, read_timeout: float) -> None:
+        self.unix_path = address if address.startswith("/") else None
+        super().__init__("localhost" if self.unix_path else address, timeout=connect_timeout)
+        self.read_timeout = read_timeout
+        self.used = time.monotonic()
+
+    def connect(self) -> None:
+        if self.unix_path is None:
+            super().connect()
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(self.unix_path)
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+        t.cast(socket.socket, self.sock).settimeout(self.read_timeout)
+
+
+class _Body:
+    """The request body read from ``wsgi.input`` in chunks, remembering why reading it
+    failed: the client went away, or the body ran past ``max_content_length``."""
+
+    def __init__(self, stream: t.IO[bytes], length: int | None) -> None:
+        self.stream = stream
+        self.length = length
+        self.failure: Failure | None = None
+
+    def chunks(self) -> Iterator[bytes]:
+        remaining = self.length
+        while remaining is None or remaining > 0:
+            try:
+                chunk = self.stream.read(CHUNK if remaining is None else min(CHUNK, remaining))
+            except RequestEntityTooLarge:
+                self.failure = Failure.TOO_LARGE
+                raise
+            except Exception:
+                self.failure = Failure.ABORTED
+                raise
+            if not chunk:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
+
+
+def _body_length(environ: WSGIEnvironment) -> int | None:
+    """The declared body length; ``None`` for a chunked body."""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return None
+    try:
+        return max(0, int(environ.get("CONTENT_LENGTH") or "0"))
+    except ValueError:
+        return 0
+
+
+class HopClient:
+    """Sends requests to internal endpoints over pooled, kept-alive connections.
+
+    :param secret: signs each request, or ``None`` (the embedded directory,
+        where the folder's permissions keep others out).
+    :param read_timeout: seconds to wait for the owner (then 504).
+    """
+
+    def __init__(
+        self, secret: bytes | None, read_timeout: float, connect_timeout: float = 1.0
+    ) -> None:
+        self.secret = secret
+        self.read_timeout = read_timeout
+        self.connect_timeout = connect_timeout
+        self._idle: dict[str, list[_Connection]] = {}
+        self._lock = threading.Lock()
+
+    def _checkout(self, address: str) -> tuple[_Connection, bool]:
+        now = time.monotonic()
+        with self._lock:
+            idle = self._idle.get(address)
+            while idle:
+                connection = idle.pop()
+                if now - connection.used < IDLE:
+                    return connection, True
+                connection.close()
+        return _Connection(address, self.connect_timeout, self.read_timeout), False
+
+    def checkin(self, address: str, connection: _Connection) -> None:
+        """Put a connection whose answer was read to the end back in the pool."""
+        connection.used = time.monotonic()
+        with self._lock:
+            idle = self._idle.setdefault(address, [])
+            if len(idle) < 32:
+                idle.append(connection)
+                return
+        connection.close()
+
+    def clear(self) -> None:
+        """Close every pooled connection."""
+        with self._lock:
+            pools, self._idle = self._idle, {}
+        for idle in pools.values():
+            for connection in idle:
+                connection.close()
+
+    def forget(self) -> None:
+        """Drop the pool without closing its sockets (after a fork: they are the
+        parent's connections too)."""
+        self._idle = {}
+        self._lock = threading.Lock()
+
+    def forward(
+        self,
+        owner: str,
+        address: str,
+        session: str,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> Iterable[bytes] | Failure:
+        """Forward the request of ``environ`` for ``session`` to ``owner`` at ``address``.
+
+        Returns the owner's answer, already started, or the :class:`Failure`
+        that kept it from answering (nothing was sent to ``start_response``).
+        """
+        method: str = environ["REQUEST_METHOD"]
+        meta = pack(environ, session)
+        length = _body_length(environ)
+        body = None if length == 0 else _Body(environ["wsgi.input"], length)
+        # A pooled connection that the owner closed while it was idle fails on first use:
+        # a request without a body goes once more, on a fresh connection.
+        for attempt in range(2 if body is None else 1):
+            connection, reused = self._checkout(address)
+            headers = {"Host": "wsgi-proxy-listen", ENVIRON_HEADER: meta}
+            if self.secret is not None:
+                headers.update(signed_headers(self.secret, owner, method, meta))
+            if length:
+                headers["Content-Length"] = str(length)
+            try:
+                connection.request(
+                    method,
+                    HOP_PATH,
+                    body=None if body is None else body.chunks(),
+                    headers=headers,
+                    encode_chunked=length is None,
+                )
+                response = connection.getresponse()
+            except (ConnectionRefusedError, FileNotFoundError):
+                connection.close()
+                return Failure.GONE
+            except Exception as error:
+                connected = connection.sock is not None
+                connection.close()
+                if body is not None and body.failure is not None:
+                    return body.failure
+                if isinstance(error, TimeoutError):
+                    # A paused or overwhelmed owner leaves connections in its backlog (no
+                    # proof that it is gone); a read that times out is a slow answer.
+                    return Failure.TIMEOUT if connected else Failure.UNRESPONSIVE
+                if reused and attempt == 0 and body is None:
+                    continue
+                if isinstance(error, (OSError, http.client.HTTPException)):
+                    return Failure.BROKEN
+                raise
+            break
+        else:
+            return Failure.BROKEN
+        if response.getheader(MISS_HEADER) is not None:
+            response.read()
+            response.close()
+            if response.will_close:
+                connection.close()
+            else:
+                self.checkin(address, connection)
+            return Failure.MISS
+        kept = [(name, value) for name, value in response.getheaders() if not is_hop_by_hop(name)]
+        start_response(f"{response.status} {response.reason or 'Unknown'}", kept)
+        return _Relay(self, address, connection, response)
+
+
+class _Relay:
+    """The owner's answer, streamed through as it arrives; the connection goes back to
+    the pool only when the answer was read to the end."""
+
+    def __init__(
+        self,
+        client: HopClient,
+        address: str,
+        connection: _Connection,
+        response: http.client.HTTPResponse,
+    ) -> None:
+        self.client = client
+        self.address = address
+        self.connection = connection
+        self.response = response
+        self.done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.response.read1(CHUNK):
+            yield chunk
+        self.done = True
+
+    def close(self) -> None:
+        # http.client takes a new request on the connection only once this answer is
+        # closed, which reading it to the end does not do.
+        self.response.close()
+        if self.done and not self.response.will_close:
+            self.client.checkin(self.address, self.connection)
+        else:
+            self.connection.close()

@@ -1,0 +1,192 @@
+"""One way to name a directory (wsgi_proxy_listen.naming): Registry(directory=...), the
+DIRECTORY and SECRET settings of Flask and Django, and the environment variables."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import typing as t
+from collections.abc import Iterator
+
+import flask
+import pytest
+
+from wsgi_proxy_listen import ProxyMiddleware, Registry
+from wsgi_proxy_listen.cluster import EmbeddedDirectory, RedisDirectory
+from wsgi_proxy_listen.flask import ProxyListen
+from wsgi_proxy_listen.naming import open_directory
+
+from .test_cluster import short_folder
+
+
+@pytest.fixture
+def folder() -> Iterator[str]:
+    made = short_folder()
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WSGI_PROXY_LISTEN_DIRECTORY", raising=False)
+    monkeypatch.delenv("WSGI_PROXY_LISTEN_SECRET", raising=False)
+
+
+def test_a_folder_names_the_embedded_directory(folder: str) -> None:
+    directory = open_directory(folder)
+    assert isinstance(directory, EmbeddedDirectory)
+    assert directory.folder == folder
+    assert directory.secret is None
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://cache.internal:6380/1", "unix:///run/r.sock"]
+)
+def test_a_redis_url_names_redis(url: str) -> None:
+    directory = open_directory(url, secret="s")
+    assert isinstance(directory, RedisDirectory)
+    assert directory.url == url
+    assert directory.secret == b"s"
+
+
+def test_the_secret_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_SECRET", "from-env")
+    assert t.cast(RedisDirectory, open_directory("redis://h/0")).secret == b"from-env"
+
+
+@pytest.mark.parametrize(
+    ("name", "secret", "error", "message"),
+    [
+        pytest.param("relative/folder", None, ValueError, "unknown directory", id="relative"),
+        pytest.param("http://h/", None, ValueError, "unknown directory", id="other-scheme"),
+        pytest.param("", None, ValueError, "unknown directory", id="empty"),
+        pytest.param("redis://h/0", None, ValueError, "needs a secret", id="redis-no-secret"),
+        pytest.param("redis://h/0", "", ValueError, "needs a secret", id="redis-empty-secret"),
+        pytest.param("redis://h:x/0", "s", ValueError, "invalid Redis URL", id="bad-url"),
+        pytest.param(42, None, TypeError, "named by a string", id="not-a-string"),
+        pytest.param("redis://h/0", 5, TypeError, "secret must be", id="bad-secret"),
+    ],
+)
+def test_bad_names_raise_at_once(
+    name: object, secret: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        open_directory(t.cast(str, name), secret=t.cast(t.Any, secret))
+
+
+def test_registry_takes_a_name(folder: str) -> None:
+    registry = Registry(directory=folder)
+    assert isinstance(registry.directory, EmbeddedDirectory)
+    with pytest.raises(ValueError, match="unknown directory"):
+        Registry(directory="proxy-folder")
+
+
+def test_registry_secret_without_directory_is_a_mistake() -> None:
+    with pytest.raises(TypeError, match="secret= was given without a directory"):
+        Registry(secret="s")
+
+
+def test_connect_once_and_before_a_middleware(folder: str) -> None:
+    registry = Registry()
+    registry.connect(folder)
+    with pytest.raises(RuntimeError, match="has one directory"):
+        registry.connect(folder)
+    used = Registry()
+    ProxyMiddleware(lambda environ, start_response: [], used)
+    with pytest.raises(RuntimeError, match="connect the registry before wrapping"):
+        used.connect(folder)
+
+
+def test_connect_refuses_a_secret_beside_a_directory_object(folder: str) -> None:
+    with pytest.raises(TypeError, match="give the secret to the directory"):
+        Registry().connect(EmbeddedDirectory(folder), secret="s")
+
+
+# -- the settings of the integrations -------------------------------------------------------
+
+
+def flask_app(config: dict[str, object] | None = None) -> flask.Flask:
+    app = flask.Flask("host")
+    if config is not None:
+        app.config["WSGI_PROXY_LISTEN"] = config
+    return app
+
+
+def test_flask_directory_setting(folder: str) -> None:
+    registry = Registry()
+    ProxyListen(flask_app({"DIRECTORY": folder}), registry=registry)
+    assert isinstance(registry.directory, EmbeddedDirectory)
+    assert registry.directory.folder == folder
+
+
+def test_flask_directory_and_secret_settings() -> None:
+    registry = Registry()
+    ProxyListen(
+        flask_app({"DIRECTORY": "redis://127.0.0.1:1/0", "SECRET": "s3"}), registry=registry
+    )
+    assert isinstance(registry.directory, RedisDirectory)
+    assert registry.directory.secret == b"s3"
+
+
+def test_the_environment_names_the_directory_when_no_setting_does(
+    folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_DIRECTORY", folder)
+    registry = Registry()
+    ProxyListen(flask_app(), registry=registry)
+    assert isinstance(registry.directory, EmbeddedDirectory)
+    other = short_folder()
+    try:
+        explicit = Registry()
+        ProxyListen(flask_app({"DIRECTORY": other}), registry=explicit)
+        assert t.cast(EmbeddedDirectory, explicit.directory).folder == other, "the setting wins"
+    finally:
+        shutil.rmtree(other)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        pytest.param({"DIRECTORY": "proxy"}, "unknown directory", id="relative"),
+        pytest.param({"DIRECTORY": "redis://h/0"}, "needs a secret", id="no-secret"),
+        pytest.param({"SECRET": "s"}, "SECRET is set without DIRECTORY", id="secret-alone"),
+        pytest.param({"DIRECTORY": 7}, "named by a string", id="not-a-string"),
+    ],
+)
+def test_bad_directory_settings_raise_at_start_up(config: dict[str, object], message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message) as info:
+        ProxyListen(flask_app(config), registry=Registry())
+    assert 'app.config["WSGI_PROXY_LISTEN"]' in str(info.value)
+
+
+def test_a_registry_with_a_directory_and_a_directory_setting_conflict(folder: str) -> None:
+    registry = Registry(directory=folder)
+    with pytest.raises(ValueError, match="name the directory in one place"):
+        ProxyListen(flask_app({"DIRECTORY": folder}), registry=registry)
+
+
+# -- what importing costs -------------------------------------------------------------------
+
+
+def imported_after(code: str) -> list[str]:
+    probe = (
+        f"{code}; import sys; print(sorted(m for m in sys.modules if m.startswith(('redis',"
+        " 'urllib3', 'waitress', 'sqlite3', 'wsgi_proxy_listen.cluster'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    return t.cast(list[str], eval(result.stdout))
+
+
+def test_importing_the_package_imports_no_directory() -> None:
+    assert imported_after("import wsgi_proxy_listen") == []
+
+
+def test_the_embedded_directory_imports_no_redis(folder: str) -> None:
+    found = imported_after(
+        f"import wsgi_proxy_listen; wsgi_proxy_listen.Registry(directory={folder!r})"
+    )
+    assert not [name for name in found if name.startswith(("redis", "urllib3", "waitress"))]
+    assert "wsgi_proxy_listen.cluster.embedded" in found

@@ -1,0 +1,378 @@
+"""
+The embedded directory
+======================
+
+Shares listeners between the processes of one machine with nothing to install
+or run: the shared table is a SQLite database (WAL mode) and each process's
+internal endpoint a Unix socket, both in one folder that the operator names.
+
+.. code-block:: python
+
+    from wsgi_proxy_listen import Registry
+
+    registry = Registry(directory="/run/myhost/proxy")
+
+The folder is created ``0700`` and the sockets ``0600``: its permissions are
+the access control, so only processes of the same user take part, and hop
+requests need no secret (one given is used to sign them anyway). Several
+server instances (two gunicorns, a gunicorn and a job worker) share listeners
+by naming the same folder. Files in it:
+
+==========================  ===========================================================
+``directory.sqlite3``       the table: owners with their lease, sessions, app
+                            membership, take-over notices, start locks
+``<pid>-<token>.sock``      the internal endpoint of one process, removed at its exit
+==========================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import stat
+import threading
+import time
+import typing as t
+
+from .shared import Owner, SharedDirectory
+
+__all__ = ["EmbeddedDirectory"]
+
+DATABASE = "directory.sqlite3"
+#: Seconds between two looks at the take-over notices (take-over within a second).
+WATCH_INTERVAL = 0.2
+#: Seconds a write waits for another process's write to end.
+BUSY_TIMEOUT = 2.0
+# sockaddr_un holds 108 bytes with the final NUL; a socket name is at most 21 bytes.
+_SOCKET_PATH_MAX = 107
+_LONGEST_NAME = len("4194304-0123456789.sock")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS owners (
+    owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, address TEXT NOT NULL,
+    expires REAL NOT NULL, started REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    session TEXT PRIMARY KEY, owner TEXT NOT NULL, app TEXT, joined REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_by_owner ON sessions (owner);
+CREATE INDEX IF NOT EXISTS sessions_by_app ON sessions (app, joined);
+CREATE TABLE IF NOT EXISTS takeovers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, old_owner TEXT NOT NULL,
+    at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS takeovers_by_owner ON takeovers (old_owner, id);
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
+"""
+_LOCATE = (
+    "SELECT s.owner, o.address, s.app FROM sessions s JOIN owners o ON o.owner = s.owner"
+    " WHERE s.session = ? AND o.expires > ?"
+)
+_CURRENT = (
+    "SELECT s.session, s.owner, o.address FROM sessions s JOIN owners o ON o.owner = s.owner"
+    " WHERE s.app = ? AND o.expires > ? ORDER BY s.joined DESC LIMIT 1"
+)
+
+
+class EmbeddedDirectory(SharedDirectory):
+    """A directory for the processes of one machine, in ``folder``.
+
+    :param folder: an absolute path; created ``0700`` if missing. An existing
+        folder must belong to this user and be closed to others.
+    :param secret: signs hop requests; not needed (the folder keeps others out).
+    :param lease: seconds the listeners of a silent (paused) owner stay listed.
+    :param read_timeout: seconds a hop waits for the owner's answer (then 504).
+    :raises ValueError: a relative or too long path, or a folder others can use.
+    """
+
+    unreachable = (sqlite3.OperationalError,)
+
+    def __init__(
+        self,
+        folder: str,
+        *,
+        secret: str | bytes | None = None,
+        lease: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        if not isinstance(folder, str) or not os.path.isabs(folder):
+            raise ValueError(f"invalid folder {folder!r}: use an absolute path")
+        folder = os.path.normpath(folder)
+        if len(os.fsencode(folder)) + 1 + _LONGEST_NAME > _SOCKET_PATH_MAX:
+            raise ValueError(
+                f"the folder {folder!r} is too long for Unix sockets in it (at most"
+                f" {_SOCKET_PATH_MAX - 1 - _LONGEST_NAME} bytes): choose a shorter path"
+            )
+        _prepare(folder)
+        if isinstance(secret, str):
+            secret = secret.encode()
+        super().__init__(lease=lease, read_timeout=read_timeout, secret=secret or None)
+        self.folder = folder
+        self.database = os.path.join(folder, DATABASE)
+        self._connections: tuple[sqlite3.Connection, sqlite3.Connection] | None = None
+        self._inherited: list[object] = []
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._seen_takeover = 0
+        self._data_version = -1
+
+    def __repr__(self) -> str:
+        return f"<EmbeddedDirectory {self.folder!r} owner={self.owner!r}>"
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _store_open(self) -> None:
+        if self._connections is not None:
+            return
+        reader, writer = (
+            sqlite3.connect(
+                self.database, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            for _ in range(2)
+        )
+        # The table is state of running processes: it need not survive a crash of the
+        # machine, so commits skip fsync.
+        writer.execute("PRAGMA journal_mode=WAL")
+        for connection in (reader, writer):
+            connection.execute("PRAGMA synchronous=OFF")
+        with self._transaction(writer):
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                writer.execute(statement)
+        self._connections = (reader, writer)
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._connections is None:
+            self._store_open()
+        return t.cast("tuple[sqlite3.Connection, sqlite3.Connection]", self._connections)[0]
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._connections is None:
+            self._store_open()
+        return t.cast("tuple[sqlite3.Connection, sqlite3.Connection]", self._connections)[1]
+
+    @contextlib.contextmanager
+    def _transaction(self, connection: sqlite3.Connection) -> t.Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    def _store_close(self) -> None:
+        if self._connections is not None:
+            for connection in self._connections:
+                connection.close()
+            self._connections = None
+
+    def _store_after_fork(self) -> None:
+        # SQLite must not use, or close, a connection opened before fork() in the child:
+        # keep the parent's objects alive and unused.
+        if self._connections is not None:
+            self._inherited.append(self._connections)
+            self._connections = None
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._seen_takeover = 0
+        self._data_version = -1
+
+    # -- owners ----------------------------------------------------------------------------
+
+    def _new_owner(self) -> str:
+        owner = f"{os.getpid()}-{secrets.token_hex(5)}"
+        now = time.time()
+        with self._transaction(self._writer()) as writer:
+            self._seen_takeover = writer.execute(
+                "SELECT coalesce(max(id), 0) FROM takeovers"
+            ).fetchone()[0]
+            writer.execute(
+                "INSERT OR REPLACE INTO owners VALUES (?, ?, ?, ?, ?)",
+                (owner, os.getpid(), self._socket(owner), now + self.lease, now),
+            )
+        return owner
+
+    def _socket(self, owner: str) -> str:
+        return os.path.join(self.folder, f"{owner}.sock")
+
+    def _endpoint_address(self, owner: str) -> str:
+        return self._socket(owner)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _store_publish(self, session: str, entry: Owner) -> None:
+        now = time.time()
+        with self._transaction(self._writer()) as writer:
+            row = writer.execute(
+                "SELECT owner FROM sessions WHERE session = ?", (session,)
+            ).fetchone()
+            writer.execute(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
+                (session, entry.owner, entry.app, now),
+            )
+            if row is not None and row[0] != entry.owner:
+                writer.execute(
+                    "INSERT INTO takeovers (session, old_owner, at) VALUES (?, ?, ?)",
+                    (session, row[0], now),
+                )
+
+    def _store_withdraw(self, session: str, entry: Owner) -> None:
+        with self._transaction(self._writer()) as writer:
+            writer.execute(
+                "DELETE FROM sessions WHERE session = ? AND owner = ?", (session, entry.owner)
+            )
+
+    def _store_renew(self, entries: dict[str, Owner]) -> list[str]:
+        now = time.time()
+        taken: list[str] = []
+        with self._transaction(self._writer()) as writer:
+            # This owner's row may have been deleted by a process that found it silent.
+            writer.execute(
+                "INSERT INTO owners VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (owner) DO UPDATE SET expires = excluded.expires",
+                (self.owner, os.getpid(), self.address, now + self.lease, now),
+            )
+            listed = {
+                session
+                for (session,) in writer.execute(
+                    "SELECT session FROM sessions WHERE owner = ?", (self.owner,)
+                )
+            }
+            for session in entries.keys() - listed:
+                row = writer.execute(
+                    "SELECT owner FROM sessions WHERE session = ?", (session,)
+                ).fetchone()
+                if row is None:
+                    entry = entries[session]
+                    writer.execute(
+                        "INSERT INTO sessions VALUES (?, ?, ?, ?)",
+                        (session, entry.owner, entry.app, now),
+                    )
+                else:
+                    taken.append(session)
+            # Clean up after owners that ended without a word (SIGKILL, a crash).
+            dead = [
+                (owner, address)
+                for owner, address in writer.execute(
+                    "SELECT owner, address FROM owners WHERE expires < ?", (now,)
+                )
+            ]
+            for owner, _ in dead:
+                writer.execute("DELETE FROM sessions WHERE owner = ?", (owner,))
+                writer.execute("DELETE FROM owners WHERE owner = ?", (owner,))
+            writer.execute("DELETE FROM takeovers WHERE at < ?", (now - 60,))
+            writer.execute("DELETE FROM locks WHERE expires < ?", (now,))
+        for _, address in dead:
+            with contextlib.suppress(OSError):
+                os.unlink(address)
+        return taken
+
+    def _store_forget(self, session: str, entry: Owner) -> None:
+        # Its socket refused the connection: no process listens there any more, so every
+        # entry of that owner goes (compare-and-delete on the owner id).
+        with self._transaction(self._writer()) as writer:
+            writer.execute("DELETE FROM sessions WHERE owner = ?", (entry.owner,))
+            writer.execute("DELETE FROM owners WHERE owner = ?", (entry.owner,))
+        with contextlib.suppress(OSError):
+            if entry.address.startswith(self.folder + os.sep):
+                os.unlink(entry.address)
+
+    def _store_withdraw_all(self, entries: dict[str, Owner]) -> None:
+        with self._transaction(self._writer()) as writer:
+            writer.execute("DELETE FROM sessions WHERE owner = ?", (self.owner,))
+            writer.execute("DELETE FROM owners WHERE owner = ?", (self.owner,))
+            writer.execute("DELETE FROM locks WHERE owner = ?", (self.owner,))
+
+    def _store_lock(self, slug: str, seconds: float) -> bool:
+        now = time.time()
+        with self._transaction(self._writer()) as writer:
+            row = writer.execute("SELECT expires FROM locks WHERE name = ?", (slug,)).fetchone()
+            if row is not None and row[0] > now:
+                return False
+            writer.execute(
+                "INSERT OR REPLACE INTO locks VALUES (?, ?, ?)", (slug, self.owner, now + seconds)
+            )
+            return True
+
+    def _store_unlock(self, slug: str) -> None:
+        with self._transaction(self._writer()) as writer:
+            writer.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (slug, self.owner))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _store_locate(self, session: str) -> Owner | None:
+        with self._read_lock:
+            row = self._reader().execute(_LOCATE, (session, time.time())).fetchone()
+        return None if row is None else Owner(*row)
+
+    def _store_changed(self) -> bool:
+        # PRAGMA data_version changes when another connection commits: one cheap read
+        # keeps every cached location exact.
+        with self._read_lock:
+            version = self._reader().execute("PRAGMA data_version").fetchone()[0]
+            changed = version != self._data_version
+            self._data_version = version
+        return bool(changed)
+
+    def _store_current(self, slug: str) -> tuple[str, Owner] | None:
+        with self._read_lock:
+            row = self._reader().execute(_CURRENT, (slug, time.time())).fetchone()
+        if row is None:
+            return None
+        session, owner, address = row
+        return session, Owner(owner, address, slug)
+
+    def _store_probe(self) -> None:
+        # Down means writes fail (a writer stuck in its transaction): try to take the
+        # write lock, briefly.
+        writer = self._writer()
+        with self._write_lock:
+            writer.execute("PRAGMA busy_timeout = 200")
+            try:
+                writer.execute("BEGIN IMMEDIATE")
+                writer.execute("ROLLBACK")
+            finally:
+                writer.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL):
+            if self._down:
+                continue
+            try:
+                with self._read_lock:
+                    rows = (
+                        self._reader()
+                        .execute(
+                            "SELECT id, session FROM takeovers WHERE old_owner = ? AND id > ?",
+                            (self.owner, self._seen_takeover),
+                        )
+                        .fetchall()
+                    )
+            except sqlite3.Error:
+                continue
+            for row_id, session in rows:
+                self._seen_takeover = max(self._seen_takeover, row_id)
+                self._notice(session, None)
+
+
+def _prepare(folder: str) -> None:
+    """Create ``folder`` 0700, or check that an existing one is this user's alone."""
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the directory folder {folder!r}: {error}") from None
+    info = os.stat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{folder!r} is not a folder")
+    if info.st_uid != os.getuid():
+        raise ValueError(
+            f"the folder {folder!r} belongs to another user: its permissions are the access"
+            " control of the embedded directory; use a folder of this user"
+        )
+    if info.st_mode & 0o077:
+        raise ValueError(
+            f"the folder {folder!r} is open to other users (mode {stat.filemode(info.st_mode)}):"
+            f" its permissions are the access control of the embedded directory; run"
+            f" 'chmod 700 {folder}' or name a new folder"
+        )
