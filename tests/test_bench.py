@@ -3,7 +3,9 @@ this machine is shared and noisy; BENCHMARKS.md records the figures of a full ru
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,29 @@ def test_quick_benchmark_runs_and_prints_the_table() -> None:
         "WSGI listener dispatch / DispatcherMiddleware hit",
     ]:
         assert line in output, line
+
+
+@pytest.mark.timeout(240)
+def test_quick_cluster_benchmark_runs_and_prints_both_directories() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.cluster", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout
+    print(output)
+    assert "refused" not in result.stderr, "a hop of the breakdown was refused"
+    for line in [
+        "embedded   local",
+        "embedded   forwarded",
+        "extra median",
+        "pack the environ (JSON)",
+        "embedded: whole hop to a listener (Unix socket)",
+    ]:
+        assert line in output, line
+    if shutil.which("redis-server"):
+        assert "redis      forwarded" in output
+        assert "redis: whole hop to a listener (TCP)" in output

@@ -61,9 +61,10 @@ class InternalEndpoint:
         a host to bind a free TCP port on.
     :param serve: the middleware's :meth:`~wsgi_proxy_listen.ProxyMiddleware.serve_forwarded`,
         through the directory (it may not exist yet when the endpoint starts).
-    :param verify: ``verify(method, environ header, headers)`` says whether a
-        request may be served, or ``None`` to serve every request that reaches
-        the socket.
+    :param verify: ``verify(method, environ header, headers)`` says whether the
+        first request of a connection may be served (the connection is then
+        trusted until it closes), or ``None`` to serve every request that
+        reaches the socket.
     """
 
     def __init__(
@@ -185,6 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.trusted = self.server.endpoint.verify is None
         if self.connection.family != socket.AF_UNIX:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.endpoint.track(self.connection, True)
@@ -209,14 +211,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _hop(self) -> None:
         endpoint = self.server.endpoint
         meta = self.headers.get(ENVIRON_HEADER)
-        if (
-            self.path != HOP_PATH
-            or meta is None
-            or (
-                endpoint.verify is not None
-                and not endpoint.verify(self.command, meta, self.headers)
-            )
-        ):
+        if not self.trusted and meta is not None and self.path == HOP_PATH:
+            verify = t.cast("Callable[[str, str, Message], bool]", endpoint.verify)
+            self.trusted = verify(self.command, meta, self.headers)
+        if self.path != HOP_PATH or meta is None or not self.trusted:
             logger.warning("refused a request to the internal endpoint that was not a valid hop")
             self._plain(403)
             return
