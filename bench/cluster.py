@@ -118,11 +118,10 @@ def environ_of_a_request() -> dict[str, t.Any]:
     return environ
 
 
-def piece_timings(folder: str) -> list[tuple[str, float]]:
-    """The CPU pieces of one hop, timed in this process."""
+def piece_timings() -> list[tuple[str, float]]:
+    """The CPU pieces of one hop that need no other process, timed in this process."""
     from email.message import Message
 
-    from wsgi_proxy_listen.cluster import EmbeddedDirectory
     from wsgi_proxy_listen.cluster.hop import Verifier, pack, signed_headers, unpack
 
     environ = environ_of_a_request()
@@ -136,28 +135,44 @@ def piece_timings(folder: str) -> list[tuple[str, float]]:
             message[name] = value
         verify("GET", meta, message)
 
-    directory = EmbeddedDirectory(folder)
-    directory._store_open()
-    writer = directory._writer()
-    writer.execute(
-        "INSERT OR REPLACE INTO owners VALUES ('o', 1, '/x.sock', ?, 0)", (time.time() + 60,)
-    )
-    writer.execute("INSERT OR REPLACE INTO sessions VALUES ('remote', 'o', NULL, 0)")
-    rows = [
+    return [
         ("pack the environ (JSON)", best_us(lambda: pack(environ, "remote"))),
         ("unpack it in the owner", best_us(lambda: unpack(meta))),
         ("sign + verify, once per connection (Redis)", best_us(sign_and_verify)),
-        (
-            "embedded: cached location (data_version + dict)",
-            best_us(lambda: directory._locate("remote", cached=True)),
-        ),
-        (
-            "embedded: location from the table (SELECT)",
-            best_us(lambda: directory._locate("remote", cached=False)),
-        ),
     ]
-    directory._store_close()
-    return rows
+
+
+def lookup_timings(folder: str) -> list[tuple[str, float]]:
+    """Finding a listener of another process in the embedded directory (the owner runs
+    in a process of its own): from the cached location, and from the table."""
+    from wsgi_proxy_listen import ProxyMiddleware, Registry, routing
+
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, folder], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        t.cast(t.IO[str], owner.stdout).readline()
+        registry = Registry(directory=folder)
+        ProxyMiddleware(lambda environ, start_response: [], registry)
+        directory = t.cast(t.Any, registry.directory)
+        route = t.cast(routing.Route, routing.parse("/proxy/sessions/remote/", "/proxy"))
+        bodiless = environ_of_a_request()
+        with_body = {**bodiless, "CONTENT_LENGTH": "5"}  # always asks the table
+        rows = [
+            (
+                "embedded: find it, cached location (data_version + dict)",
+                best_us(lambda: directory.find(route, bodiless)),
+            ),
+            (
+                "embedded: find it in the table (SELECT)",
+                best_us(lambda: directory.find(route, with_body)),
+            ),
+        ]
+        directory.close()
+        return rows
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 _OWNER = """
@@ -209,8 +224,7 @@ def median_us(call: t.Callable[[], object], count: int) -> float:
 def round_trips(folder: str, redis_url: str | None, count: int) -> list[tuple[str, float]]:
     """Median round trips between this process and another: a bare HTTP exchange over a
     Unix socket, and whole hops to an owner on each directory."""
-    from wsgi_proxy_listen.cluster.hop import HopClient
-    from wsgi_proxy_listen.cluster.hop import _Connection as Connection
+    from wsgi_proxy_listen.cluster.hop import Connection, HopClient
 
     bare_socket = os.path.join(folder, "bare.sock")
     bare = subprocess.Popen(
@@ -271,7 +285,7 @@ def main() -> None:
         if server is not None:
             server.start()
             results["redis"] = measure(server.url, count, seconds)
-        pieces = piece_timings(folder)
+        pieces = piece_timings() + lookup_timings(folder)
         trips = round_trips(folder, None if server is None else server.url, 300 if quick else 3000)
     finally:
         if server is not None:

@@ -4,11 +4,13 @@ Each test runs on the embedded directory (a folder) and on Redis (a real redis-s
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -405,3 +407,193 @@ def test_nothing_starts_before_the_first_request() -> None:
         assert result.stdout.strip() == "1 []"
     finally:
         shutil.rmtree(folder)
+
+
+# -- found in review: a live owner is never taken for gone, answers are framed exactly ---------
+
+
+def deny_without_reading(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+    start_response("401 Unauthorized", [("Content-Length", "6")])
+    return [b"denied"]
+
+
+def test_an_early_answer_to_a_big_upload_reaches_the_client(workers: Workers) -> None:
+    """A listener that answers 401 without reading an 8 MB upload: its answer is relayed,
+    and its owner, alive, keeps its socket and its other sessions."""
+    a_dir, a, _ = workers.worker()
+    _, _, b = workers.worker()
+    a.listen(deny_without_reading, session="s1", kind="wsgi")
+    a.listen(text("other"), session="s2")
+    answer = b.post("/proxy/sessions/s1/", data=b"x" * (8 << 20), buffered=True)
+    assert (answer.status_code, answer.data) == (401, b"denied")
+    for _ in range(3):
+        assert b.get("/proxy/sessions/s2/", buffered=True).data == b"other"
+    if workers.kind == "embedded":
+        assert os.path.exists(a_dir.address)
+
+
+def test_a_body_longer_than_its_length_never_answers_another_request(workers: Workers) -> None:
+    """The extra bytes of a listener that writes past its Content-Length are cut: they
+    must not become the answer to the next request on the pooled hop connection."""
+    _, a, _ = workers.worker()
+    _, _, b = workers.worker()
+
+    def overlong(environ: dict[str, t.Any], start_response: t.Any) -> t.Iterator[bytes]:
+        start_response("200 OK", [("Content-Length", "5")])
+        yield b"hello"
+        time.sleep(0.3)  # the receiving side has read its five bytes and pooled the connection
+        yield b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nnot victim's!"
+
+    a.listen(overlong, session="attacker", kind="wsgi")
+    a.listen(text("victim's own page"), session="victim")
+    assert b.get("/proxy/sessions/attacker/", buffered=True).data == b"hello"
+    time.sleep(0.5)
+    for _ in range(3):
+        assert b.get("/proxy/sessions/victim/", buffered=True).data == b"victim's own page"
+
+
+def test_a_body_shorter_than_its_length_is_cut_not_passed_as_whole(workers: Workers) -> None:
+    _, a, _ = workers.worker()
+    _, _, b = workers.worker()
+
+    def short(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "100")])
+        return [b"only ten b"]
+
+    a.listen(short, session="short", kind="wsgi")
+    a.listen(text("fine"), session="fine")
+    with pytest.raises(http.client.IncompleteRead):
+        b.get("/proxy/sessions/short/", buffered=True)
+    assert b.post("/proxy/sessions/fine/", data=b"x" * 1000, buffered=True).data == b"fine"
+    with b.get("/proxy/sessions/short/") as response:  # unbuffered: the head comes whole
+        assert response.status_code == 200, "its owner is still listed"
+
+
+class _EndsEarly:
+    """A request body whose client disconnects: reads return b"" before its length."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def read(self, size: int = -1) -> bytes:
+        if self.sent:
+            return b""
+        self.sent = True
+        return b"x" * 1000
+
+
+def test_an_upload_that_ends_early_is_the_clients_fault(workers: Workers) -> None:
+    """The body ends before its declared length (gunicorn's reader does this when the
+    client goes away): 400 at once, not a hop that waits for the rest until 504."""
+    a_dir = workers.directory(read_timeout=5)
+    a = Registry(directory=a_dir)
+    Client(ProxyMiddleware(Host(), a)).get("/")
+    b_registry = Registry(directory=workers.directory(read_timeout=5))
+    b = Client(ProxyMiddleware(Host(), b_registry))
+    b.get("/")
+    a.listen(lambda request: str(len(request.get_data())), session="up")
+    answer = b.post(
+        "/proxy/sessions/up/",
+        environ_overrides={"wsgi.input": _EndsEarly(), "CONTENT_LENGTH": "5000"},
+        buffered=True,
+    )
+    assert answer.status_code == 400
+
+
+def test_a_listener_closed_while_the_heartbeat_runs_is_not_written_back(
+    workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() between the heartbeat's snapshot and its renewal: the renewal writes the
+    entry again, and the heartbeat must take it back out."""
+    directory = workers.directory()
+    a = Registry(directory=directory)
+    Client(ProxyMiddleware(Host(), a)).get("/")
+    _, b, b_client = workers.worker()
+    b.register_app("nb", start=lambda: b.listen(text("started in b"), session="fresh", app="nb"))
+    handle = a.listen(text("old"), session="s1", app="nb")
+    renew = type(directory)._store_renew
+    closed = threading.Event()
+
+    def close_first(self: t.Any, entries: dict[str, t.Any]) -> list[str]:
+        if self is directory and "s1" in entries and not closed.is_set():
+            handle.close()  # as if another thread closed it just now
+            closed.set()
+        return renew(self, entries)
+
+    monkeypatch.setattr(type(directory), "_store_renew", close_first)
+    assert closed.wait(5)
+    time.sleep(1.5)  # the heartbeat ended its round
+    answer = b_client.get("/proxy/apps/nb/", buffered=True)
+    assert answer.data == b"started in b", "the closed member was no longer listed"
+
+
+def test_a_locked_table_costs_a_fresh_worker_nothing() -> None:
+    """A writer stuck in its transaction (a paused process) when a worker serves its first
+    request: the host app answers, and the listener is published once the lock is gone."""
+    folder = short_folder()
+    made = Workers("embedded", folder)
+    try:
+        _, _, observer = made.worker()  # creates the table
+        stuck = sqlite3.connect(os.path.join(folder, "directory.sqlite3"), isolation_level=None)
+        stuck.execute("BEGIN IMMEDIATE")
+        directory = made.directory()
+        registry = Registry(directory=directory)
+        client = Client(ProxyMiddleware(Host(), registry))
+        assert client.get("/", buffered=True).data == b"host"
+        registry.listen(text("published later"), session="late")
+        assert client.get("/", buffered=True).data == b"host"
+        stuck.execute("ROLLBACK")
+        stuck.close()
+        deadline = time.monotonic() + 5
+        answer = observer.get("/proxy/sessions/late/", buffered=True)
+        while answer.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            answer = observer.get("/proxy/sessions/late/", buffered=True)
+        assert answer.data == b"published later"
+    finally:
+        made.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_after_using_the_table_takes_its_own_file_locks() -> None:
+    """SQLite connections must not cross a fork: the child would believe it holds the
+    parent's file locks and take none. A fresh process and a forked child hold the same."""
+    from wsgi_proxy_listen import routing
+
+    folder = short_folder()
+    made = Workers("embedded", folder)
+    try:
+        directory, registry, _ = made.worker()
+        registry.listen(text("x"), session="x")
+        route = t.cast(routing.Route, routing.parse("/proxy/sessions/y/", "/proxy"))
+        probe = {"CONTENT_LENGTH": "1"}  # a lookup in the table itself
+        directory.find(route, probe)
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            directory.find(route, probe)
+            os.write(write, str(len(_file_locks(os.getpid()))).encode())
+            os._exit(0)
+        os.waitpid(child, 0)
+        in_child = int(os.read(read, 100))
+        os.close(read)
+        os.close(write)
+        code = (
+            "import os, sys; from wsgi_proxy_listen import Registry, ProxyMiddleware, routing\n"
+            f"r = Registry(directory={folder!r}); ProxyMiddleware(lambda e, s: [], r)\n"
+            "route = routing.parse('/proxy/sessions/y/', '/proxy')\n"
+            "r.directory.find(route, {'CONTENT_LENGTH': '1'})\n"
+            "print(sum(l.split()[4] == str(os.getpid()) for l in open('/proc/locks')))\n"
+        )
+        fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert in_child >= 1
+        assert in_child == int(fresh.stdout)
+    finally:
+        made.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _file_locks(pid: int) -> list[str]:
+    with open("/proc/locks") as table:
+        return [line for line in table if line.split()[4] == str(pid)]

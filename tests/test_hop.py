@@ -3,6 +3,7 @@ in one process: a real endpoint on a Unix socket or a TCP port, a real HopClient
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import os
@@ -74,7 +75,8 @@ def test_pack_keeps_what_the_owner_dispatches_with() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ['{"a": 1}', '["s", {"A": 1}]', "[1, {}]", '["s", []]', "not json", '["s"]']
+    "value",
+    ['{"a": 1}', '["s", {"A": 1}]', "[1, {}]", '["s", []]', "not json", '["s"]', "5", "null"],
 )
 def test_unpack_refuses_anything_else(value: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - json's own errors are ValueErrors too
@@ -489,4 +491,80 @@ def test_many_connections_at_once() -> None:
         wait_for(lambda: owner.closed == 800)
     finally:
         server.close()
+        shutil.rmtree(folder)
+
+
+# -- found in review ----------------------------------------------------------------------------
+
+
+def test_an_endpoint_with_every_slot_taken_refuses_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One more connection than the endpoint serves is closed at once (the sender answers
+    503), instead of waiting in the backlog until the sender's read timeout."""
+    from wsgi_proxy_listen.cluster import endpoint as endpoint_module
+
+    monkeypatch.setattr(endpoint_module, "MAX_CONNECTIONS", 1)
+    folder = short_folder()
+    owner = Owner()
+    server = InternalEndpoint(os.path.join(folder, "e.sock"), lambda: owner, None)
+    server.start()
+    holder = socket.socket(socket.AF_UNIX)
+    try:
+        holder.connect(server.address)  # takes the only slot, idle
+        time.sleep(0.2)
+        client = HopClient(None, read_timeout=5.0)
+        CLIENTS.append(client)
+        assert forward_to(client, server.address) is Failure.BROKEN
+    finally:
+        holder.close()
+        server.close()
+        shutil.rmtree(folder)
+
+
+def test_close_does_not_wait_for_idle_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsgi_proxy_listen.cluster import endpoint as endpoint_module
+
+    monkeypatch.setattr(endpoint_module, "MAX_CONNECTIONS", 1)
+    folder = short_folder()
+    server = InternalEndpoint(os.path.join(folder, "e.sock"), lambda: Owner(), None)
+    server.start()
+    idle = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+    try:
+        for connection in idle:  # one holds the slot, one waits for it
+            connection.connect(server.address)
+        time.sleep(0.2)
+        closing = threading.Thread(target=server.close)
+        closing.start()
+        closing.join(10)
+        assert not closing.is_alive(), "close() waited for the idle connections"
+    finally:
+        for connection in idle:
+            connection.close()
+        shutil.rmtree(folder)
+
+
+def test_a_full_backlog_is_an_unresponsive_owner_not_a_gone_one() -> None:
+    """On a Unix socket whose backlog is full, connect() fails with EAGAIN: a paused or
+    overwhelmed owner, whose entries must not be deleted as a dead one's are."""
+    folder = short_folder()
+    path = os.path.join(folder, "full.sock")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(path)
+    listening.listen(0)
+    waiting = []
+    try:
+        for _ in range(4):
+            pending = socket.socket(socket.AF_UNIX)
+            pending.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                pending.connect(path)
+            waiting.append(pending)
+        client = HopClient(None, read_timeout=2.0)
+        CLIENTS.append(client)
+        assert forward_to(client, path) is Failure.UNRESPONSIVE
+    finally:
+        for pending in waiting:
+            pending.close()
+        listening.close()
         shutil.rmtree(folder)

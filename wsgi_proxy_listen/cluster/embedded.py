@@ -110,7 +110,7 @@ class EmbeddedDirectory(SharedDirectory):
         self.folder = folder
         self.database = os.path.join(folder, DATABASE)
         self._connections: tuple[sqlite3.Connection, sqlite3.Connection] | None = None
-        self._inherited: list[object] = []
+        self._open_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._seen_takeover = 0
@@ -121,34 +121,34 @@ class EmbeddedDirectory(SharedDirectory):
 
     # -- connections -------------------------------------------------------------------------
 
-    def _store_open(self) -> None:
-        if self._connections is not None:
-            return
-        reader, writer = (
-            sqlite3.connect(
-                self.database, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            for _ in range(2)
-        )
-        # The table is state of running processes: it need not survive a crash of the
-        # machine, so commits skip fsync.
-        writer.execute("PRAGMA journal_mode=WAL")
-        for connection in (reader, writer):
-            connection.execute("PRAGMA synchronous=OFF")
-        with self._transaction(writer):
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                writer.execute(statement)
-        self._connections = (reader, writer)
+    def _store_open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        with self._open_lock:
+            if self._connections is None:
+                reader, writer = (
+                    sqlite3.connect(
+                        self.database,
+                        timeout=BUSY_TIMEOUT,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                    for _ in range(2)
+                )
+                # The table is state of running processes: it need not survive a crash
+                # of the machine, so commits skip fsync.
+                writer.execute("PRAGMA journal_mode=WAL")
+                for connection in (reader, writer):
+                    connection.execute("PRAGMA synchronous=OFF")
+                self._connections = (reader, writer)
+                with self._transaction(writer):
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        writer.execute(statement)
+            return self._connections
 
     def _reader(self) -> sqlite3.Connection:
-        if self._connections is None:
-            self._store_open()
-        return t.cast("tuple[sqlite3.Connection, sqlite3.Connection]", self._connections)[0]
+        return (self._connections or self._store_open())[0]
 
     def _writer(self) -> sqlite3.Connection:
-        if self._connections is None:
-            self._store_open()
-        return t.cast("tuple[sqlite3.Connection, sqlite3.Connection]", self._connections)[1]
+        return (self._connections or self._store_open())[1]
 
     @contextlib.contextmanager
     def _transaction(self, connection: sqlite3.Connection) -> t.Iterator[sqlite3.Connection]:
@@ -162,17 +162,32 @@ class EmbeddedDirectory(SharedDirectory):
             connection.execute("COMMIT")
 
     def _store_close(self) -> None:
+        with self._open_lock, self._read_lock, self._write_lock:
+            if self._connections is not None:
+                for connection in self._connections:
+                    connection.close()
+                self._connections = None
+
+    # SQLite's connections must not cross a fork: the child would inherit the parent's
+    # view of the file locks it holds, and take none itself. They are closed before a
+    # fork (when no thread uses them) and opened again on first use, on both sides.
+
+    def _store_before_fork(self) -> None:
+        self._open_lock.acquire()
+        self._read_lock.acquire()
+        self._write_lock.acquire()
         if self._connections is not None:
             for connection in self._connections:
                 connection.close()
             self._connections = None
 
+    def _store_after_fork_in_parent(self) -> None:
+        self._write_lock.release()
+        self._read_lock.release()
+        self._open_lock.release()
+
     def _store_after_fork(self) -> None:
-        # SQLite must not use, or close, a connection opened before fork() in the child:
-        # keep the parent's objects alive and unused.
-        if self._connections is not None:
-            self._inherited.append(self._connections)
-            self._connections = None
+        self._open_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._seen_takeover = 0
@@ -181,17 +196,7 @@ class EmbeddedDirectory(SharedDirectory):
     # -- owners ----------------------------------------------------------------------------
 
     def _new_owner(self) -> str:
-        owner = f"{os.getpid()}-{secrets.token_hex(5)}"
-        now = time.time()
-        with self._transaction(self._writer()) as writer:
-            self._seen_takeover = writer.execute(
-                "SELECT coalesce(max(id), 0) FROM takeovers"
-            ).fetchone()[0]
-            writer.execute(
-                "INSERT OR REPLACE INTO owners VALUES (?, ?, ?, ?, ?)",
-                (owner, os.getpid(), self._socket(owner), now + self.lease, now),
-            )
-        return owner
+        return f"{os.getpid()}-{secrets.token_hex(5)}"
 
     def _socket(self, owner: str) -> str:
         return os.path.join(self.folder, f"{owner}.sock")
@@ -199,11 +204,21 @@ class EmbeddedDirectory(SharedDirectory):
     def _endpoint_address(self, owner: str) -> str:
         return self._socket(owner)
 
+    def _own_row(self, writer: sqlite3.Connection, now: float) -> None:
+        """Write this owner's row (and its lease): a process that found it silent may
+        have deleted it."""
+        writer.execute(
+            "INSERT INTO owners VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (owner) DO UPDATE SET expires = excluded.expires",
+            (self.owner, os.getpid(), self.address, now + self.lease, now),
+        )
+
     # -- writes ----------------------------------------------------------------------------
 
     def _store_publish(self, session: str, entry: Owner) -> None:
         now = time.time()
         with self._transaction(self._writer()) as writer:
+            self._own_row(writer, now)
             row = writer.execute(
                 "SELECT owner FROM sessions WHERE session = ?", (session,)
             ).fetchone()
@@ -227,12 +242,7 @@ class EmbeddedDirectory(SharedDirectory):
         now = time.time()
         taken: list[str] = []
         with self._transaction(self._writer()) as writer:
-            # This owner's row may have been deleted by a process that found it silent.
-            writer.execute(
-                "INSERT INTO owners VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (owner) DO UPDATE SET expires = excluded.expires",
-                (self.owner, os.getpid(), self.address, now + self.lease, now),
-            )
+            self._own_row(writer, now)
             listed = {
                 session
                 for (session,) in writer.execute(

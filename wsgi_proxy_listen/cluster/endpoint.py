@@ -49,8 +49,8 @@ logger = logging.getLogger("wsgi_proxy_listen")
 #: Seconds a kept-alive connection may stay idle (the hop's pool drops its
 #: connections sooner).
 IDLE_TIMEOUT = 60.0
-#: Connections served at once; more wait in the listen backlog.
-MAX_CONNECTIONS = 256
+#: Connections served at once; one more is closed at once (its sender answers 503).
+MAX_CONNECTIONS = 512
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -98,14 +98,16 @@ class InternalEndpoint:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop accepting, close the kept-alive connections, remove a Unix socket."""
-        self._server.shutdown()
-        self._server.server_close()
+        """Close the kept-alive connections, stop accepting, remove a Unix socket."""
         with self._lock:
             connections, self._connections = self._connections, set()
+        # The connections first: their threads end and free their slots, so that the
+        # accept loop is not left waiting for one when it is asked to stop.
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+        self._server.shutdown()
+        self._server.server_close()
         if self.address.startswith("/"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address)
@@ -133,9 +135,13 @@ class _Servers(socketserver.ThreadingMixIn):
     endpoint: InternalEndpoint
 
     def process_request(self, request: t.Any, client_address: t.Any) -> None:
-        # One thread per connection, at most MAX_CONNECTIONS at once: the accept loop
-        # waits for a free slot.
-        self.endpoint._slots.acquire()
+        # One thread per connection, at most MAX_CONNECTIONS at once. Beyond, the
+        # connection is closed at once: waiting in the backlog, it would hold its
+        # sender until the read timeout.
+        if not self.endpoint._slots.acquire(blocking=False):
+            logger.warning("the internal endpoint has %d connections: refused one", MAX_CONNECTIONS)
+            t.cast("socketserver.BaseServer", self).shutdown_request(request)
+            return
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -263,7 +269,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Response:
     """Writes one WSGI answer on the hop connection: chunked unless it has a length,
-    flushed chunk by chunk so that a stream reaches the client as it is made."""
+    flushed chunk by chunk so that a stream reaches the client as it is made.
+
+    The connection is kept alive only when the answer is framed exactly: a body
+    longer than its ``Content-Length`` is cut there and a shorter one ends the
+    connection, so that no byte of one answer is ever read as part of the next.
+    """
 
     def __init__(self, handler: _Handler, head: bool, body_pending: Callable[[], bool]) -> None:
         self.handler = handler
@@ -274,6 +285,7 @@ class _Response:
         self.sent = False
         self.chunked = False
         self.bodiless = head
+        self.remaining: int | None = None  # bytes still owed under a Content-Length
 
     def start_response(
         self,
@@ -301,6 +313,13 @@ class _Response:
                 self.write(b"")
             if self.chunked:
                 handler.wfile.write(b"0\r\n\r\n")
+            elif self.remaining:
+                logger.error(
+                    "a listener of session %r sent %d bytes fewer than its Content-Length",
+                    session,
+                    self.remaining,
+                )
+                handler.close_connection = True
             handler.wfile.flush()
         except Exception:
             # The answer cannot be finished: the sender sees the connection end before
@@ -310,6 +329,8 @@ class _Response:
                 logger.exception("a forwarded request failed before its answer started")
                 with contextlib.suppress(OSError):
                     handler._plain(500)
+            else:
+                logger.error("a forwarded answer failed after it started", exc_info=True)
         finally:
             close = getattr(iterable, "close", None)
             if close is not None:
@@ -323,6 +344,15 @@ class _Response:
             self._send_head()
         if not data or self.bodiless:
             return
+        if self.remaining is not None:
+            if len(data) > self.remaining:
+                if not handler.close_connection:
+                    logger.error("a listener sent more bytes than its Content-Length: cut")
+                handler.close_connection = True
+                data = data[: self.remaining]
+            self.remaining -= len(data)
+            if not data:
+                return
         if self.chunked:
             handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         else:
@@ -333,16 +363,22 @@ class _Response:
         handler = self.handler
         code, _, reason = t.cast(str, self.status).partition(" ")
         status = int(code)
-        handler.send_response_only(status, reason)
-        has_length = False
-        for name, value in self.headers:
-            handler.send_header(name, value)
-            has_length = has_length or name.lower() == "content-length"
+        headers = self.headers
+        lengths = {value.strip() for name, value in headers if name.lower() == "content-length"}
         if status in _NO_BODY_STATUSES or status < 200:
             self.bodiless = True
-        elif not has_length and not self.head:
+        elif len(lengths) == 1 and (length := next(iter(lengths))).isdigit():
+            if not self.head:
+                self.remaining = int(length)
+        elif not self.head:
+            # No length, or none that frames the body (the owner's guard refuses those):
+            # chunked, without the lengths.
             self.chunked = True
-            handler.send_header("Transfer-Encoding", "chunked")
+            headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
+            headers.append(("Transfer-Encoding", "chunked"))
+        handler.send_response_only(status, reason)
+        for name, value in headers:
+            handler.send_header(name, value)
         if self.body_pending():
             # Answered before the body was read: the rest of it is still on the wire.
             handler.send_header("Connection", "close")

@@ -52,6 +52,7 @@ if t.TYPE_CHECKING:
 __all__ = [
     "HOP_PATH",
     "MISS_HEADER",
+    "Connection",
     "Failure",
     "HopClient",
     "Verifier",
@@ -73,6 +74,8 @@ MISS_HEADER = "X-Wsgi-Proxy-Listen-Miss"
 #: Pooled connections idle longer than this are dropped before the endpoint,
 #: which closes them after a minute, can close them under a request.
 IDLE = 30.0
+#: Idle connections kept per owner.
+MAX_IDLE = 16
 
 # The environ keys forwarded besides the HTTP_* headers: everything the owner's
 # dispatch reads (the streamed body comes as the hop's own body).
@@ -120,7 +123,10 @@ def unpack(value: str) -> tuple[str, dict[str, str]]:
 
     :raises ValueError: the value is not what :func:`pack` writes.
     """
-    session, environ = json.loads(value)
+    try:
+        session, environ = json.loads(value)
+    except TypeError:
+        raise ValueError("not a forwarded environ") from None
     if not isinstance(session, str) or not isinstance(environ, dict):
         raise ValueError("not a forwarded environ")
     if not all(isinstance(item, str) for pair in environ.items() for item in pair):
@@ -201,7 +207,7 @@ class Failure(enum.Enum):
     TOO_LARGE = "the body was longer than max_content_length"
 
 
-class _Connection(http.client.HTTPConnection):
+class Connection(http.client.HTTPConnection):
     """A hop connection over TCP (``host:port``) or a Unix socket (an absolute path),
     with a short connect timeout and a long read timeout."""
 
@@ -248,6 +254,10 @@ class _Body:
                 self.failure = Failure.ABORTED
                 raise
             if not chunk:
+                if remaining:
+                    # The declared length never came: the client went away mid-upload.
+                    self.failure = Failure.ABORTED
+                    raise ConnectionAbortedError("the request body ended early")
                 return
             if remaining is not None:
                 remaining -= len(chunk)
@@ -278,10 +288,10 @@ class HopClient:
         self.secret = secret
         self.read_timeout = read_timeout
         self.connect_timeout = connect_timeout
-        self._idle: dict[str, list[_Connection]] = {}
+        self._idle: dict[str, list[Connection]] = {}
         self._lock = threading.Lock()
 
-    def _checkout(self, address: str) -> tuple[_Connection, bool]:
+    def _checkout(self, address: str) -> tuple[Connection, bool]:
         now = time.monotonic()
         with self._lock:
             idle = self._idle.get(address)
@@ -290,14 +300,14 @@ class HopClient:
                 if now - connection.used < IDLE:
                     return connection, True
                 connection.close()
-        return _Connection(address, self.connect_timeout, self.read_timeout), False
+        return Connection(address, self.connect_timeout, self.read_timeout), False
 
-    def checkin(self, address: str, connection: _Connection) -> None:
+    def checkin(self, address: str, connection: Connection) -> None:
         """Put a connection whose answer was read to the end back in the pool."""
         connection.used = time.monotonic()
         with self._lock:
             idle = self._idle.setdefault(address, [])
-            if len(idle) < 32:
+            if len(idle) < MAX_IDLE:
                 idle.append(connection)
                 return
         connection.close()
@@ -311,10 +321,10 @@ class HopClient:
                 connection.close()
 
     def forget(self) -> None:
-        """Drop the pool without closing its sockets (after a fork: they are the
-        parent's connections too)."""
-        self._idle = {}
+        """In a forked child: close this process's copies of the pooled sockets (the
+        parent's stay open) and start with an empty pool."""
         self._lock = threading.Lock()
+        self.clear()
 
     def forward(
         self,
@@ -337,6 +347,18 @@ class HopClient:
         # a request without a body goes once more, on a fresh connection.
         for attempt in range(2 if body is None else 1):
             connection, reused = self._checkout(address)
+            if connection.sock is None:
+                try:
+                    connection.connect()
+                except (ConnectionRefusedError, FileNotFoundError):
+                    # Nobody listens at the address: the owner is gone.
+                    connection.close()
+                    return Failure.GONE
+                except OSError:
+                    # A timeout, or a full backlog (EAGAIN on a Unix socket): a paused or
+                    # overwhelmed owner, which is no proof that it is gone.
+                    connection.close()
+                    return Failure.UNRESPONSIVE
             headers = {"Host": "wsgi-proxy-listen", ENVIRON_HEADER: meta}
             if self.secret is not None and not connection.authenticated:
                 headers.update(signed_headers(self.secret, owner, method, meta))
@@ -344,26 +366,26 @@ class HopClient:
             if length:
                 headers["Content-Length"] = str(length)
             try:
-                connection.request(
-                    method,
-                    HOP_PATH,
-                    body=None if body is None else body.chunks(),
-                    headers=headers,
-                    encode_chunked=length is None,
-                )
+                try:
+                    connection.request(
+                        method,
+                        HOP_PATH,
+                        body=None if body is None else body.chunks(),
+                        headers=headers,
+                        encode_chunked=length is None,
+                    )
+                except OSError:
+                    if body is None or body.failure is not None:
+                        raise
+                    # The owner answered before it took the whole body (a 401, a 413) and
+                    # closed its side: its answer may be waiting to be read.
                 response = connection.getresponse()
-            except (ConnectionRefusedError, FileNotFoundError):
-                connection.close()
-                return Failure.GONE
             except Exception as error:
-                connected = connection.sock is not None
                 connection.close()
                 if body is not None and body.failure is not None:
                     return body.failure
                 if isinstance(error, TimeoutError):
-                    # A paused or overwhelmed owner leaves connections in its backlog (no
-                    # proof that it is gone); a read that times out is a slow answer.
-                    return Failure.TIMEOUT if connected else Failure.UNRESPONSIVE
+                    return Failure.TIMEOUT
                 if reused and attempt == 0 and body is None:
                     continue
                 if isinstance(error, (OSError, http.client.HTTPException)):
@@ -393,7 +415,7 @@ class _Relay:
         self,
         client: HopClient,
         address: str,
-        connection: _Connection,
+        connection: Connection,
         response: http.client.HTTPResponse,
     ) -> None:
         self.client = client
@@ -403,8 +425,12 @@ class _Relay:
         self.done = False
 
     def __iter__(self) -> Iterator[bytes]:
-        while chunk := self.response.read1(CHUNK):
+        response = self.response
+        while chunk := response.read1(CHUNK):
             yield chunk
+        if response.length:
+            # read1() ends quietly when the connection closes before the declared length.
+            raise http.client.IncompleteRead(b"", response.length)
         self.done = True
 
     def close(self) -> None:

@@ -147,12 +147,15 @@ class RedisDirectory(SharedDirectory):
     def _endpoint_address(self, owner: str) -> str:
         return self.advertise_host
 
-    def _store_open(self) -> None:
-        pass  # redis-py connects on first use
-
     def _store_close(self) -> None:
         self._redis.close()
         self._probe_client.close()
+
+    def _store_before_fork(self) -> None:
+        pass  # redis-py's pools notice a fork themselves
+
+    def _store_after_fork_in_parent(self) -> None:
+        pass
 
     def _store_after_fork(self) -> None:
         self._redis.connection_pool.reset()

@@ -110,7 +110,11 @@ class SharedDirectory(abc.ABC):
         self._client = HopClient(secret, self.read_timeout)
         self._endpoint: InternalEndpoint | None = None
         self._init_process_state()
-        os.register_at_fork(after_in_child=self._after_fork)
+        os.register_at_fork(
+            before=self._store_before_fork,
+            after_in_parent=self._store_after_fork_in_parent,
+            after_in_child=self._after_fork,
+        )
         atexit.register(self._at_exit)
 
     def _init_process_state(self) -> None:
@@ -124,6 +128,8 @@ class SharedDirectory(abc.ABC):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._failed_to_start = False
+        self._cache_lock = threading.Lock()
 
     # -- what a subclass supplies ------------------------------------------------------
 
@@ -134,10 +140,6 @@ class SharedDirectory(abc.ABC):
     @abc.abstractmethod
     def _endpoint_address(self, owner: str) -> str:
         """Where this process's internal endpoint binds (see :class:`InternalEndpoint`)."""
-
-    @abc.abstractmethod
-    def _store_open(self) -> None:
-        """Start using the table in this process (after start or fork)."""
 
     @abc.abstractmethod
     def _store_publish(self, session: str, entry: Owner) -> None:
@@ -205,17 +207,30 @@ class SharedDirectory(abc.ABC):
             self._serve = serve
 
     def start_serving(self) -> None:
-        """Start the internal endpoint, the heartbeat and the watcher of changes."""
+        """Start the internal endpoint, the heartbeat and the watcher of changes.
+
+        Touches no table (an unreachable one costs nothing here) and never raises:
+        it runs with a request of the host, which must not fail for it.
+        """
         with self._lock:
             if self.serving:
                 return
-            self._store_open()
-            self.owner = owner = self._new_owner()
+            owner = self._new_owner()
             verify = None if self.secret is None else Verifier(self.secret, owner)
-            self._endpoint = InternalEndpoint(
-                self._endpoint_address(owner), lambda: self._serve, verify
-            )
-            self.address = self._endpoint.address
+            try:
+                endpoint = InternalEndpoint(
+                    self._endpoint_address(owner), lambda: self._serve, verify
+                )
+            except OSError:
+                if not self._failed_to_start:
+                    self._failed_to_start = True
+                    logger.exception(
+                        "%r cannot start its internal endpoint: the listeners of this process"
+                        " stay local until it can",
+                        self,
+                    )
+                return
+            self.owner, self._endpoint, self.address = owner, endpoint, endpoint.address
             self._stop = threading.Event()
             self._threads = [
                 threading.Thread(target=target, name=f"wsgi_proxy_listen {name}", daemon=True)
@@ -338,12 +353,16 @@ class SharedDirectory(abc.ABC):
         # Look again next time: an owner that fails may have lost the session by now
         # (its lease expired), and the table says nothing when a lease expires.
         self._forget_location(session)
-        if result in (Failure.GONE, Failure.BROKEN):
+        if result is Failure.GONE:
+            # Only a refused connection proves that nobody listens there any more: a
+            # broken or slow one may be a live owner's, whose lease decides.
             logger.warning("the owner of session %r at %s is gone", session, owner.address)
             with contextlib.suppress(DirectoryUnavailable):
                 self._using_store(self._store_forget, session, owner)
         elif result in (Failure.TIMEOUT, Failure.UNRESPONSIVE):
             logger.warning("the owner at %s did not answer in time", owner.address)
+        elif result is Failure.BROKEN:
+            logger.warning("the owner at %s ended the connection without an answer", owner.address)
         return respond(start_response, _FAILURE_STATUS[result])
 
     def serve_here(
@@ -419,20 +438,24 @@ class SharedDirectory(abc.ABC):
                 return owner
         generation = self._generation
         owner = self._using_store(self._store_locate, session)
-        # A change noticed during the lookup may be newer than what it read.
-        if owner is not None and generation == self._generation:
-            if len(self._owners) >= 4096:
-                self._owners.clear()
-            self._owners[session] = owner
+        if owner is not None:
+            with self._cache_lock:
+                # A change noticed during the lookup may be newer than what it read.
+                if generation == self._generation:
+                    if len(self._owners) >= 4096:
+                        self._owners.clear()
+                    self._owners[session] = owner
         return owner
 
     def _forget_location(self, session: str) -> None:
-        self._generation += 1
-        self._owners.pop(session, None)
+        with self._cache_lock:
+            self._generation += 1
+            self._owners.pop(session, None)
 
     def _forget_locations(self) -> None:
-        self._generation += 1
-        self._owners.clear()
+        with self._cache_lock:
+            self._generation += 1
+            self._owners.clear()
 
     def _notice(self, session: str, owner: str | None) -> None:
         """The table announced that ``session`` now belongs to ``owner`` (or nobody)."""
@@ -515,6 +538,10 @@ class SharedDirectory(abc.ABC):
                 listener = published[session]
                 if self._published.get(session) is listener:
                     self._give_up(listener)
+            # Closed while the heartbeat ran: the renewal may have written it again.
+            for session in published.keys() - self._published.keys():
+                if session not in taken:
+                    self._withdraw(session, entries[session])
 
     def _give_up(self, listener: Registered) -> None:
         with self._lock:
@@ -550,8 +577,16 @@ class SharedDirectory(abc.ABC):
         self._store_after_fork()
 
     @abc.abstractmethod
+    def _store_before_fork(self) -> None:
+        """Before a fork: leave nothing of the table's connections for the child."""
+
+    @abc.abstractmethod
+    def _store_after_fork_in_parent(self) -> None:
+        """After a fork, in the parent: go on after :meth:`_store_before_fork`."""
+
+    @abc.abstractmethod
     def _store_after_fork(self) -> None:
-        """Drop the parent's connections to the table without using them."""
+        """After a fork, in the child: start afresh with the table."""
 
 
 def _bodyless(environ: WSGIEnvironment) -> bool:
