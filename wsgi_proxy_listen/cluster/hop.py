@@ -42,7 +42,7 @@ from collections.abc import Iterable, Iterator
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..headers import is_hop_by_hop
+from ..headers import is_hop_by_hop, is_hop_by_hop_key
 
 if t.TYPE_CHECKING:
     from email.message import Message
@@ -109,11 +109,8 @@ def pack(environ: WSGIEnvironment, session: str) -> str:
     forwarded = {
         key: value
         for key, value in environ.items()
-        if isinstance(value, str)
-        and (
-            key in _FORWARDED
-            or (key.startswith("HTTP_") and not is_hop_by_hop(key[5:].replace("_", "-")))
-        )
+        if (key in _FORWARDED or (key.startswith("HTTP_") and not is_hop_by_hop_key(key)))
+        and isinstance(value, str)
     }
     return json.dumps([session, forwarded], separators=(",", ":"))
 
@@ -129,7 +126,8 @@ def unpack(value: str) -> tuple[str, dict[str, str]]:
         raise ValueError("not a forwarded environ") from None
     if not isinstance(session, str) or not isinstance(environ, dict):
         raise ValueError("not a forwarded environ")
-    if not all(isinstance(item, str) for pair in environ.items() for item in pair):
+    # The keys of a JSON object are strings: the values are what to check.
+    if not all(type(value) is str for value in environ.values()):
         raise ValueError("not a forwarded environ")
     return session, environ
 
@@ -359,20 +357,23 @@ class HopClient:
                     # overwhelmed owner, which is no proof that it is gone.
                     connection.close()
                     return Failure.UNRESPONSIVE
-            headers = {"Host": "wsgi-proxy-listen", ENVIRON_HEADER: meta}
-            if self.secret is not None and not connection.authenticated:
-                headers.update(signed_headers(self.secret, owner, method, meta))
-                connection.authenticated = True
-            if length:
-                headers["Content-Length"] = str(length)
             try:
                 try:
-                    connection.request(
-                        method,
-                        HOP_PATH,
-                        body=None if body is None else body.chunks(),
-                        headers=headers,
-                        encode_chunked=length is None,
+                    # Only what the endpoint reads: each header line costs a parse there.
+                    connection.putrequest(
+                        method, HOP_PATH, skip_host=True, skip_accept_encoding=True
+                    )
+                    connection.putheader(ENVIRON_HEADER, meta)
+                    if self.secret is not None and not connection.authenticated:
+                        for name, value in signed_headers(self.secret, owner, method, meta).items():
+                            connection.putheader(name, value)
+                        connection.authenticated = True
+                    if length is None:
+                        connection.putheader("Transfer-Encoding", "chunked")
+                    elif length:
+                        connection.putheader("Content-Length", str(length))
+                    connection.endheaders(
+                        None if body is None else body.chunks(), encode_chunked=length is None
                     )
                 except OSError:
                     if body is None or body.failure is not None:
