@@ -158,7 +158,7 @@ def timing_cases(quick: bool) -> dict[str, Callable[[], None]]:
 
 def breakdown_cases() -> dict[str, Callable[[], None]]:
     """The pieces of a dispatch that SPEC requires and DispatcherMiddleware does not do."""
-    from wsgi_proxy_listen.guard import Guard as _Guard
+    from wsgi_proxy_listen.guard import Guard
 
     environ = server_environ("/proxy/sessions/target/x")
 
@@ -174,14 +174,18 @@ def breakdown_cases() -> dict[str, Callable[[], None]]:
     def copy() -> None:
         environ.copy()
 
+    body = [b"ok"]
+
     def checked_start_response() -> None:
-        _Guard(start_response)("200 OK", HEADERS)
+        guard = Guard(start_response, environ)
+        guard("200 OK", HEADERS)
+        guard.accept(body)
 
     return {
         "a plain function call": lambda: function(environ, start_response),
         "a call of an instance with __call__": lambda: instance(environ, start_response),
         "environ.copy() (the listener's copy)": copy,
-        "checked start_response (create + call)": checked_start_response,
+        "checked start_response (create, call, accept)": checked_start_response,
     }
 
 

@@ -44,6 +44,9 @@ def host(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[by
     elif path == "/host/closed":
         with _lock:
             body = json.dumps(closed).encode()
+    elif path == "/host/release":
+        released.set()
+        body = b"released"
     else:
         body = f"host {path}".encode("latin-1", "replace")
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -119,6 +122,81 @@ def crlf(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[by
     return [b"SECRET-BODY"]
 
 
+class CountedIterator:
+    """An iterator that is not a generator, counting its close() (a request handler may
+    return one, alone or in a tuple)."""
+
+    def __init__(self, name: str, chunks: list[bytes]) -> None:
+        self.name = name
+        self.chunks = iter(chunks)
+
+    def __iter__(self) -> CountedIterator:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self.chunks)
+
+    def close(self) -> None:
+        count_close(self.name)
+
+
+def raise_after_start(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Length", "5"), ("Set-Cookie", "leak=1; Path=/")])
+    raise RuntimeError("the listener failed after start_response")
+
+
+def iterator_handler(request: Request) -> object:
+    if request.path == "/tuple":
+        return CountedIterator("iterator-tuple", [b"made ", b"it"]), 201
+    return CountedIterator("iterator", [b"one ", b"two"])
+
+
+def invalid_header(request: Request) -> object:
+    from werkzeug.wrappers import Response
+
+    response = Response(CountedIterator("invalid-header", [b"SECRET-BODY"]))
+    response.headers["Bad Name"] = "x"  # werkzeug lets a space into a name
+    return response
+
+
+def invalid_header_webob(
+    environ: WSGIEnvironment, start_response: StartResponse
+) -> Iterable[bytes]:
+    import webob
+
+    app_iter = CountedIterator("invalid-header-webob", [b"SECRET-BODY"])
+    response = webob.Response(app_iter=app_iter, headerlist=[("Bad Name", "x")])
+    return t.cast("Iterable[bytes]", response(environ, start_response))
+
+
+def iterator_headers(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", iter([("X-From-Iterator", "1"), ("Content-Length", "2")]))
+    return [b"ok"]
+
+
+def appends_after(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    headers = [("Content-Type", "text/plain")]
+    start_response("200 OK", headers)
+    headers.append(("X-Injected", "after the check"))  # werkzeug's server sends the list later
+    return [b"ok"]
+
+
+def lengths(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    given = {
+        "/two": [("Content-Length", "2"), ("Content-Length", "2")],
+        "/conflict": [("Content-Length", "2"), ("content-length", "5")],
+        "/negative": [("Content-Length", "-1")],
+        "/named": [("Connection", "X-Secret"), ("X-Secret", "internal"), ("Content-Length", "2")],
+    }[environ["PATH_INFO"]]
+    start_response("200 OK", given)
+    return [b"ok"]
+
+
+def text_chunk(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return t.cast("Iterable[bytes]", ["text, not bytes"])
+
+
 for name in ("a", "A", "other", "m"):
     registry.listen(named(name), session=name, app="sales" if name == "m" else None)
 registry.register_app("multi", multi_session=True)
@@ -127,6 +205,31 @@ registry.listen(stream, session="stream")
 registry.listen(upload, session="upload")
 registry.listen(sleep, session="sleep")
 registry.listen(crlf, session="crlf")
+# A start that hangs and a listener that hangs, until /host/release: with the default
+# max_waiting (4) and max_concurrency=3, they hold at most 7 of a server's 8 threads.
+released = threading.Event()
+
+
+def hanging_start() -> None:
+    released.wait(60)
+    registry.listen(lambda request: "started at last", session="hang-1", app="hang")
+
+
+def stall(request: Request) -> str:
+    released.wait(60)
+    return "stalled"
+
+
+registry.register_app("hang", start=hanging_start, start_timeout=60)
+registry.listen(stall, session="stall", max_concurrency=3)
+registry.listen(raise_after_start, session="raise-after-start")
+registry.listen(iterator_handler, session="iterator", kind="request")
+registry.listen(invalid_header, session="invalid-header", kind="request")
+registry.listen(invalid_header_webob, session="invalid-header-webob")
+registry.listen(iterator_headers, session="iterator-headers")
+registry.listen(appends_after, session="appends-after")
+registry.listen(lengths, session="lengths")
+registry.listen(text_chunk, session="text-chunk")
 
 STABLE = [f"stable-{i}" for i in range(8)]
 CHURNED = [f"churn-{i}" for i in range(8)]

@@ -108,7 +108,7 @@ def test_missing_setting_means_defaults() -> None:
         pytest.param({"MAX_LENGTH": 1}, "unknown key\\(s\\) \\['MAX_LENGTH'\\]", id="unknown"),
         pytest.param("/proxy", "must be a dict", id="not-a-dict"),
         pytest.param({"PREFIX": "/a b"}, "invalid prefix", id="bad-prefix"),
-        pytest.param({"MAX_CONTENT_LENGTH": "1mb"}, "invalid max_content_length", id="bad-limit"),
+        pytest.param({"MAX_CONTENT_LENGTH": "1mb"}, "max_content_length must be", id="bad-limit"),
         pytest.param({"FORWARD_COOKIES": 0}, "forward_cookies must be", id="bad-cookies"),
     ],
 )

@@ -487,7 +487,7 @@ def test_auto_start_timeout_gives_503_and_start_runs_once(
     declaration = registry.get_app("slow")
     assert declaration is not None
     for _ in range(100):
-        if registry.current_listener("slow") is not None and declaration._starting is None:
+        if registry.current_listener("slow") is not None and not declaration.starting:
             break
         threading.Event().wait(0.05)
     assert client.get("/proxy/apps/slow/").get_data() == b"late"
@@ -504,7 +504,7 @@ def test_auto_start_concurrent_first_requests_start_once(registry: Registry) -> 
         gate.wait(5)
         registry.listen(lambda request: "up", session="s1", app="busy")
 
-    registry.register_app("busy", start=start, start_timeout=10)
+    registry.register_app("busy", start=start, start_timeout=10, max_waiting=20)
     middleware = checked(ProxyMiddleware(Host(), registry))
     bodies: list[bytes] = []
 
@@ -919,8 +919,8 @@ def test_forward_cookies(registry: Registry, make_client: MakeClient, host: Host
         pytest.param((None,), {}, TypeError, "app must be a WSGI application", id="no-app"),
         pytest.param((Host(), "reg"), {}, TypeError, "registry must be a Registry", id="registry"),
         pytest.param((Host(),), {"max_content_length": -1}, ValueError, "-1", id="negative"),
-        pytest.param((Host(),), {"max_content_length": 1.5}, ValueError, "1.5", id="float"),
-        pytest.param((Host(),), {"max_content_length": True}, ValueError, "True", id="bool"),
+        pytest.param((Host(),), {"max_content_length": 1.5}, TypeError, "1.5", id="float"),
+        pytest.param((Host(),), {"max_content_length": True}, TypeError, "True", id="bool"),
         pytest.param((Host(),), {"forward_cookies": "no"}, TypeError, "'no'", id="cookies"),
     ],
 )

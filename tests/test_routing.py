@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wsgi_proxy_listen import routing
 from wsgi_proxy_listen.routing import APP, APP_SESSION, SESSION, Route
@@ -161,12 +165,16 @@ def test_validate_prefix_accepts(prefix: str) -> None:
         pytest.param("/a%2Fb", id="percent"),
         pytest.param("/a/../b", id="dotdot"),
         pytest.param("/.", id="dot"),
-        pytest.param(b"/proxy", id="bytes"),
-        pytest.param(None, id="none"),
     ],
 )
 def test_validate_prefix_rejects(prefix: object) -> None:
     with pytest.raises(ValueError, match="invalid prefix"):
+        routing.validate_prefix(prefix)
+
+
+@pytest.mark.parametrize("prefix", [b"/proxy", None, 5])
+def test_validate_prefix_rejects_other_types(prefix: object) -> None:
+    with pytest.raises(TypeError, match="the prefix must be a str"):
         routing.validate_prefix(prefix)
 
 
@@ -185,3 +193,85 @@ def test_validate_prefix_rejects(prefix: object) -> None:
 )
 def test_is_valid_id(value: object, expected: bool) -> None:
     assert routing.is_valid_id(value) is expected
+
+
+# -- the shortcut for plain session routes, against the full checks --------------------------
+
+PLAIN_CASES = [
+    # (PATH_INFO, raw URI or None, SCRIPT_NAME)
+    ("/proxy/sessions/a", None, ""),
+    ("/proxy/sessions/a/", None, ""),
+    ("/proxy/sessions/a/x/y", None, ""),
+    ("/proxy/sessions/a/x", "/proxy/sessions/a/x", ""),
+    ("/proxy/sessions/a/x", "/proxy/sessions/a/x?q=1", ""),
+    ("/proxy/sessions/a", "/proxy/sessions/a?q=%2F", ""),
+    ("/proxy/sessions/a/b c", "/proxy/sessions/a/b%20c", ""),
+    ("/proxy/sessions/a/b/c", "/proxy/sessions/a%2Fb/c", ""),
+    ("/proxy/sessions/a/b", "/proxy/sessions/%61/b", ""),
+    ("/proxy/sessions/a/x", "/host/proxy/sessions/a/x", "/host"),
+    ("/proxy/sessions/a/x", "http://h/proxy/sessions/a/x", ""),
+    ("/proxy/sessions/a/./x", None, ""),
+    ("/proxy/sessions/a/../x", None, ""),
+    ("/proxy/sessions/a/x", "/proxy/sessions/a/%2e%2e/x", ""),
+    ("/proxy/sessions/a%2Fb", None, ""),
+    ("/proxy/sessions/a b", None, ""),
+    ("/proxy/sessions/", None, ""),
+    ("/proxy/sessions//x", None, ""),
+    ("/proxy/sessions/" + "a" * 129, None, ""),
+    ("/proxy/sessions/ab", "/proxy/sessions/abc", ""),
+    ("/proxy/sessions/a", "/proxy/sessions/a;x", ""),
+    ("/proxy/sessions/a/%2G", "/proxy/sessions/a/%2G", ""),
+    ("/proxy/apps/x/sessions/a", None, ""),
+]
+
+
+@pytest.mark.parametrize(("path", "raw", "script_name"), PLAIN_CASES)
+def test_the_plain_route_agrees_with_the_full_checks(
+    path: str, raw: str | None, script_name: str
+) -> None:
+    """Whatever the shortcut accepts, the full checks route alike; where the id is valid,
+    what the shortcut leaves to the full checks is never silently a different session."""
+    plain = routing.plain_session_route(path, "/proxy/sessions/", raw)
+    full = routing.route(path, "/proxy", script_name, raw)
+    if plain is None:
+        return
+    session, split = plain
+    if not routing.is_valid_id(session):
+        return  # no listener has an invalid id: the lookup misses, the full checks run
+    assert isinstance(full, routing.Route), (path, raw, full)
+    assert (full.kind, full.session, full.split) == (routing.SESSION, session, split)
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/proxy/sessions/a/x", None),
+        ("/proxy/sessions/a/x", "/proxy/sessions/a/x"),
+        ("/proxy/sessions/a/x", "/proxy/sessions/a/x?q=1"),
+        ("/proxy/sessions/a", "/proxy/sessions/a"),
+    ],
+)
+def test_the_plain_route_is_taken_for_the_common_cases(path: str, raw: str | None) -> None:
+    assert routing.plain_session_route(path, "/proxy/sessions/", raw) == ("a", 17)
+
+
+@given(
+    rest=st.text(alphabet="/.%2Fab?c;", max_size=12),
+    session=st.sampled_from(["a", "b1", "x-y", "a b", ""]),
+    raw_kind=st.sampled_from(["none", "same", "quoted", "prefixed"]),
+)
+def test_the_plain_route_never_disagrees(rest: str, session: str, raw_kind: str) -> None:
+    path = f"/proxy/sessions/{session}{rest}"
+    raw = {
+        "none": None,
+        "same": path,
+        "quoted": quote(path, safe="/?"),
+        "prefixed": "/host" + path,
+    }[raw_kind]
+    script_name = "/host" if raw_kind == "prefixed" else ""
+    plain = routing.plain_session_route(path, "/proxy/sessions/", raw)
+    if plain is None or not routing.is_valid_id(plain[0]):
+        return
+    full = routing.route(path, "/proxy", script_name, raw)
+    assert isinstance(full, routing.Route), (path, raw, full)
+    assert (full.session, full.split) == plain

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import socket
@@ -300,6 +301,146 @@ def test_client_disconnect_mid_stream_closes_the_iterable(server: Server) -> Non
         assert time.monotonic() < deadline, "close() was not called after the client left"
         time.sleep(0.1)
     assert closed_count(server, "stream") == before + 1
+
+
+# -- every response path, as PEP 3333 wants it, on the wire -----------------------------------
+
+
+def header_lines(answer: Answer) -> list[str]:
+    return answer.head.decode("latin-1").split("\r\n")[1:]
+
+
+def wait_closed(server: Server, name: str, expected: int) -> None:
+    """A server closes the iterable just after the last byte went out."""
+    deadline = time.monotonic() + 10
+    while closed_count(server, name) < expected:
+        assert time.monotonic() < deadline, f"{name} was closed {closed_count(server, name)} times"
+        time.sleep(0.05)
+    assert closed_count(server, name) == expected
+
+
+def test_a_failure_after_start_response_is_a_clean_500(server: Server) -> None:
+    """Finding 5: the listener's headers never reach the server, so the 500 is not
+    merged with them (gunicorn appended ours to theirs: two lengths and its cookie)."""
+    answer = get(server.port, "/proxy/sessions/raise-after-start/")
+    lines = header_lines(answer)
+    assert answer.status == 500
+    assert sum(line.lower().startswith("content-length:") for line in lines) == 1
+    assert not any(line.lower().startswith("set-cookie") for line in lines)
+    assert answer.body.startswith(b"500 Internal Server Error")
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "status", "body"),
+    [
+        pytest.param("/", "iterator", 200, b"one two", id="alone"),
+        pytest.param("/tuple", "iterator-tuple", 201, b"made it", id="in-a-tuple"),
+    ],
+)
+def test_an_iterator_that_is_not_a_generator_is_closed(
+    server: Server, path: str, name: str, status: int, body: bytes
+) -> None:
+    """Finding 6: a request handler's iterator object is closed when the answer ends."""
+    before = closed_count(server, name)
+    # http.client undoes the chunked encoding of an answer that gave no length.
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request("GET", f"/proxy/sessions/iterator{path}")
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (status, body)
+    finally:
+        connection.close()
+    wait_closed(server, name, before + 1)
+
+
+@pytest.mark.parametrize("session", ["invalid-header", "invalid-header-webob"])
+def test_an_invalid_header_from_a_response_object_is_a_500_and_its_body_is_closed(
+    server: Server, session: str
+) -> None:
+    """Finding 7: the guard no longer raises inside the listener, which returns its body,
+    which is closed."""
+    before = closed_count(server, session)
+    answer = get(server.port, f"/proxy/sessions/{session}/")
+    assert answer.status == 500
+    assert b"SECRET-BODY" not in answer.body
+    assert b"Bad Name" not in answer.head
+    wait_closed(server, session, before + 1)
+
+
+def test_headers_given_as_an_iterator_reach_the_wire(server: Server) -> None:
+    """Finding 8: the check no longer consumes them."""
+    answer = get(server.port, "/proxy/sessions/iterator-headers/")
+    assert (answer.status, answer.body) == (200, b"ok")
+    assert "X-From-Iterator: 1" in header_lines(answer)
+
+
+def test_a_header_added_after_start_response_never_reaches_the_wire(server: Server) -> None:
+    """Finding 9: the server gets a copy of the checked headers, not the listener's list."""
+    answer = get(server.port, "/proxy/sessions/appends-after/")
+    assert answer.status == 200
+    assert b"X-Injected" not in answer.head
+
+
+@pytest.mark.parametrize("case", ["/two", "/conflict", "/negative"])
+def test_a_content_length_must_be_one_non_negative_integer(server: Server, case: str) -> None:
+    """Finding 10: two lengths, conflicting ones or -1 are a 500."""
+    answer = get(server.port, f"/proxy/sessions/lengths{case}")
+    assert answer.status == 500
+    assert sum(line.lower().startswith("content-length:") for line in header_lines(answer)) == 1
+
+
+def test_headers_named_in_connection_are_dropped(server: Server) -> None:
+    answer = get(server.port, "/proxy/sessions/lengths/named")
+    assert (answer.status, answer.body) == (200, b"ok")
+    assert b"X-Secret" not in answer.head
+    assert b"internal" not in answer.head
+
+
+def test_text_in_a_list_body_is_a_500_before_the_first_byte(server: Server) -> None:
+    """Finding 11: a str in a list body reached the server, which cut the answer."""
+    answer = get(server.port, "/proxy/sessions/text-chunk/")
+    assert answer.status == 500
+    assert b"text, not bytes" not in answer.body
+
+
+@pytest.mark.parametrize("name", ["gunicorn-gthread", "waitress"])
+def test_a_hanging_start_and_a_hanging_listener_leave_the_host_answering(name: str) -> None:
+    """Finding 4: 8 clients wait on an auto-start that hangs and 8 on a listener that
+    hangs, on a server of 8 threads: the caps (4 waiting, 3 running) leave a thread for the
+    host, which keeps answering within 100 ms; the requests beyond them get 503 at once."""
+    with running(name) as server:
+        answers: list[int] = []
+        lock = threading.Lock()
+
+        def client(path: str) -> None:
+            status = get(server.port, path, timeout=90).status
+            with lock:
+                answers.append(status)
+
+        clients = [
+            threading.Thread(target=client, args=(path,))
+            for path in ["/proxy/apps/hang/", "/proxy/sessions/stall/"]
+            for _ in range(8)
+        ]
+        for thread in clients:
+            thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while sum(status == 503 for status in answers) < 9:  # 4 + 5 refused at once
+                assert time.monotonic() < deadline, f"not refused at once: {answers}"
+                time.sleep(0.05)
+            took = []
+            for _ in range(20):
+                began = time.monotonic()
+                assert get(server.port, "/host/pid").status == 200
+                took.append(time.monotonic() - began)
+            print(f"\n{name}: host answered in at most {max(took) * 1000:.0f} ms")
+            assert max(took) < 0.1
+        finally:
+            get(server.port, "/host/release")
+            for thread in clients:
+                thread.join()
+        assert sorted(answers) == [200] * 7 + [503] * 9
 
 
 @pytest.mark.parametrize("name", THREADED)

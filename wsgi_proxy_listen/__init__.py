@@ -61,10 +61,17 @@ def listen(
     kind: str | None = None,
     request_class: type | None = None,
     options: Mapping[str, t.Any] | None = None,
+    max_concurrency: int | None = None,
 ) -> Listener:
     """:meth:`Registry.listen` on :data:`default_registry`."""
     return default_registry.listen(
-        handler, session=session, app=app, kind=kind, request_class=request_class, options=options
+        handler,
+        session=session,
+        app=app,
+        kind=kind,
+        request_class=request_class,
+        options=options,
+        max_concurrency=max_concurrency,
     )
 
 
@@ -84,10 +91,15 @@ def register_app(
     multi_session: bool = False,
     start: t.Callable[[], object] | None = None,
     start_timeout: float = 30.0,
+    max_waiting: int = 4,
 ) -> App:
     """:meth:`Registry.register_app` on :data:`default_registry`."""
     return default_registry.register_app(
-        slug, multi_session=multi_session, start=start, start_timeout=start_timeout
+        slug,
+        multi_session=multi_session,
+        start=start,
+        start_timeout=start_timeout,
+        max_waiting=max_waiting,
     )
 
 

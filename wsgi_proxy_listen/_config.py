@@ -23,6 +23,7 @@ KEYS = {
     "PREFIX": "prefix",
     "MAX_CONTENT_LENGTH": "max_content_length",
     "FORWARD_COOKIES": "forward_cookies",
+    "MAX_CONCURRENCY": "max_concurrency",
     "DIRECTORY": "directory",
     "SECRET": "secret",
 }
@@ -55,6 +56,7 @@ def middleware_from_config(
             registry,
             max_content_length=config.get("MAX_CONTENT_LENGTH"),
             forward_cookies=config.get("FORWARD_COOKIES", True),
+            max_concurrency=config.get("MAX_CONCURRENCY"),
         )
     except (TypeError, ValueError, RuntimeError) as problem:
         raise error(f"{where}: {problem}") from problem

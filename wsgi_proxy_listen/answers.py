@@ -49,6 +49,9 @@ def _answer(status: int) -> tuple[str, list[tuple[str, str]], bytes]:
     ]
     if status == 401:
         headers.append(("WWW-Authenticate", "Bearer"))
+    elif status == 503:
+        # Every 503 of the middleware is passing (a start, a limit, an outage).
+        headers.append(("Retry-After", "1"))
     return f"{status} {phrase}", headers, body
 
 

@@ -2,10 +2,18 @@
 Guard
 =====
 
-What a listener sends is checked before the server sees it (PEP 3333): the
-``start_response`` a listener gets is a :class:`Guard`, and :func:`failed`
-answers for a listener that raised, returned nothing or sent an invalid
-status line or header.
+What a listener sends is checked before the server sees it (PEP 3333). The
+``start_response`` a listener gets is a :class:`Guard`: it checks the status
+line and headers and holds them back, so that the server sees them only once
+the listener has returned without error, or starts its body. A listener that
+fails after calling ``start_response`` then gets a clean 500, never one merged
+with its own headers, and :func:`failed` closes whatever it returned.
+
+What reaches the server: a copy of the listener's headers (a listener that
+changes its list afterwards changes nothing), without hop-by-hop headers and
+without the headers that its ``Connection`` header names, with at most one
+``Content-Length``, a non-negative integer, and with every ``Set-Cookie``
+confined to the listener's path (:mod:`.cookies`).
 """
 
 from __future__ import annotations
@@ -17,15 +25,17 @@ import typing as t
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .answers import respond
+from .cookies import confine
 from .exceptions import InvalidResponse
 from .headers import is_hop_by_hop
+from .routing import url_path
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
 
     from _typeshed import OptExcInfo
-    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 __all__ = ["Guard", "failed"]
 
@@ -35,13 +45,17 @@ logger = logging.getLogger("wsgi_proxy_listen")
 _STATUS = re.compile(r"[2-5][0-9][0-9] [\x20-\x7e\xa0-\xff]+")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
+_LENGTH = re.compile(r"[0-9]+")
 
-# Status lines and (name, value) pairs already found valid (hop-by-hop ones never
-# enter), so that a usual response costs one set read for its status and one
-# issuperset() for its headers. Emptied when full, so a listener that invents
-# values cannot grow them without bound.
+# Status lines and (name, value) pairs already found valid (hop-by-hop headers and
+# Set-Cookie, whose values are per user, never enter), so that a usual response
+# costs one set read for its status and one issuperset() for its headers. Emptied
+# when full, so a listener that invents values cannot grow them without bound.
 _VALID_STATUSES: set[str] = set()
 _VALID_HEADERS: set[tuple[str, str]] = set()
+# Whole header lists sent as they were given (nothing dropped, confined or refused),
+# so that a listener that answers alike each time costs one set read for them all.
+_VALID_LISTS: set[tuple[tuple[str, str], ...]] = set()
 _CACHE_SIZE = 4096
 
 
@@ -59,61 +73,168 @@ def _check_status(status: object) -> bool:
     return True
 
 
-def _check_headers(headers: object) -> bool | None:
-    """Whether valid headers include hop-by-hop ones; None if any header is invalid."""
-    hop_by_hop = False
-    for header in t.cast("list[tuple[str, str]]", headers):
-        if header in _VALID_HEADERS:
-            continue
+def _check_headers(
+    headers: list[tuple[str, str]], script_name: str, bare: bool
+) -> list[tuple[str, str]] | None:
+    """The headers to send, or ``None`` when one is invalid."""
+    named: set[str] = set()
+    lengths = 0
+    cookies = False
+    kept: list[tuple[str, str]] = []
+    for header in headers:
         name, value = header
         if not (isinstance(name, str) and isinstance(value, str)):
             return None
-        if _HEADER_NAME.fullmatch(name) is None or _HEADER_VALUE.fullmatch(value) is None:
+        if header not in _VALID_HEADERS and (
+            _HEADER_NAME.fullmatch(name) is None or _HEADER_VALUE.fullmatch(value) is None
+        ):
             return None
+        lowered = name.lower()
+        if lowered == "content-length":
+            lengths += 1
+            if _LENGTH.fullmatch(value.strip()) is None:
+                return None
+        elif lowered == "connection":
+            named.update(token.strip().lower() for token in value.split(","))
         if is_hop_by_hop(name):
-            hop_by_hop = True
+            continue
+        if lowered == "set-cookie":
+            cookies = True  # per user: never cached
         else:
             _remember(_VALID_HEADERS, header)
-    return hop_by_hop
+        kept.append(header)
+    if lengths > 1:
+        return None  # two lengths, even equal ones, frame a response two ways
+    if named:
+        kept = [header for header in kept if header[0].lower() not in named]
+    if cookies:
+        kept = _confine_cookies(kept, script_name, bare)
+    return kept
+
+
+def _confine_cookies(
+    headers: list[tuple[str, str]], script_name: str, bare: bool
+) -> list[tuple[str, str]]:
+    path = url_path(script_name)
+    confined = []
+    for name, value in headers:
+        if name.lower() == "set-cookie":
+            rewritten = confine(value, path, bare)
+            if rewritten is None:
+                logger.warning(
+                    "dropped a __Host- cookie of a listener: it would belong to the whole origin"
+                )
+                continue
+            value = rewritten
+        confined.append((name, value))
+    return confined
+
+
+def _refuse(data: bytes) -> object:
+    raise InvalidResponse("the listener sent an invalid status line or header")
 
 
 class Guard:
-    """The ``start_response`` a listener gets: checks, filters, then forwards."""
+    """The ``start_response`` a listener gets: checks, holds, then forwards.
 
-    __slots__ = ("invalid", "start_response", "started")
+    :param environ: the listener's environ (its ``SCRIPT_NAME`` confines cookies).
+    """
 
-    def __init__(self, start_response: StartResponse) -> None:
+    __slots__ = ("environ", "held", "invalid", "released", "server_write", "start_response")
+
+    def __init__(self, start_response: StartResponse, environ: WSGIEnvironment) -> None:
         self.start_response = start_response
-        self.started = False
+        self.environ = environ
+        self.held: tuple[str, list[tuple[str, str]], OptExcInfo | None] | None = None
         self.invalid = False
+        self.released = False
+        self.server_write: Callable[[bytes], object] | None = None
 
     def __call__(
         self,
         status: str,
         headers: list[tuple[str, str]],
         exc_info: OptExcInfo | None = None,
-    ) -> t.Callable[[bytes], object]:
-        if self.started and exc_info is None:
+    ) -> Callable[[bytes], object]:
+        if self.held is not None and exc_info is None:
             self.invalid = True
             raise InvalidResponse(
                 "start_response was called a second time without exc_info (PEP 3333)"
             )
+        checked: list[tuple[str, str]] | None
         try:
-            known = status in _VALID_STATUSES and _VALID_HEADERS.issuperset(headers)
-            if not known:
-                hop_by_hop = _check_headers(headers) if _check_status(status) else None
-                if hop_by_hop is None:
-                    self.invalid = True
-                elif hop_by_hop:
-                    headers = [header for header in headers if not is_hop_by_hop(header[0])]
+            # A copy: an iterator is read once, and the listener's list stays its own.
+            checked = list(headers)
+            if status not in _VALID_STATUSES or tuple(checked) not in _VALID_LISTS:
+                checked = self._check(status, checked)
         except (TypeError, ValueError):
+            checked = None
+        if checked is None:
             self.invalid = True
+            if self.released:
+                # Called from inside the iterable the server is iterating: raise there.
+                raise InvalidResponse("the listener sent an invalid status line or header")
+            return _refuse
+        self.held = (status, checked, exc_info)
+        if self.released:
+            self.server_write = None
+            self.release()
+        return self.write
+
+    def _check(self, status: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+        if not _check_status(status):
+            return None
+        environ = self.environ
+        checked = _check_headers(
+            headers, environ.get("SCRIPT_NAME", ""), not environ.get("PATH_INFO")
+        )
+        # Sent as given: the next identical list needs no check. Not with a cookie, whose
+        # confinement depends on the listener's path.
+        if checked == headers and not any(name.lower() == "set-cookie" for name, _ in headers):
+            _remember(_VALID_LISTS, tuple(headers))
+        return checked
+
+    def accept(self, iterable: Iterable[bytes] | None) -> bool:
+        """The listener returned ``iterable``: release the held status and headers, and
+        say so; or say that the answer cannot be sent (invalid status or headers, no
+        iterable, or a list or tuple body with text in it, which would reach the
+        server mid-answer), for :func:`failed` to answer instead."""
+        if self.invalid or iterable is None:
+            return False
+        kind = type(iterable)
+        if kind is list or kind is tuple:
+            for chunk in iterable:
+                if type(chunk) is not bytes:
+                    return False
+        self.released = True
+        held = self.held
+        if held is not None and self.server_write is None:
+            self.server_write = (
+                self.start_response(held[0], held[1])
+                if held[2] is None
+                else self.start_response(*held)
+            )
+        return True
+
+    def release(self) -> None:
+        """The server gets the held status and headers (or gets them when the listener
+        calls ``start_response`` from its iterable)."""
+        self.released = True
+        held = self.held
+        if held is not None and self.server_write is None:
+            status, headers, exc_info = held
+            if exc_info is None:
+                self.server_write = self.start_response(status, headers)
+            else:
+                self.server_write = self.start_response(status, headers, exc_info)
+
+    def write(self, data: bytes) -> object:
+        """The ``write`` callable of PEP 3333: it starts the body, so it releases."""
         if self.invalid:
             raise InvalidResponse("the listener sent an invalid status line or header")
-        self.started = True
-        if exc_info is None:
-            return self.start_response(status, headers)
-        return self.start_response(status, headers, exc_info)
+        if self.server_write is None:
+            self.release()
+        return t.cast("Callable[[bytes], object]", self.server_write)(data)
 
 
 def failed(
@@ -123,7 +244,8 @@ def failed(
     iterable: Iterable[bytes] | None,
     error: Exception | None,
 ) -> list[bytes]:
-    """Answer for a listener that raised, returned nothing, or sent a bad response."""
+    """Answer for a listener that raised, returned nothing, or sent a bad response;
+    close what it returned."""
     status = 500
     if isinstance(error, RequestEntityTooLarge):
         status = 413
@@ -133,16 +255,18 @@ def failed(
         logger.error("listener of session %r raised", session, exc_info=error)
     elif iterable is None:
         logger.error("listener of session %r returned None, not an iterable", session)
-    else:
+    elif guard.invalid:
         logger.error("listener of session %r sent an invalid status line or header", session)
+    else:
+        logger.error("listener of session %r returned text, not bytes, in its body", session)
     close = getattr(iterable, "close", None)
     if close is not None:
         close()
-    if not guard.started:
+    if guard.server_write is None:
+        # The server never saw the listener's status: ours is the first.
         return respond(start_response, status)
-    # The server may have the listener's headers already: PEP 3333 says to
-    # pass exc_info so that ours replace them, or the server raises if they
-    # were sent.
+    # The listener started its body (write()): PEP 3333 says to pass exc_info so that
+    # ours replaces what is unsent, or the server raises if it was sent.
     if error is None:
         try:
             raise InvalidResponse("the listener's response was replaced by a 500")

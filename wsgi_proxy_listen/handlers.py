@@ -268,7 +268,7 @@ def make_response(returned: object, environ: WSGIEnvironment) -> WSGIApplication
     if callable(returned):
         return t.cast("WSGIApplication", returned)
     if isinstance(returned, Iterator):
-        return Response(_encode_chunks(returned), content_type="text/plain; charset=utf-8")
+        return Response(_Chunks(returned), content_type="text/plain; charset=utf-8")
     raise TypeError(
         f"a request handler returned {type(returned).__name__!r}, which is not a response:"
         " return a werkzeug or webob Response, a WSGI app, str, bytes, dict, list,"
@@ -276,16 +276,30 @@ def make_response(returned: object, environ: WSGIEnvironment) -> WSGIApplication
     )
 
 
-def _encode_chunks(chunks: Iterator[object]) -> Iterator[bytes]:
-    for chunk in chunks:
+class _Chunks:
+    """What a request handler's iterator yields, as bytes. Closing it closes that
+    iterator, whatever it is: a generator around it would not, unless started."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: Iterator[object]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> _Chunks:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = next(self.chunks)
+        if isinstance(chunk, bytes):
+            return chunk
         if isinstance(chunk, str):
-            yield chunk.encode()
-        elif isinstance(chunk, bytes):
-            yield chunk
-        else:
-            raise TypeError(
-                f"a streamed response yielded {type(chunk).__name__!r}: yield str or bytes"
-            )
+            return chunk.encode()
+        raise TypeError(f"a streamed response yielded {type(chunk).__name__!r}: yield str or bytes")
+
+    def close(self) -> None:
+        close = getattr(self.chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _tuple_response(returned: tuple[object, ...], environ: WSGIEnvironment) -> WSGIApplication:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import typing as t
+from collections.abc import Collection, Iterable
 from time import monotonic
 
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -34,12 +35,12 @@ from werkzeug.wsgi import LimitedStream, get_content_length
 
 from . import routing
 from .answers import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, Answer, respond
+from .cookies import withhold
 from .guard import Guard, failed
-from .registry import Listener, Registry, default_registry
+from .registry import Listener, Registry, check_limit, default_registry
+from .routing import plain_session_route
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from .seam import Destination
@@ -84,8 +85,20 @@ class ProxyMiddleware:
         :exc:`~werkzeug.exceptions.RequestEntityTooLarge` when read past it,
         which becomes 413. With a limit, a listener's ``wsgi.input`` also
         ends at the declared ``Content-Length``.
-    :param forward_cookies: when false, the host's ``Cookie`` header is
-        removed from the environ a listener sees.
+    :param forward_cookies: which of the browser's cookies a listener
+        receives: ``True``, all of them; ``False``, none (the ``Cookie`` header
+        is removed); or a collection of cookie names to withhold, such as the
+        host's session and CSRF cookies, so that listeners still get their
+        own. It keeps host cookies out of listener code that logs, echoes or
+        forwards what it receives; it is no barrier to code that runs in the
+        host's process (see the README's Security section). Whatever it is,
+        a cookie a listener sets reaches only the listener's own path.
+    :param max_concurrency: the most requests one listener serves at once,
+        unless it has a limit of its own (``listen(..., max_concurrency=N)``);
+        more get 503 with ``Retry-After`` at once, so that a hanging listener
+        cannot take every thread of the server. ``None``, the default, sets no
+        limit; with one, the listener's iterable is wrapped to count it until
+        it is closed.
     """
 
     def __init__(
@@ -94,7 +107,8 @@ class ProxyMiddleware:
         registry: Registry | None = None,
         *,
         max_content_length: int | None = None,
-        forward_cookies: bool = True,
+        forward_cookies: bool | Collection[str] = True,
+        max_concurrency: int | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {app!r}")
@@ -102,25 +116,29 @@ class ProxyMiddleware:
             registry = default_registry
         elif not isinstance(registry, Registry):
             raise TypeError(f"registry must be a Registry or None, not {registry!r}")
-        if max_content_length is not None and (
-            isinstance(max_content_length, bool)
-            or not isinstance(max_content_length, int)
-            or max_content_length < 0
-        ):
-            raise ValueError(
-                f"invalid max_content_length {max_content_length!r}:"
-                " use a number of bytes (an int >= 0) or None for no limit"
-            )
-        if not isinstance(forward_cookies, bool):
-            raise TypeError(f"forward_cookies must be True or False, not {forward_cookies!r}")
+        if max_content_length is not None:
+            if isinstance(max_content_length, bool) or not isinstance(max_content_length, int):
+                raise TypeError(
+                    f"max_content_length must be a number of bytes (an int) or None,"
+                    f" not {max_content_length!r}"
+                )
+            if max_content_length < 0:
+                raise ValueError(
+                    f"invalid max_content_length {max_content_length!r}:"
+                    " use a number of bytes (an int >= 0) or None for no limit"
+                )
+        check_limit("max_concurrency", max_concurrency)
         self.app = app
         self.registry = registry
         self.max_content_length = max_content_length
         self.forward_cookies = forward_cookies
+        self.max_concurrency = max_concurrency
+        self._withheld = _withheld(forward_cookies)
+        # Whether a request may need more than the plain dispatch (cookies or limits).
+        self._options = self._withheld is not None or max_concurrency is not None
         self._prefix = prefix = registry.use_prefix()
         self._base = prefix + "/"
         self._sessions = prefix + "/sessions/"
-        self._sessions_length = len(self._sessions)
         self._owned = (self._sessions, prefix + "/apps/")
         self._local = registry.get
         self._directory = registry.directory
@@ -134,22 +152,15 @@ class ProxyMiddleware:
         path: str = environ.get("PATH_INFO", "")
         if not path.startswith(self._base):
             return self.app(environ, start_response)
-        # The common case, a session route to a listener of this process, costs a few
-        # string operations and one dict read; anything else takes the checked path.
-        if path.startswith(self._sessions) and "/." not in path:
-            start = self._sessions_length
-            end = path.find("/", start)
-            if end == -1:
-                end = len(path)
-            listener = self._local(path[start:end])
+        # The common case, a plain session route to a listener of this process, costs a
+        # few string operations and one dict read; anything else takes the checked path.
+        plain = plain_session_route(
+            path, self._sessions, environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        )
+        if plain is not None:
+            listener = self._local(plain[0])
             if listener is not None:
-                raw: str | None = environ.get("REQUEST_URI") or environ.get("RAW_URI")
-                if raw is None or (
-                    raw.startswith(path[:end])
-                    and (len(raw) == end or raw[end] in "/?")
-                    and "%2" not in raw
-                ):
-                    return self._dispatch(listener, environ, start_response, path, end)
+                return self._dispatch(listener, environ, start_response, path, plain[1])
         if not path.startswith(self._owned):
             return self.app(environ, start_response)
         return self._checked(environ, start_response, path)
@@ -197,20 +208,12 @@ class ProxyMiddleware:
 
     def _route(self, environ: WSGIEnvironment, path: str) -> routing.Route | Answer:
         """The route of a path under the prefix, or the answer for a malformed one."""
-        raw_uri: str | None = environ.get("REQUEST_URI") or environ.get("RAW_URI")
-        raw_path = routing.raw_uri_path(raw_uri) if raw_uri else None
-        if routing.has_dot_segment(path) or (
-            raw_path is not None and routing.has_encoded_dot_segment(raw_path)
-        ):
-            return BAD_REQUEST
-        route = routing.parse(path, self._prefix)
-        if route is None:
-            return NOT_FOUND
-        if raw_path is not None and not routing.raw_path_spells(
-            raw_path, environ.get("SCRIPT_NAME", ""), path[: route.split]
-        ):
-            return NOT_FOUND
-        return route
+        return routing.route(
+            path,
+            self._prefix,
+            environ.get("SCRIPT_NAME", ""),
+            environ.get("RAW_URI") or environ.get("REQUEST_URI"),
+        )
 
     def _find(
         self, route: routing.Route, environ: WSGIEnvironment
@@ -257,17 +260,46 @@ class ProxyMiddleware:
             inner["wsgi.input"] = _bounded_input(environ["wsgi.input"], declared, limit)
         inner["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + path[:split]
         inner["PATH_INFO"] = path[split:]
-        if not self.forward_cookies:
-            inner.pop("HTTP_COOKIE", None)
+        concurrency = None
+        if self._options or listener.max_concurrency is not None:
+            if self._withheld is not None:
+                self._withhold(inner)
+            concurrency = listener.max_concurrency or self.max_concurrency
+            if concurrency is not None and not listener.admit(concurrency):
+                return respond(start_response, 503)
         listener.last_request = monotonic()
-        guard = Guard(start_response)
+        guard = Guard(start_response, inner)
         try:
             iterable = listener.wsgi_app(inner, guard)
         except Exception as error:  # noqa: BLE001 - any failure of a listener becomes a 500
+            if concurrency is not None:
+                listener.done()
             return failed(listener.session, guard, start_response, None, error)
-        if guard.invalid or iterable is None:
+        try:
+            accepted = guard.accept(iterable)
+        except BaseException:
+            _close(iterable)  # the server's start_response raised
+            raise
+        if not accepted:
+            if concurrency is not None:
+                listener.done()
             return failed(listener.session, guard, start_response, iterable, None)
+        if concurrency is not None:
+            return _Counted(iterable, listener)
         return iterable
+
+    def _withhold(self, inner: WSGIEnvironment) -> None:
+        """Remove the withheld host cookies (all of them, for ``forward_cookies=False``),
+        and what an outer middleware parsed of them."""
+        inner.pop("webob._parsed_cookies", None)
+        cookie = inner.get("HTTP_COOKIE")
+        if cookie is None:
+            return
+        kept = withhold(cookie, self._withheld) if self._withheld else ""
+        if kept:
+            inner["HTTP_COOKIE"] = kept
+        else:
+            del inner["HTTP_COOKIE"]
 
     def _forward(
         self, destination: Destination, environ: WSGIEnvironment, start_response: StartResponse
@@ -285,6 +317,53 @@ class ProxyMiddleware:
 
     def __repr__(self) -> str:
         return f"<ProxyMiddleware app={self.app!r} registry={self.registry!r}>"
+
+
+def _withheld(forward_cookies: object) -> frozenset[str] | None:
+    """The cookie names to withhold (empty: all of them), or ``None`` to forward all."""
+    if forward_cookies is True:
+        return None
+    if forward_cookies is False:
+        return frozenset()
+    if isinstance(forward_cookies, (str, bytes)) or not isinstance(forward_cookies, Iterable):
+        raise TypeError(
+            "forward_cookies must be True, False, or a collection of cookie names to"
+            f" withhold such as ['session'], not {forward_cookies!r}"
+        )
+    names = frozenset(forward_cookies)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(
+            f"invalid forward_cookies {forward_cookies!r}: name the cookies to withhold,"
+            " each a non-empty str (or pass True or False)"
+        )
+    return names
+
+
+def _close(iterable: Iterable[bytes]) -> None:
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        close()
+
+
+class _Counted:
+    """A listener's answer, counted against its concurrency limit until it is closed."""
+
+    __slots__ = ("iterable", "listener")
+
+    def __init__(self, iterable: Iterable[bytes], listener: Listener | None) -> None:
+        self.iterable = iterable
+        self.listener = listener
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter(self.iterable)
+
+    def close(self) -> None:
+        listener, self.listener = self.listener, None
+        try:
+            _close(self.iterable)
+        finally:
+            if listener is not None:
+                listener.done()
 
 
 def _bounded_input(stream: t.IO[bytes], declared: int | None, limit: int) -> t.IO[bytes]:

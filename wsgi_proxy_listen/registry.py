@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 import typing as t
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -55,11 +56,24 @@ _bound_session: contextvars.ContextVar[tuple[str, str | None] | None] = contextv
 
 
 def _check_id(what: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"a {what} must be a str, not {type(value).__name__!r}")
     if not is_valid_id(value):
         raise ValueError(
             f"invalid {what} {value!r}: use 1 to 128 characters from A-Z, a-z, 0-9, '_' and '-'"
         )
-    return t.cast(str, value)
+    return value
+
+
+def check_limit(name: str, value: object, *, optional: bool = True) -> None:
+    """Raise unless ``value`` is a positive int (or ``None`` where that means no limit)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        allowed = "an int or None" if optional else "an int"
+        raise TypeError(f"{name} must be {allowed}, not {value!r}")
+    if value < 1:
+        raise ValueError(f"invalid {name} {value!r}: use a number of requests, at least 1")
 
 
 class Listener:
@@ -70,7 +84,17 @@ class Listener:
     also a context manager that closes it on exit.
     """
 
-    __slots__ = ("_registry", "app", "handler", "last_request", "session", "wsgi_app")
+    __slots__ = (
+        "_gate",
+        "_registry",
+        "active",
+        "app",
+        "handler",
+        "last_request",
+        "max_concurrency",
+        "session",
+        "wsgi_app",
+    )
 
     session: str
     """The session id the listener answers for."""
@@ -82,6 +106,10 @@ class Listener:
     """The handler resolved into one WSGI callable."""
     last_request: float | None
     """:func:`time.monotonic` of the latest request dispatched to it, or ``None``."""
+    max_concurrency: int | None
+    """The most requests it serves at once, or ``None`` for the middleware's limit."""
+    active: int
+    """Requests it serves now, counted while a concurrency limit applies to it."""
 
     def __init__(
         self,
@@ -90,6 +118,7 @@ class Listener:
         app: str | None,
         handler: object,
         wsgi_app: WSGIApplication,
+        max_concurrency: int | None = None,
     ) -> None:
         self._registry = registry
         self.session = session
@@ -97,6 +126,26 @@ class Listener:
         self.handler = handler
         self.wsgi_app = wsgi_app
         self.last_request = None
+        self.max_concurrency = max_concurrency
+        self.active = 0
+        self._gate = threading.Lock()
+
+    def admit(self, limit: int) -> bool:
+        """Count one more request in, unless ``limit`` requests are in already.
+
+        The middleware calls it when a concurrency limit applies, and
+        :meth:`done` when the request ends (its answer closed).
+        """
+        with self._gate:
+            if self.active >= limit:
+                return False
+            self.active += 1
+            return True
+
+    def done(self) -> None:
+        """Count one request out (see :meth:`admit`)."""
+        with self._gate:
+            self.active -= 1
 
     def close(self) -> None:
         """Remove this listener from its registry. Idempotent."""
@@ -115,7 +164,9 @@ class Listener:
         ``X-Forwarded-*`` headers are never looked at. Characters that are not
         allowed in a URL are percent-encoded; existing ``%`` escapes are kept.
         """
-        if not isinstance(path, str) or (path and not path.startswith("/")):
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str, not {type(path).__name__!r}")
+        if path and not path.startswith("/"):
             raise ValueError(f"invalid path {path!r}: use '' or a path that starts with '/'")
         script_name = ""
         if environ is not None:
@@ -148,7 +199,7 @@ class Listener:
 class App:
     """What :meth:`Registry.register_app` declared about an app."""
 
-    __slots__ = ("_starting", "multi_session", "slug", "start", "start_timeout")
+    __slots__ = ("_starts", "max_waiting", "multi_session", "slug", "start", "start_timeout")
 
     def __init__(
         self,
@@ -156,23 +207,35 @@ class App:
         multi_session: bool,
         start: t.Callable[[], object] | None,
         start_timeout: float,
+        max_waiting: int,
+        starts: Mapping[str, _Start],
     ) -> None:
         self.slug = slug
         self.multi_session = multi_session
         self.start = start
         self.start_timeout = start_timeout
-        self._starting: threading.Event | None = None
+        self.max_waiting = max_waiting
+        self._starts = starts
 
     @property
     def starting(self) -> bool:
-        """Whether a start of this app is running."""
-        return self._starting is not None
+        """Whether a start of this app is running (whichever declaration launched it)."""
+        return self.slug in self._starts
 
     def __repr__(self) -> str:
         return (
             f"<App {self.slug!r} multi_session={self.multi_session!r}"
-            f" start={self.start!r} start_timeout={self.start_timeout!r}>"
+            f" start={self.start!r} start_timeout={self.start_timeout!r}"
+            f" max_waiting={self.max_waiting!r}>"
         )
+
+
+class _Start(threading.Event):
+    """A running start of an app: set when it ends; counts the requests waiting for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
 
 
 class Registry:
@@ -197,6 +260,11 @@ class Registry:
     directory: Directory | None
     """The directory that shares this registry's listeners, or ``None``."""
 
+    get: t.Callable[[str], Listener | None]
+    """``get(session)``: the listener of ``session``, or ``None``. Takes no lock: it is
+    the ``get`` of the dict that holds the listeners, so that a lookup on every
+    request costs one dict read and nothing more."""
+
     def __init__(
         self,
         prefix: str = "/proxy",
@@ -209,12 +277,15 @@ class Registry:
         self._in_use = False
         self._lock = threading.Lock()
         self._listeners: dict[str, Listener] = {}
+        self.get = self._listeners.get
         self._apps: dict[str, App] = {}
         # Members of each app in the order they joined, newest last, and the
         # newest one: kept up to date under the lock so that lookups read it
         # without iterating a dict that another thread may change.
-        self._members: dict[str, dict[str, None]] = {}
-        self._current: dict[str, str] = {}
+        self._members: dict[str, OrderedDict[str, Listener]] = {}
+        self._current: dict[str, Listener] = {}
+        # Running starts, by slug, so that a new declaration of an app joins its start.
+        self._starts: dict[str, _Start] = {}
         if directory is not None:
             self.connect(directory, secret=secret)
         elif secret is not None:
@@ -302,6 +373,7 @@ class Registry:
         kind: str | None = None,
         request_class: type | None = None,
         options: Mapping[str, t.Any] | None = None,
+        max_concurrency: int | None = None,
     ) -> Listener:
         """Register ``handler`` as the listener of ``session``.
 
@@ -310,10 +382,15 @@ class Registry:
         for the session is replaced; requests running on it finish normally.
         With ``app=``, the session becomes a member of that app.
 
+        :param max_concurrency: the most requests this listener serves at once
+            (a stream counts until it is closed); more get 503 with
+            ``Retry-After`` at once. ``None`` takes the middleware's
+            ``max_concurrency``.
         :raises LookupError: no session was given or bound.
-        :raises ValueError: an invalid session id or app slug.
+        :raises ValueError: an invalid session id, app slug or limit.
         :raises TypeError: a handler that cannot be resolved (see
-            :func:`~wsgi_proxy_listen.handlers.to_wsgi`).
+            :func:`~wsgi_proxy_listen.handlers.to_wsgi`), or an argument of the
+            wrong type.
         """
         if session is None:
             bound = _bound_session.get()
@@ -328,8 +405,9 @@ class Registry:
         _check_id("session id", session)
         if app is not None:
             _check_id("app slug", app)
+        check_limit("max_concurrency", max_concurrency)
         wsgi_app = to_wsgi(handler, kind=kind, request_class=request_class, options=options)
-        listener = Listener(self, session, app, handler, wsgi_app)
+        listener = Listener(self, session, app, handler, wsgi_app, max_concurrency)
         with self._lock:
             replaced = self._listeners.get(session)
             # Lookups take no lock, so every intermediate state must be one they can
@@ -339,14 +417,10 @@ class Registry:
                 self._leave(replaced.app, session)
             self._listeners[session] = listener
             if app is not None:
-                self._join(app, session)
+                self._join(app, listener)
         if self.directory is not None:
             self.directory.listened(listener)
         return listener
-
-    def get(self, session: str) -> Listener | None:
-        """The listener of ``session``, or ``None``. Takes no lock."""
-        return self._listeners.get(session)
 
     def close_session(self, session: str) -> bool:
         """Remove the listener of ``session`` and its app membership.
@@ -402,8 +476,10 @@ class Registry:
         multi_session: bool = False,
         start: t.Callable[[], object] | None = None,
         start_timeout: float = 30.0,
+        max_waiting: int = 4,
     ) -> App:
-        """Declare the app ``slug``; a later call replaces the declaration.
+        """Declare the app ``slug``; a later call replaces the declaration (and a start
+        that runs goes on: requests wait for it, never launch a second one).
 
         :param multi_session: the app has several sessions at once, so its
             generic path ``{prefix}/apps/{slug}/...`` answers 400 and only
@@ -413,21 +489,28 @@ class Registry:
             session; it should ``listen(..., app=slug)``.
         :param start_timeout: seconds a request waits for ``start`` before
             it gives up with 503.
+        :param max_waiting: the most requests that wait for one start (the one
+            that launched it included), each holding a server thread; more get
+            503 with ``Retry-After`` at once. Strangers can trigger a start, so
+            keep it well below the server's threads.
         """
         _check_id("app slug", slug)
         if not isinstance(multi_session, bool):
             raise TypeError(f"multi_session must be True or False, not {multi_session!r}")
         if start is not None and not callable(start):
             raise TypeError(f"start must be a callable taking no arguments or None, not {start!r}")
-        if (
-            isinstance(start_timeout, bool)
-            or not isinstance(start_timeout, (int, float))
-            or not 0 < start_timeout < float("inf")
-        ):
+        if isinstance(start_timeout, bool) or not isinstance(start_timeout, (int, float)):
+            raise TypeError(
+                f"start_timeout must be a number of seconds, not {type(start_timeout).__name__!r}"
+            )
+        if not 0 < start_timeout < float("inf"):
             raise ValueError(
                 f"invalid start_timeout {start_timeout!r}: use a positive number of seconds"
             )
-        declaration = App(slug, multi_session, start, float(start_timeout))
+        check_limit("max_waiting", max_waiting, optional=False)
+        declaration = App(
+            slug, multi_session, start, float(start_timeout), max_waiting, self._starts
+        )
         with self._lock:
             self._apps[slug] = declaration
         return declaration
@@ -448,32 +531,33 @@ class Registry:
         return self._apps.get(slug)
 
     def current_listener(self, app: str) -> Listener | None:
-        """The listener of the newest member of ``app``, or ``None``. Takes no lock."""
-        session = self._current.get(app)
-        if session is None:
-            return None
-        listener = self._listeners.get(session)
-        if listener is None or listener.app != app:
-            # Closed or moved since _current was read.
-            return None
-        return listener
+        """The listener of the newest member of ``app``, or ``None``.
+
+        Takes no lock and reads one dict: while members come and go, a request
+        sees a listener that is, or just was, the app's newest, never ``None``
+        while another member is live.
+        """
+        return self._current.get(app)
 
     def start_app(self, slug: str) -> Listener | None:
         """Run the app's ``start`` callable, or join the start already running.
 
         One start runs at a time per app. The caller waits up to the app's
         ``start_timeout`` and gets the app's current listener, or ``None`` when
-        the start failed, timed out or registered nothing; the next call then
-        tries again.
+        the start failed, timed out or registered nothing (the next call then
+        tries again), or when ``max_waiting`` requests wait for it already.
         """
         with self._lock:
             declaration = self._apps.get(slug)
             if declaration is None or declaration.start is None:
                 return None
-            starting = declaration._starting
+            starting = self._starts.get(slug)
             launch = starting is None
             if starting is None:
-                starting = declaration._starting = threading.Event()
+                starting = self._starts[slug] = _Start()
+            elif starting.waiting >= declaration.max_waiting:
+                return None
+            starting.waiting += 1
         if launch:
             threading.Thread(
                 target=self._run_start,
@@ -481,10 +565,14 @@ class Registry:
                 name=f"wsgi_proxy_listen start {slug}",
                 daemon=True,
             ).start()
-        starting.wait(declaration.start_timeout)
+        try:
+            starting.wait(declaration.start_timeout)
+        finally:
+            with self._lock:
+                starting.waiting -= 1
         return self.current_listener(slug)
 
-    def _run_start(self, declaration: App, starting: threading.Event) -> None:
+    def _run_start(self, declaration: App, starting: _Start) -> None:
         start = t.cast(t.Callable[[], object], declaration.start)
         began = time.monotonic()
         try:
@@ -509,21 +597,25 @@ class Registry:
                 )
         finally:
             with self._lock:
-                if declaration._starting is starting:
-                    declaration._starting = None
+                if self._starts.get(declaration.slug) is starting:
+                    del self._starts[declaration.slug]
             starting.set()
 
-    def _join(self, app: str, session: str) -> None:
-        members = self._members.setdefault(app, {})
-        members.pop(session, None)
-        members[session] = None
-        self._current[app] = session
+    def _join(self, app: str, listener: Listener) -> None:
+        members = self._members.get(app)
+        if members is None:
+            members = self._members[app] = OrderedDict()
+        members.pop(listener.session, None)
+        members[listener.session] = listener
+        self._current[app] = listener
 
     def _leave(self, app: str, session: str) -> None:
+        # OrderedDict: deleting a member and finding the newest one left are O(1),
+        # however many members came and went.
         members = self._members[app]
         del members[session]
         if members:
-            self._current[app] = next(reversed(members))
+            self._current[app] = next(reversed(members.values()))
         else:
             del self._members[app]
             del self._current[app]

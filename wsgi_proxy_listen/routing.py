@@ -22,6 +22,10 @@ import re
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
+from werkzeug.urls import iri_to_uri
+
+from .answers import BAD_REQUEST, NOT_FOUND, Answer
+
 __all__ = [
     "ID_PATTERN",
     "Route",
@@ -29,8 +33,11 @@ __all__ = [
     "has_encoded_dot_segment",
     "is_valid_id",
     "parse",
+    "plain_session_route",
     "raw_path_spells",
     "raw_uri_path",
+    "route",
+    "url_path",
     "validate_prefix",
 ]
 
@@ -68,7 +75,9 @@ def is_valid_id(value: object) -> bool:
 
 def validate_prefix(prefix: object) -> str:
     """Return ``prefix`` if it is a usable routing prefix, else raise."""
-    if not isinstance(prefix, str) or _PREFIX.fullmatch(prefix) is None:
+    if not isinstance(prefix, str):
+        raise TypeError(f"the prefix must be a str such as '/proxy', not {prefix!r}")
+    if _PREFIX.fullmatch(prefix) is None:
         raise ValueError(
             f"invalid prefix {prefix!r}: use a path such as '/proxy' that starts"
             " with '/', does not end with '/', and has only letters, digits and"
@@ -164,3 +173,61 @@ def raw_path_spells(raw_path: str, script_name: str, routing: str) -> bool:
             return False
         end = start + len(routing)
     return end == len(raw_path) or raw_path[end] == "/"
+
+
+def plain_session_route(path: str, sessions: str, raw_uri: str | None) -> tuple[str, int] | None:
+    """The session id and split of the common case, a plain session route, or ``None``
+    for anything that the full checks (:func:`parse` and the rest) must decide.
+
+    ``sessions`` is ``prefix + "/sessions/"``. A plain route has no ``/.`` in its
+    path, and a raw URI that spells its routing part letter for letter with no
+    ``%2`` escape anywhere. The id is not checked here: ids are checked when
+    listeners register, so an invalid one finds no listener.
+    """
+    if not path.startswith(sessions) or "/." in path:
+        return None
+    start = len(sessions)
+    end = path.find("/", start)
+    if end == -1:
+        end = len(path)
+    # The usual raw URI is the path itself: nothing was escaped.
+    if (
+        raw_uri is not None
+        and raw_uri != path
+        and (
+            "%2" in raw_uri
+            or not raw_uri.startswith(path[:end])
+            or (len(raw_uri) != end and raw_uri[end] not in "/?")
+        )
+    ):
+        return None
+    return path[start:end], end
+
+
+def url_path(script_name: str) -> str:
+    """A WSGI ``SCRIPT_NAME`` (or path) as it appears in a URL.
+
+    WSGI strings are bytes decoded as latin-1 (PEP 3333): read them as UTF-8 and
+    percent-encode what a URL cannot hold; existing ``%`` escapes are kept.
+    """
+    return iri_to_uri(script_name.encode("latin-1").decode("utf-8", "replace"))
+
+
+def route(path: str, prefix: str, script_name: str, raw_uri: str | None) -> Route | Answer:
+    """Every check of a path under the prefix, in the order SPEC §2 gives: the
+    :class:`Route`, or the answer for a malformed path (dot segments 400, routing
+    segments and ids 404, a raw URI that does not spell the routing part 404).
+
+    ``path`` must start with ``prefix + "/sessions/"`` or ``prefix + "/apps/"``.
+    :func:`plain_session_route` is the shortcut for the common case: whatever it
+    accepts, this accepts alike.
+    """
+    raw_path = raw_uri_path(raw_uri) if raw_uri else None
+    if has_dot_segment(path) or (raw_path is not None and has_encoded_dot_segment(raw_path)):
+        return BAD_REQUEST
+    found = parse(path, prefix)
+    if found is None:
+        return NOT_FOUND
+    if raw_path is not None and not raw_path_spells(raw_path, script_name, path[: found.split]):
+        return NOT_FOUND
+    return found

@@ -69,6 +69,9 @@ class Declared(t.Protocol):
     def start_timeout(self) -> float: ...
 
     @property
+    def max_waiting(self) -> int: ...
+
+    @property
     def starting(self) -> bool: ...
 
 

@@ -130,6 +130,7 @@ class SharedDirectory(abc.ABC):
         self._threads: list[threading.Thread] = []
         self._failed_to_start = False
         self._cache_lock = threading.Lock()
+        self._waiting: dict[str, int] = {}  # requests waiting for a start elsewhere, by app
 
     # -- what a subclass supplies ------------------------------------------------------
 
@@ -415,13 +416,23 @@ class SharedDirectory(abc.ABC):
             if listener is None:
                 return UNAVAILABLE
             return _Here(self, listener.session)
-        deadline = time.monotonic() + declaration.start_timeout
-        while time.monotonic() < deadline:
-            time.sleep(START_POLL)
-            found = self._current(slug)
-            if found is not None:
-                return found
-        return UNAVAILABLE
+        # The start runs in another process: wait for it here, as many requests at a
+        # time as the app allows (each holds a server thread).
+        with self._lock:
+            if self._waiting.get(slug, 0) >= declaration.max_waiting:
+                return UNAVAILABLE
+            self._waiting[slug] = self._waiting.get(slug, 0) + 1
+        try:
+            deadline = time.monotonic() + declaration.start_timeout
+            while time.monotonic() < deadline:
+                time.sleep(START_POLL)
+                found = self._current(slug)
+                if found is not None:
+                    return found
+            return UNAVAILABLE
+        finally:
+            with self._lock:
+                self._waiting[slug] -= 1
 
     def _unlock(self, slug: str) -> None:
         with contextlib.suppress(DirectoryUnavailable):  # the lock expires by itself

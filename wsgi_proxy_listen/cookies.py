@@ -1,0 +1,65 @@
+"""
+Cookies
+=======
+
+A listener lives on the host's origin, so its cookies and the host's share one
+jar in the browser. Two rules keep them apart:
+
+- :func:`confine` rewrites what a listener sets: a cookie can only reach the
+  listener's own path. A ``Path`` outside the listener's ``SCRIPT_NAME`` (or
+  none, on the bare ``{prefix}/sessions/<id>`` form, whose default path is the
+  parent of every session) becomes that ``SCRIPT_NAME``; a ``Domain`` is
+  dropped; a ``__Host-`` cookie, which by definition belongs to the whole
+  origin, is dropped. A listener can then never overwrite the host's login.
+- :func:`withhold` removes named host cookies from what a listener receives
+  (``ProxyMiddleware(forward_cookies=[...])``).
+
+Both work on the ``;``-separated segments of the header only: names and
+values are passed on byte for byte, nothing is decoded or re-quoted.
+"""
+
+from __future__ import annotations
+
+__all__ = ["confine", "withhold"]
+
+
+def confine(set_cookie: str, path: str, bare: bool) -> str | None:
+    """``set_cookie`` rewritten so that it reaches only ``path`` and below; ``None``
+    when it must be dropped (a ``__Host-`` cookie).
+
+    :param path: the listener's public path (its ``SCRIPT_NAME``, URL-encoded).
+    :param bare: whether the request was the bare ``{prefix}/sessions/<id>`` form.
+    """
+    name_value, *attributes = set_cookie.split(";")
+    if name_value.strip().lower().startswith("__host-"):
+        return None
+    kept = []
+    given = None
+    for attribute in attributes:
+        key, _, value = attribute.partition("=")
+        key = key.strip().lower()
+        if key == "path":
+            given = value.strip()  # the last Path attribute is the one a browser uses
+        elif key != "domain":
+            kept.append(attribute)
+    if given is not None and _within(given, path):
+        target: str | None = given
+    elif given is None and not bare:
+        target = None  # the browser's default, the request's own directory, is within
+    else:
+        target = path
+    rebuilt = ";".join([name_value, *kept])
+    return rebuilt if target is None else f"{rebuilt}; Path={target}"
+
+
+def _within(cookie_path: str, path: str) -> bool:
+    return cookie_path == path or cookie_path.startswith(path.rstrip("/") + "/")
+
+
+def withhold(cookie: str, names: frozenset[str]) -> str:
+    """The ``Cookie`` header without the cookies called one of ``names``."""
+    return "; ".join(
+        pair
+        for pair in (segment.strip() for segment in cookie.split(";"))
+        if pair and pair.partition("=")[0].strip() not in names
+    )
