@@ -212,6 +212,17 @@ def listen_close_ns(size: int, rounds: int) -> float:
     return statistics.median(min(timer.repeat(3, number)) / number * 1e9 for _ in range(rounds))
 
 
+def newest_member_ns(size: int, rounds: int) -> float:
+    """listen() and close() of an app's newest member, with ``size`` members before it:
+    the close finds the next newest, which must not cost more with more members."""
+    registry = Registry()
+    for index in range(size):
+        registry.listen(wsgi_listener, session=f"m{index}", app="big")
+    timer = timeit.Timer(lambda: registry.listen(wsgi_listener, session="new", app="big").close())
+    number = 20_000 if rounds > 3 else 2_000
+    return statistics.median(min(timer.repeat(3, number)) / number * 1e9 for _ in range(rounds))
+
+
 def memory_per_listener(size: int) -> float:
     gc.collect()
     tracemalloc.start()
@@ -280,6 +291,12 @@ def main(argv: list[str] | None = None) -> None:
     ]
     small, large = listen_close_ns(1, rounds), listen_close_ns(largest, rounds)
     rows.append((f"listen()+close(), {largest:,} / 1 listeners", large / small, "<= 1.1"))
+    members = 20_000 if options.quick else 200_000
+    one_member = newest_member_ns(1, rounds)
+    many_members = newest_member_ns(members, rounds)
+    rows.append(
+        (f"newest app member's close, {members:,} / 1 members", many_members / one_member, "<= 1.1")
+    )
     print(
         f"\nlisten()+close(): {small:.0f} ns at 1 listener, {large:.0f} ns at {largest:,}"
         " (budget: < 5000 ns)"

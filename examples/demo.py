@@ -61,7 +61,7 @@ INDEX = """<!doctype html>
 {% endfor %}
 </ul>
 <form method="post" action="{{ url_for('sessions') }}">
-  <input name="session" placeholder="session id" required pattern="[A-Za-z0-9_-]{1,128}">
+  <input name="session" placeholder="session id" required pattern="[A-Za-z0-9_\\-]{1,128}">
   <button name="action" value="start">Start</button>
   <button name="action" value="stop">Stop</button>
 </form></body></html>
@@ -117,6 +117,10 @@ def create_app(registry: Registry | None = None) -> tuple[Flask, list[Listener]]
     def index() -> str:
         listeners = sorted(registry, key=lambda listener: listener.session)
         return render_template_string(INDEX, listeners=listeners, environ=request.environ)
+
+    @app.get("/favicon.ico")
+    def favicon() -> tuple[str, int]:
+        return "", 204  # browsers ask every origin for one
 
     @app.post("/sessions")
     def sessions() -> Response:

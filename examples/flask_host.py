@@ -18,7 +18,12 @@ proxy = ProxyListen()
 
 def create_app() -> Flask:
     app = Flask(__name__)
-    app.config["WSGI_PROXY_LISTEN"] = {"MAX_CONTENT_LENGTH": 1024 * 1024, "FORWARD_COOKIES": False}
+    app.config["WSGI_PROXY_LISTEN"] = {
+        "MAX_CONTENT_LENGTH": 1024 * 1024,
+        # Listeners get every cookie but the host's login; their own ones reach them.
+        "FORWARD_COOKIES": [app.config["SESSION_COOKIE_NAME"]],
+        "MAX_CONCURRENCY": 4,  # below the server's threads: a hanging listener holds 4
+    }
     proxy.init_app(app)
 
     @app.post("/reports/<report_id>")

@@ -20,6 +20,19 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
+MakeClient = Callable[..., Client]
+
+
+def environ_for(path: str, **kwargs: t.Any) -> WSGIEnvironment:
+    return EnvironBuilder(path, **kwargs).get_environ()
+
+
+def start_response_stub(
+    status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
+) -> t.Any:
+    return None
+
+
 class Host:
     """A host WSGI app that records what reaches it."""
 

@@ -39,7 +39,7 @@ def test_example_wsgi_module_wraps_django() -> None:
     assert isinstance(wsgi.application, ProxyMiddleware)
     assert wsgi.application.registry is default_registry
     assert wsgi.application.max_content_length == 1024 * 1024
-    assert wsgi.application.forward_cookies is False
+    assert wsgi.application.forward_cookies == ["sessionid", "csrftoken"]
 
 
 def test_host_requests_keep_request_finished(application: ProxyMiddleware) -> None:
@@ -78,7 +78,8 @@ def test_view_starts_a_session_that_serves_through_the_middleware() -> None:
 
 def test_settings_reach_the_middleware(application: ProxyMiddleware) -> None:
     assert application.max_content_length == 1024 * 1024
-    assert application.forward_cookies is False
+    assert application.forward_cookies == ["sessionid", "csrftoken"]
+    assert application.max_concurrency == 4
     assert application.registry.prefix == "/proxy"
 
 

@@ -15,5 +15,8 @@ USE_TZ = True
 WSGI_PROXY_LISTEN = {
     "PREFIX": "/proxy",
     "MAX_CONTENT_LENGTH": 1024 * 1024,
-    "FORWARD_COOKIES": False,
+    # Listeners get every cookie but the host's session and CSRF ones (Django's names
+    # unless SESSION_COOKIE_NAME or CSRF_COOKIE_NAME say otherwise).
+    "FORWARD_COOKIES": ["sessionid", "csrftoken"],
+    "MAX_CONCURRENCY": 4,
 }
