@@ -22,33 +22,37 @@ def raw_client(middleware: ProxyMiddleware) -> BufferedClient:
 PATH = "/proxy/sessions/s1"
 
 
+LONG = f"{PATH}/" + "a" * 1100
+
+
 @pytest.mark.parametrize(
-    ("given", "bare", "expected"),
+    ("given", "expected"),
     [
-        pytest.param("a=1; Path=/", False, f"a=1; Path={PATH}", id="root"),
-        pytest.param("a=1; path=/proxy", False, f"a=1; Path={PATH}", id="parent"),
-        pytest.param("a=1; Path=/proxy/sessions", False, f"a=1; Path={PATH}", id="all-sessions"),
-        pytest.param("a=1; Path=/proxy/sessions/s", False, f"a=1; Path={PATH}", id="look-alike"),
-        pytest.param("a=1; Path=/proxy/sessions/s10", False, f"a=1; Path={PATH}", id="other"),
-        pytest.param(f"a=1; Path={PATH}", False, f"a=1; Path={PATH}", id="own"),
-        pytest.param(f"a=1; Path={PATH}/app", False, f"a=1; Path={PATH}/app", id="below"),
-        pytest.param("a=1", False, "a=1", id="default-is-within"),
-        pytest.param("a=1", True, f"a=1; Path={PATH}", id="bare-default-is-the-parent"),
-        pytest.param("a=1; Domain=example.com; Path=/", False, f"a=1; Path={PATH}", id="domain"),
-        pytest.param("a=1; Path=/x; Path=/", False, f"a=1; Path={PATH}", id="two-paths"),
+        pytest.param("a=1; Path=/", f"a=1; Path={PATH}", id="root"),
+        pytest.param("a=1; path=/proxy", f"a=1; Path={PATH}", id="parent"),
+        pytest.param("a=1; Path=/proxy/sessions", f"a=1; Path={PATH}", id="all-sessions"),
+        pytest.param("a=1; Path=/proxy/sessions/s", f"a=1; Path={PATH}", id="look-alike"),
+        pytest.param("a=1; Path=/proxy/sessions/s10", f"a=1; Path={PATH}", id="other"),
+        pytest.param(f"a=1; Path={PATH}", f"a=1; Path={PATH}", id="own"),
+        pytest.param(f"a=1; Path={PATH}/app", f"a=1; Path={PATH}/app", id="below"),
+        # A browser's default path may be the parent of every session.
+        pytest.param("a=1", f"a=1; Path={PATH}", id="none"),
+        # A browser ignores a longer value, and falls back to its default path.
+        pytest.param(f"a=1; Path={LONG}", f"a=1; Path={PATH}", id="too-long"),
+        pytest.param("a=1; Domain=example.com; Path=/", f"a=1; Path={PATH}", id="domain"),
+        pytest.param("a=1; Path=/x; Path=/", f"a=1; Path={PATH}", id="two-paths"),
         pytest.param(
             "sid=a=b; Expires=Wed, 21 Oct 2026 07:28:00 GMT; HttpOnly; SameSite=Lax; Path=/",
-            False,
             f"sid=a=b; Expires=Wed, 21 Oct 2026 07:28:00 GMT; HttpOnly; SameSite=Lax; Path={PATH}",
             id="other-attributes-kept",
         ),
-        pytest.param("__Secure-a=1; Secure; Path=/", False, f"__Secure-a=1; Secure; Path={PATH}"),
-        pytest.param("__Host-a=1; Secure; Path=/", False, None, id="host-prefix"),
-        pytest.param("__host-a=1; Secure; Path=/", False, None, id="host-prefix-any-case"),
+        pytest.param("__Secure-a=1; Secure; Path=/", f"__Secure-a=1; Secure; Path={PATH}"),
+        pytest.param("__Host-a=1; Secure; Path=/", None, id="host-prefix"),
+        pytest.param("__host-a=1; Secure; Path=/", None, id="host-prefix-any-case"),
     ],
 )
-def test_confine(given: str, bare: bool, expected: str | None) -> None:
-    assert confine(given, PATH, bare) == expected
+def test_confine(given: str, expected: str | None) -> None:
+    assert confine(given, PATH) == expected
 
 
 @pytest.mark.parametrize(
@@ -118,7 +122,7 @@ def test_a_listener_can_no_longer_log_the_user_out_of_the_host(registry: Registr
     # werkzeug's test client does not.
 
 
-def test_a_listener_cookie_set_on_the_bare_path_stays_in_its_session(registry: Registry) -> None:
+def test_a_listener_cookie_without_a_path_stays_in_its_session(registry: Registry) -> None:
     def sets(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain"), ("Set-Cookie", "k=v")])
         return [b"ok"]
@@ -126,7 +130,7 @@ def test_a_listener_cookie_set_on_the_bare_path_stays_in_its_session(registry: R
     registry.listen(sets, session="s1")
     client = raw_client(ProxyMiddleware(lambda e, s: [], registry))
     assert client.get("/proxy/sessions/s1").headers["Set-Cookie"] == f"k=v; Path={PATH}"
-    assert client.get("/proxy/sessions/s1/page").headers["Set-Cookie"] == "k=v"
+    assert client.get("/proxy/sessions/s1/page").headers["Set-Cookie"] == f"k=v; Path={PATH}"
 
 
 def test_a_host_cookie_cookie_of_a_listener_is_dropped_and_logged(
@@ -146,7 +150,7 @@ def test_a_host_cookie_cookie_of_a_listener_is_dropped_and_logged(
     registry.listen(sets, session="s1")
     client = raw_client(ProxyMiddleware(lambda e, s: [], registry))
     answer = client.get("/proxy/sessions/s1/")
-    assert answer.headers.getlist("Set-Cookie") == ["kept=1"]
+    assert answer.headers.getlist("Set-Cookie") == [f"kept=1; Path={PATH}"]
     assert "dropped a __Host- cookie" in caplog.text
 
 
@@ -231,3 +235,60 @@ def test_forward_cookies_refuses_what_it_cannot_mean(
 ) -> None:
     with pytest.raises(error, match=message):
         ProxyMiddleware(lambda e, s: [], registry, forward_cookies=t.cast(t.Any, value))
+
+
+def test_a_listener_that_changes_its_environ_cannot_widen_its_cookies(registry: Registry) -> None:
+    """Found in review: the path came from the environ, which the listener holds (ProxyFix
+    inside a listener rewrites SCRIPT_NAME, so would code that means harm)."""
+
+    def widens(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+        environ["SCRIPT_NAME"] = ""
+        environ["PATH_INFO"] = "/"
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Set-Cookie", "session=evil; Path=/")]
+        )
+        return [b"ok"]
+
+    registry.listen(widens, session="s1")
+    client = raw_client(ProxyMiddleware(lambda e, s: [], registry))
+    assert client.get("/proxy/sessions/s1/").headers["Set-Cookie"] == f"session=evil; Path={PATH}"
+
+
+def test_a_flask_listener_behind_its_own_proxy_fix_keeps_its_cookies_in(
+    registry: Registry,
+) -> None:
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    listener = flask_listener()
+    listener.wsgi_app = ProxyFix(listener.wsgi_app, x_prefix=1)  # type: ignore[method-assign]
+    registry.listen(listener, session="s1")
+    client = raw_client(ProxyMiddleware(lambda e, s: [], registry))
+    answer = client.post("/proxy/sessions/s1/login", headers={"X-Forwarded-Prefix": "/"})
+    assert answer.headers["Set-Cookie"].endswith(f"Path={PATH}")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("Clear-Site-Data", '"cookies", "storage"'),
+        ("Service-Worker-Allowed", "/"),
+        ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),
+        ("Alt-Svc", 'h3=":443"'),
+    ],
+)
+def test_headers_that_act_on_the_whole_origin_are_dropped(
+    registry: Registry, header: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: Clear-Site-Data from a listener logged the user out of the host."""
+
+    def sends(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), header])
+        return [b"ok"]
+
+    registry.listen(sends, session="s1")
+    client = raw_client(ProxyMiddleware(lambda e, s: [], registry))
+    for _ in range(2):  # the second answer would come from a cache of checked headers
+        answer = client.get("/proxy/sessions/s1/")
+        assert answer.status_code == 200
+        assert header[0] not in answer.headers
+    assert "acts on the whole origin" in caplog.text

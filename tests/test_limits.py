@@ -13,7 +13,7 @@ import pytest
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen.flask import ProxyListen
 
-from .conftest import BufferedClient, assert_plain_answer, checked
+from .conftest import BufferedClient, assert_plain_answer, checked, environ_for
 
 
 class Gate:
@@ -148,3 +148,40 @@ def test_the_flask_setting(registry: Registry) -> None:
     middleware = app.extensions["wsgi_proxy_listen"].middleware
     assert middleware.max_concurrency == 4
     assert middleware.forward_cookies == ["session"]
+
+
+def test_a_start_response_of_the_server_that_raises_gives_the_place_back(
+    registry: Registry,
+) -> None:
+    """Found in review: a server that refuses a header the guard let through (waitress
+    refused 'Trailers') left the request counted for good."""
+
+    def answers(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    listener = registry.listen(answers, session="s", max_concurrency=1)
+    middleware = ProxyMiddleware(lambda e, s: [], registry)
+
+    def refusing(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
+        raise AssertionError("the server refused a header")
+
+    for _ in range(2):
+        with pytest.raises(AssertionError, match="refused a header"):
+            middleware(environ_for("/proxy/sessions/s/"), refusing)
+    assert listener.active == 0
+
+
+def test_a_base_exception_of_the_listener_gives_the_place_back(registry: Registry) -> None:
+    """SystemExit, a green thread's timeout: not the listener's answer, but propagated,
+    and the request no longer counts."""
+
+    def exits(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+        raise SystemExit(3)
+
+    listener = registry.listen(exits, session="s", max_concurrency=1)
+    middleware = ProxyMiddleware(lambda e, s: [], registry)
+    for _ in range(2):
+        with pytest.raises(SystemExit):
+            middleware(environ_for("/proxy/sessions/s/"), lambda *a: None)
+    assert listener.active == 0

@@ -356,3 +356,24 @@ def test_a_listener_that_corrects_itself_before_returning_sends_one_status(
     assert (served.status, served.body) == (500, b"sorry")
     assert calls == ["500 Oops"]
     assert b"Set-Cookie" not in served.wire
+
+
+def test_an_error_after_write_and_exc_info_is_not_masked(registry: Registry) -> None:
+    """Found in review: write(), then start_response(..., exc_info), which the server
+    refuses (headers sent): the answer for the failure must pass exc_info too, else the
+    server raises 'headers already set' and the listener's own error is lost."""
+
+    def fails_late(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"partial")
+        try:
+            raise ValueError("the listener's own error")
+        except ValueError:
+            start_response("500 Oops", [("Content-Type", "text/plain")], sys.exc_info())
+        return [b"never"]
+
+    registry.listen(fails_late, session="late")
+    served = serve(ProxyMiddleware(Host(), registry), "/proxy/sessions/late/")
+    assert served.status == 200  # sent before the failure: the server cuts the answer
+    assert "the listener's own error" in served.errors
+    assert "Headers already set" not in served.errors

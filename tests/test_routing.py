@@ -221,6 +221,8 @@ PLAIN_CASES = [
     ("/proxy/sessions/ab", "/proxy/sessions/abc", ""),
     ("/proxy/sessions/a", "/proxy/sessions/a;x", ""),
     ("/proxy/sessions/a/%2G", "/proxy/sessions/a/%2G", ""),
+    # Found in review: a PATH_INFO left undecoded equals its raw URI, %2e and all.
+    ("/proxy/sessions/s1/%2e", "/proxy/sessions/s1/%2e", ""),
     ("/proxy/apps/x/sessions/a", None, ""),
 ]
 

@@ -6,11 +6,12 @@ A listener lives on the host's origin, so its cookies and the host's share one
 jar in the browser. Two rules keep them apart:
 
 - :func:`confine` rewrites what a listener sets: a cookie can only reach the
-  listener's own path. A ``Path`` outside the listener's ``SCRIPT_NAME`` (or
-  none, on the bare ``{prefix}/sessions/<id>`` form, whose default path is the
-  parent of every session) becomes that ``SCRIPT_NAME``; a ``Domain`` is
-  dropped; a ``__Host-`` cookie, which by definition belongs to the whole
-  origin, is dropped. A listener can then never overwrite the host's login.
+  listener's own path. A ``Path`` outside the listener's ``SCRIPT_NAME``, or
+  none (a browser's default path may be the parent of every session, as on the
+  bare ``{prefix}/sessions/<id>`` form), or one longer than the 1024 bytes a
+  browser reads, becomes that ``SCRIPT_NAME``; a ``Domain`` is dropped; a
+  ``__Host-`` cookie, which by definition belongs to the whole origin, is
+  dropped. A listener can then never overwrite the host's login.
 - :func:`withhold` removes named host cookies from what a listener receives
   (``ProxyMiddleware(forward_cookies=[...])``).
 
@@ -23,12 +24,16 @@ from __future__ import annotations
 __all__ = ["confine", "withhold"]
 
 
-def confine(set_cookie: str, path: str, bare: bool) -> str | None:
+#: Browsers ignore an attribute value longer than this (RFC 6265bis §5.6), which
+#: would leave a Path to the browser's default.
+MAX_ATTRIBUTE = 1024
+
+
+def confine(set_cookie: str, path: str) -> str | None:
     """``set_cookie`` rewritten so that it reaches only ``path`` and below; ``None``
     when it must be dropped (a ``__Host-`` cookie).
 
     :param path: the listener's public path (its ``SCRIPT_NAME``, URL-encoded).
-    :param bare: whether the request was the bare ``{prefix}/sessions/<id>`` form.
     """
     name_value, *attributes = set_cookie.split(";")
     if name_value.strip().lower().startswith("__host-"):
@@ -42,14 +47,9 @@ def confine(set_cookie: str, path: str, bare: bool) -> str | None:
             given = value.strip()  # the last Path attribute is the one a browser uses
         elif key != "domain":
             kept.append(attribute)
-    if given is not None and _within(given, path):
-        target: str | None = given
-    elif given is None and not bare:
-        target = None  # the browser's default, the request's own directory, is within
-    else:
-        target = path
-    rebuilt = ";".join([name_value, *kept])
-    return rebuilt if target is None else f"{rebuilt}; Path={target}"
+    if given is None or len(given) > MAX_ATTRIBUTE or not _within(given, path):
+        given = path
+    return ";".join([name_value, *kept, f" Path={given}"])
 
 
 def _within(cookie_path: str, path: str) -> bool:

@@ -27,7 +27,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from .answers import respond
 from .cookies import confine
 from .exceptions import InvalidResponse
-from .headers import is_hop_by_hop
+from .headers import is_hop_by_hop, is_origin_wide
 from .routing import url_path
 
 if t.TYPE_CHECKING:
@@ -35,7 +35,7 @@ if t.TYPE_CHECKING:
     from types import TracebackType
 
     from _typeshed import OptExcInfo
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse
 
 __all__ = ["Guard", "failed"]
 
@@ -74,7 +74,7 @@ def _check_status(status: object) -> bool:
 
 
 def _check_headers(
-    headers: list[tuple[str, str]], script_name: str, bare: bool
+    headers: list[tuple[str, str]], script_name: str
 ) -> list[tuple[str, str]] | None:
     """The headers to send, or ``None`` when one is invalid."""
     named: set[str] = set()
@@ -98,6 +98,9 @@ def _check_headers(
             named.update(token.strip().lower() for token in value.split(","))
         if is_hop_by_hop(name):
             continue
+        if is_origin_wide(name):
+            logger.warning("dropped a %s header of a listener: it acts on the whole origin", name)
+            continue
         if lowered == "set-cookie":
             cookies = True  # per user: never cached
         else:
@@ -108,18 +111,16 @@ def _check_headers(
     if named:
         kept = [header for header in kept if header[0].lower() not in named]
     if cookies:
-        kept = _confine_cookies(kept, script_name, bare)
+        kept = _confine_cookies(kept, script_name)
     return kept
 
 
-def _confine_cookies(
-    headers: list[tuple[str, str]], script_name: str, bare: bool
-) -> list[tuple[str, str]]:
+def _confine_cookies(headers: list[tuple[str, str]], script_name: str) -> list[tuple[str, str]]:
     path = url_path(script_name)
     confined = []
     for name, value in headers:
         if name.lower() == "set-cookie":
-            rewritten = confine(value, path, bare)
+            rewritten = confine(value, path)
             if rewritten is None:
                 logger.warning(
                     "dropped a __Host- cookie of a listener: it would belong to the whole origin"
@@ -137,17 +138,27 @@ def _refuse(data: bytes) -> object:
 class Guard:
     """The ``start_response`` a listener gets: checks, holds, then forwards.
 
-    :param environ: the listener's environ (its ``SCRIPT_NAME`` confines cookies).
+    :param script_name: the listener's ``SCRIPT_NAME``, taken before the listener runs
+        (it may change its environ): its cookies reach that path only.
     """
 
-    __slots__ = ("environ", "held", "invalid", "released", "server_write", "start_response")
+    __slots__ = (
+        "held",
+        "invalid",
+        "released",
+        "script_name",
+        "sent",
+        "server_write",
+        "start_response",
+    )
 
-    def __init__(self, start_response: StartResponse, environ: WSGIEnvironment) -> None:
+    def __init__(self, start_response: StartResponse, script_name: str) -> None:
         self.start_response = start_response
-        self.environ = environ
+        self.script_name = script_name
         self.held: tuple[str, list[tuple[str, str]], OptExcInfo | None] | None = None
         self.invalid = False
         self.released = False
+        self.sent = False  # the server's start_response took a status of the listener's
         self.server_write: Callable[[bytes], object] | None = None
 
     def __call__(
@@ -184,10 +195,7 @@ class Guard:
     def _check(self, status: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
         if not _check_status(status):
             return None
-        environ = self.environ
-        checked = _check_headers(
-            headers, environ.get("SCRIPT_NAME", ""), not environ.get("PATH_INFO")
-        )
+        checked = _check_headers(headers, self.script_name)
         # Sent as given: the next identical list needs no check. Not with a cookie, whose
         # confinement depends on the listener's path.
         if checked == headers and not any(name.lower() == "set-cookie" for name, _ in headers):
@@ -214,6 +222,7 @@ class Guard:
                 if held[2] is None
                 else self.start_response(*held)
             )
+            self.sent = True
         return True
 
     def release(self) -> None:
@@ -227,6 +236,7 @@ class Guard:
                 self.server_write = self.start_response(status, headers)
             else:
                 self.server_write = self.start_response(status, headers, exc_info)
+            self.sent = True
 
     def write(self, data: bytes) -> object:
         """The ``write`` callable of PEP 3333: it starts the body, so it releases."""
@@ -262,8 +272,8 @@ def failed(
     close = getattr(iterable, "close", None)
     if close is not None:
         close()
-    if guard.server_write is None:
-        # The server never saw the listener's status: ours is the first.
+    if not guard.sent:
+        # The server never saw a status of the listener's: ours is the first.
         return respond(start_response, status)
     # The listener started its body (write()): PEP 3333 says to pass exc_info so that
     # ours replaces what is unsent, or the server raises if it was sent.

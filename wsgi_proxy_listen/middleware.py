@@ -268,17 +268,23 @@ class ProxyMiddleware:
             if concurrency is not None and not listener.admit(concurrency):
                 return respond(start_response, 503)
         listener.last_request = monotonic()
-        guard = Guard(start_response, inner)
+        # The listener may change its environ: cookies are confined to what it was given.
+        guard = Guard(start_response, inner["SCRIPT_NAME"])
         try:
             iterable = listener.wsgi_app(inner, guard)
-        except Exception as error:  # noqa: BLE001 - any failure of a listener becomes a 500
+        except BaseException as error:
             if concurrency is not None:
                 listener.done()
+            if not isinstance(error, Exception):
+                raise  # SystemExit, KeyboardInterrupt, a green thread's timeout
             return failed(listener.session, guard, start_response, None, error)
         try:
             accepted = guard.accept(iterable)
         except BaseException:
-            _close(iterable)  # the server's start_response raised
+            # The server's start_response refused what the guard let through.
+            if concurrency is not None:
+                listener.done()
+            _close(iterable)
             raise
         if not accepted:
             if concurrency is not None:

@@ -551,6 +551,9 @@ class Registry:
             declaration = self._apps.get(slug)
             if declaration is None or declaration.start is None:
                 return None
+            current = self._current.get(slug)
+            if current is not None:
+                return current  # a member joined since the caller looked
             starting = self._starts.get(slug)
             launch = starting is None
             if starting is None:
@@ -559,12 +562,19 @@ class Registry:
                 return None
             starting.waiting += 1
         if launch:
-            threading.Thread(
-                target=self._run_start,
-                args=(declaration, starting),
-                name=f"wsgi_proxy_listen start {slug}",
-                daemon=True,
-            ).start()
+            try:
+                threading.Thread(
+                    target=self._run_start,
+                    args=(declaration, starting),
+                    name=f"wsgi_proxy_listen start {slug}",
+                    daemon=True,
+                ).start()
+            except BaseException:
+                with self._lock:
+                    del self._starts[slug]
+                    starting.waiting -= 1
+                starting.set()
+                raise
         try:
             starting.wait(declaration.start_timeout)
         finally:

@@ -190,14 +190,16 @@ def plain_session_route(path: str, sessions: str, raw_uri: str | None) -> tuple[
     end = path.find("/", start)
     if end == -1:
         end = len(path)
-    # The usual raw URI is the path itself: nothing was escaped.
     if (
         raw_uri is not None
-        and raw_uri != path
         and (
             "%2" in raw_uri
-            or not raw_uri.startswith(path[:end])
-            or (len(raw_uri) != end and raw_uri[end] not in "/?")
+            # The usual raw URI is the path itself: nothing was escaped.
+            or (raw_uri != path
+            and (
+                not raw_uri.startswith(path[:end])
+                or (len(raw_uri) != end and raw_uri[end] not in "/?")
+            ))
         )
     ):
         return None
