@@ -26,7 +26,7 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.demo
+	$(BIN)/python -m examples.demo $(if $(PORT),--port $(PORT))
 
 # make bench: the full run recorded in BENCHMARKS.md; make bench QUICK=1: a smoke run.
 bench: $(STAMP)

@@ -1,4 +1,5 @@
-"""The hop between processes, on both directories, through ``gunicorn -w 4``.
+"""The hop between processes, on both directories, through ``gunicorn -w 4``, to a web
+worker and to a runtime.
 
     python -m bench.cluster            # needs redis-server for the Redis half; a few minutes
     python -m bench.cluster --quick    # a smoke run
@@ -19,6 +20,7 @@ a whole hop to an owner process answering from a listener.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import os
@@ -31,9 +33,27 @@ import time
 import timeit
 import typing as t
 
-from tests.test_cluster import REDIS, RedisServer, gunicorn, short_folder, start_session
+from tests.cluster_support import (
+    REDIS,
+    SECRET,
+    RedisServer,
+    gunicorn,
+    short_folder,
+    start_session,
+)
 
-PATHS = {"local": "/proxy/sessions/everywhere/", "forwarded": "/proxy/sessions/remote/"}
+PATHS = {
+    "local": "/proxy/sessions/everywhere/",
+    "forwarded": "/proxy/sessions/remote/",
+    "runtime": "/proxy/sessions/runtime/",
+}
+# A runtime: a plain Python process, connected by the environment, that only listens.
+_RUNTIME = """
+from wsgi_proxy_listen import listen, serve_forever
+listen(lambda request: f"runtime path {request.path}", session="runtime")
+print("ready", flush=True)
+serve_forever()
+"""
 
 
 class Figures(t.NamedTuple):
@@ -87,8 +107,30 @@ def p99(values: list[float]) -> float:
     return ordered[int(len(ordered) * 0.99)]
 
 
+@contextlib.contextmanager
+def runtime(directory: str) -> t.Iterator[None]:
+    env = {**os.environ, "WSGI_PROXY_LISTEN_DIRECTORY": directory}
+    env.pop("WSGI_PROXY_LISTEN_SECRET", None)
+    if not directory.startswith("/"):
+        env["WSGI_PROXY_LISTEN_SECRET"] = SECRET  # as tests.cluster_support.gunicorn does
+    process = subprocess.Popen(
+        [sys.executable, "-c", _RUNTIME], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        t.cast(t.IO[str], process.stdout).readline()
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
+        t.cast(t.IO[str], process.stdout).close()
+
+
 def measure(directory: str, count: int, seconds: float) -> Figures:
-    with gunicorn(directory, workers=1) as host_a, gunicorn(directory, workers=4) as host_b:
+    with (
+        gunicorn(directory, workers=1) as host_a,
+        gunicorn(directory, workers=4) as host_b,
+        runtime(directory),
+    ):
         start_session(host_a, "remote")
         latencies(host_b.port, 200)  # warm the pools and caches
         samples = latencies(host_b.port, count)
@@ -292,7 +334,10 @@ def main() -> None:
             server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
-    print("host B: gunicorn -w 4, gthread, 4 threads; owner in host A; one machine")
+    print(
+        "host B: gunicorn -w 4, gthread, 4 threads; owners: host A (forwarded),"
+        " a runtime process (runtime); one machine"
+    )
     print(f"{count} interleaved sequential requests per case; 8 clients for {seconds:.0f} s\n")
     print(f"{'directory':10} {'case':10} {'median µs':>10} {'p99 µs':>8} {'requests/s':>11}")
     for kind, figures in results.items():
@@ -301,15 +346,15 @@ def main() -> None:
                 f"{kind:10} {name:10} {figures.median_us[name]:10.0f} {figures.p99_us[name]:8.0f}"
                 f" {figures.rate[name]:11.0f}"
             )
-    print(
-        f"\n{'directory':10} {'extra median µs':>16} {'extra p99 µs':>13} {'forwarded/local':>16}"
-    )
+    header = f"{'extra median µs':>16} {'extra p99 µs':>13} {'owner/local':>12}"
+    print(f"\n{'directory, owner':20} {header}")
     for kind, figures in results.items():
-        extra = figures.median_us["forwarded"] - figures.median_us["local"]
-        extra_p99 = figures.p99_us["forwarded"] - figures.p99_us["local"]
-        ratio = figures.rate["forwarded"] / figures.rate["local"]
-        print(f"{kind:10} {extra:16.0f} {extra_p99:13.0f} {ratio:16.2f}")
-    print("goals: extra median <= 300 µs, extra p99 <= 1000 µs, forwarded/local >= 0.4")
+        for owner in ("forwarded", "runtime"):
+            extra = figures.median_us[owner] - figures.median_us["local"]
+            extra_p99 = figures.p99_us[owner] - figures.p99_us["local"]
+            ratio = figures.rate[owner] / figures.rate["local"]
+            print(f"{kind + ' ' + owner:20} {extra:16.0f} {extra_p99:13.0f} {ratio:12.2f}")
+    print("goals: extra median <= 300 µs, extra p99 <= 1000 µs, owner/local >= 0.4")
     print(f"\n{'breakdown of one hop':56} {'µs':>6}")
     for name, value in [*pieces, *trips]:
         print(f"{name:56} {value:6.1f}")

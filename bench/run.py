@@ -177,7 +177,7 @@ def breakdown_cases() -> dict[str, Callable[[], None]]:
     body = [b"ok"]
 
     def checked_start_response() -> None:
-        guard = Guard(start_response, environ)
+        guard = Guard(start_response, "/proxy/sessions/s0")
         guard("200 OK", HEADERS)
         guard.accept(body)
 

@@ -1,11 +1,16 @@
-"""The demo host that ``make demo`` runs.
+"""The demo host that ``make demo`` runs (``make demo PORT=8001`` for another port).
 
 A Flask host on http://127.0.0.1:8000 set up with the ``ProxyListen``
-extension. Its index page lists the live listeners and has a form to start
-and stop sessions; each session serves a small HTML page whose stylesheet,
-link and ``fetch()`` are all relative, so they stay under the session's
-prefix. Two more listeners are registered at start-up: the CSV export of the
-docs (a request handler) and a plain WSGI app.
+extension. Its index page lists the live listeners, with the process that
+owns each, and has a form to start and stop sessions; each session serves a
+small HTML page whose stylesheet, link and ``fetch()`` are all relative, so
+they stay under the session's prefix. Two more listeners are registered at
+start-up: the CSV export of the docs (a request handler) and a plain WSGI app.
+
+Beside the host runs a notebook runtime (``examples/notebook_runtime.py``), a
+process of its own, as a notebook's code runs in Livebook or Jupyter: both
+share an embedded directory in a temporary folder, so the host answers the
+runtime's listener too.
 
 The start/stop form has no CSRF protection: the demo listens on 127.0.0.1
 only. A real host protects such a form like any other.
@@ -14,6 +19,12 @@ only. A real host protects such a form like any other.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import typing as t
 from collections.abc import Iterable
 
@@ -56,8 +67,8 @@ INDEX = """<!doctype html>
 <html><head><meta charset="utf-8"><title>wsgi_proxy_listen demo</title></head>
 <body><h1>wsgi_proxy_listen demo</h1>
 <ul id="listeners">
-{% for listener in listeners %}
-  <li><a href="{{ listener.url('/', environ) }}">{{ listener.session }}</a></li>
+{% for session, url, pid in listeners %}
+  <li><a href="{{ url }}">{{ session }}</a> <span class="pid">process {{ pid }}</span></li>
 {% endfor %}
 </ul>
 <form method="post" action="{{ url_for('sessions') }}">
@@ -109,14 +120,13 @@ def clock(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
 
 def create_app(registry: Registry | None = None) -> tuple[Flask, list[Listener]]:
     """The host app and the listeners registered at start-up."""
-    registry = registry or Registry()
+    registry = Registry() if registry is None else registry  # an empty one is falsy
     app = Flask(__name__)
     ProxyListen(app, registry=registry)
 
     @app.get("/")
     def index() -> str:
-        listeners = sorted(registry, key=lambda listener: listener.session)
-        return render_template_string(INDEX, listeners=listeners, environ=request.environ)
+        return render_template_string(INDEX, listeners=live_listeners(registry, request.environ))
 
     @app.get("/favicon.ico")
     def favicon() -> tuple[str, int]:
@@ -141,6 +151,29 @@ def create_app(registry: Registry | None = None) -> tuple[Flask, list[Listener]]
     return app, listeners
 
 
+def live_listeners(registry: Registry, environ: WSGIEnvironment) -> list[tuple[str, str, int]]:
+    """Every live listener: its session, its URL path and the process that owns it."""
+    found = {listener.session: (listener.url("/", environ), os.getpid()) for listener in registry}
+    if registry.directory is not None:
+        base = environ.get("SCRIPT_NAME", "") + registry.prefix
+        for entry in registry.directory.entries():
+            if entry.session not in found and entry.pid is not None:
+                found[entry.session] = (f"{base}/sessions/{entry.session}/", entry.pid)
+    return sorted((session, url, pid) for session, (url, pid) in found.items())
+
+
+def start_runtime(folder: str) -> subprocess.Popen[str]:
+    """The notebook runtime, in a process of its own that shares the host's directory."""
+    runtime = subprocess.Popen(
+        [sys.executable, "-m", "examples.notebook_runtime"],
+        env={**os.environ, "WSGI_PROXY_LISTEN_DIRECTORY": folder},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    print(f"  the notebook runtime: {t.cast(t.IO[str], runtime.stdout).readline().strip()}")
+    return runtime
+
+
 def curl_lines(base: str, listeners: list[Listener]) -> list[str]:
     """The commands printed on start-up, one per thing to try."""
     export_listener, clock_listener = listeners
@@ -150,20 +183,33 @@ def curl_lines(base: str, listeners: list[Listener]) -> list[str]:
         f"curl {base}{clock_listener.url('/any/path')}",
         f"curl -X POST -d session=nb1 -d action=start {base}/sessions",
         f"curl {base}/proxy/sessions/nb1/api/data",
+        f"curl {base}/proxy/sessions/notebook/from/the/runtime",
     ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
     options = parser.parse_args(argv)
-    app, listeners = create_app()
-    base = f"http://{options.host}:{options.port}"
-    print(f"Open {base}/ in a browser, or try:")
-    for line in curl_lines(base, listeners):
-        print(f"  {line}")
-    run_simple(options.host, options.port, app, threaded=True)
+    # SIGTERM ends the demo as Ctrl-C does, through the clean-up below.
+    signal.signal(signal.SIGTERM, lambda received, frame: sys.exit(0))
+    folder = tempfile.mkdtemp(prefix="wpl-demo-", dir="/tmp")
+    registry = Registry(directory=folder)
+    app, listeners = create_app(registry)
+    runtime = start_runtime(folder)
+    try:
+        base = f"http://{options.host}:{options.port}"
+        print(f"Open {base}/ in a browser, or try:")
+        for line in curl_lines(base, listeners):
+            print(f"  {line}", flush=True)
+        run_simple(options.host, options.port, app, threaded=True)
+    finally:
+        runtime.terminate()
+        runtime.wait(10)
+        t.cast(t.IO[str], runtime.stdout).close()
+        registry.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

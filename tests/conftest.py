@@ -3,9 +3,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
 import threading
 import typing as t
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from wsgiref.handlers import SimpleHandler
 from wsgiref.validate import validator
 
@@ -15,6 +16,8 @@ from werkzeug.serving import make_server
 from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
+
+from .cluster_support import NO_REDIS, REDIS, RedisServer, Shared, short_folder
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -190,3 +193,28 @@ def assert_plain_answer(response: t.Any, status: int, *secrets: str) -> None:
     for secret in secrets:
         assert secret.encode() not in body
     assert b"Traceback" not in body
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    if REDIS is None:
+        pytest.skip(NO_REDIS)
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def shared(request: pytest.FixtureRequest) -> Iterator[Shared]:
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        yield Shared("redis", server.url, server)
+        return
+    folder = short_folder()
+    try:
+        yield Shared("embedded", folder, None)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

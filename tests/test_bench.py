@@ -57,6 +57,8 @@ def test_quick_cluster_benchmark_runs_and_prints_both_directories() -> None:
     for line in [
         "embedded   local",
         "embedded   forwarded",
+        "embedded   runtime",
+        "embedded runtime",
         "extra median",
         "pack the environ (JSON)",
         "embedded: whole hop to a listener (Unix socket)",

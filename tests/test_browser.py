@@ -25,7 +25,7 @@ from examples import demo
 from wsgi_proxy_listen import Registry
 
 from .conftest import running_server
-from .test_servers import free_port, stop, wait_until_listening
+from .wire import free_port, stop, wait_until_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 

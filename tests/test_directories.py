@@ -25,8 +25,8 @@ from werkzeug.test import Client
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory
 
+from .cluster_support import NO_REDIS, REDIS, SECRET, RedisServer, short_folder
 from .conftest import Host
-from .test_cluster import NO_REDIS, REDIS, SECRET, RedisServer, short_folder
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -389,12 +389,14 @@ def test_a_file_is_not_a_folder() -> None:
 
 
 def test_nothing_starts_before_the_first_request() -> None:
-    """A directory named at import (as in a gunicorn master with --preload) opens no
-    database, socket or thread until the process serves."""
+    """A directory named at import in a gunicorn master with --preload opens no database,
+    socket or thread until the process serves, even for a listener registered before the
+    app is wrapped (a server's process is no runtime)."""
     folder = short_folder()
     try:
         code = (
             "import sys, threading, os\n"
+            "import gunicorn.arbiter  # what a gunicorn master has loaded\n"
             "from wsgi_proxy_listen import Registry, ProxyMiddleware\n"
             f"registry = Registry(directory={folder!r})\n"
             "registry.listen(lambda request: 'x', session='boot')\n"
@@ -597,3 +599,51 @@ def test_a_child_forked_after_using_the_table_takes_its_own_file_locks() -> None
 def _file_locks(pid: int) -> list[str]:
     with open("/proc/locks") as table:
         return [line for line in table if line.split()[4] == str(pid)]
+
+
+def test_entries_list_every_live_listener_with_its_process(workers: Workers) -> None:
+    a_dir, a, _ = workers.worker()
+    b_dir, b, _ = workers.worker()
+    before = time.time()
+    a.listen(text("a"), session="in-a", app="board")
+    b.listen(text("b"), session="in-b")
+    entries = {entry.session: entry for entry in a_dir.entries()}
+    assert entries.keys() == {"in-a", "in-b"}
+    assert entries["in-a"].app == "board"
+    assert entries["in-a"].owner == a_dir.owner
+    assert entries["in-b"].owner == b_dir.owner
+    assert entries["in-a"].pid == entries["in-b"].pid == os.getpid()
+    assert entries["in-a"].address == a_dir.address
+    assert before - 1 <= entries["in-a"].since <= time.time()
+    time.sleep(1.5)  # a heartbeat (lease 3 s / 3) renews, and keeps the time of publication
+    assert b_dir.entries()[0].since == entries["in-a"].since
+    b.close_session("in-b")
+    assert [entry.session for entry in a_dir.entries()] == ["in-a"]
+
+
+def test_processes_that_open_a_fresh_table_together_all_get_it() -> None:
+    """Found when workers started together: setting a fresh table up (WAL, the schema)
+    met a lock that SQLite reports at once, and the directory counted as down (503s)."""
+    folder = short_folder()
+    try:
+        code = (
+            "import sys, time\n"
+            "from wsgi_proxy_listen.cluster import EmbeddedDirectory\n"
+            "directory = EmbeddedDirectory(sys.argv[1])\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+            "print(len(directory.entries()))\n"
+        )
+        start = f"{time.time() + 1.5:.3f}"
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, folder, start],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(8)
+        ]
+        outputs = [process.communicate(timeout=30) for process in processes]
+        assert [out.strip() for out, _ in outputs] == ["0"] * 8, [err for _, err in outputs]
+    finally:
+        shutil.rmtree(folder)

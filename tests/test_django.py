@@ -21,8 +21,8 @@ from wsgi_proxy_listen import ProxyMiddleware, Registry, default_registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory
 from wsgi_proxy_listen.django import get_wsgi_application
 
+from .cluster_support import short_folder
 from .conftest import BufferedClient, checked, running_server
-from .test_cluster import short_folder
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_host.settings")
 django.setup()

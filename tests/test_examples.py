@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import typing as t
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from werkzeug.exceptions import NotFound
@@ -20,7 +28,10 @@ from examples import (
 )
 from wsgi_proxy_listen import ProxyMiddleware, Registry, default_registry
 
-from .conftest import BufferedClient, checked, running_server
+from .conftest import BufferedClient, checked
+from .wire import free_port, get, wait_until_listening
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -131,13 +142,40 @@ def fetch(port: int, method: str, path: str, body: str | None = None) -> http.cl
     return response
 
 
+@contextlib.contextmanager
+def demo_process() -> Iterator[tuple[int, list[str]]]:
+    """``make demo`` as it runs: the host on a free port, the notebook runtime beside it.
+    Yields the port and the lines it printed (the curl lines among them)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "examples.demo", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        while not (line := t.cast(t.IO[str], process.stdout).readline()).startswith("  curl"):
+            assert line, "the demo ended"
+            lines.append(line.strip())
+        lines.append(line.strip())
+        lines += [t.cast(t.IO[str], process.stdout).readline().strip() for _ in range(5)]
+        wait_until_listening(t.cast("subprocess.Popen[bytes]", process), port)
+        yield port, lines
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+        t.cast(t.IO[str], process.stdout).close()
+
+
 def test_demo_curl_lines_work_over_a_real_server() -> None:
-    """Every command the demo prints works against the running demo, in order."""
-    app, listeners = demo.create_app(Registry())
-    with running_server(app) as port:
+    """Every command the demo prints works against the running demo, in order; the last
+    reaches the notebook runtime, a process of its own."""
+    with demo_process() as (port, printed):
         base = f"http://127.0.0.1:{port}"
-        lines = demo.curl_lines(base, listeners)
-        assert len(lines) == 5
+        lines = [line for line in printed if line.startswith("curl")]
+        assert len(lines) == 6
         for line in lines:
             words = line.split()
             url = words[-1]
@@ -148,11 +186,24 @@ def test_demo_curl_lines_work_over_a_real_server() -> None:
                 assert response.status == 303, line
             else:
                 assert fetch(port, "GET", url.removeprefix(base)).status == 200, line
+        runtime_pid = int(printed[0].rsplit(" ", 1)[1])
+        answer = get(port, "/proxy/sessions/notebook/from/the/runtime")
+        assert json.loads(answer.body) == {
+            "answered by": "the notebook runtime",
+            "pid": runtime_pid,
+            "path": "/from/the/runtime",
+        }
+        index = get(port, "/").body.decode()
+        link = '<a href="/proxy/sessions/notebook/">notebook</a>'
+        assert f'{link} <span class="pid">process {runtime_pid}</span>' in index
+    with pytest.raises(ProcessLookupError):
+        os.kill(runtime_pid, 0)  # the demo stopped its runtime
 
 
 def test_demo_index_lists_listeners_and_the_form_starts_and_stops() -> None:
     registry = Registry()
     app, _ = demo.create_app(registry)
+    assert registry.get("clock") is not None, "the demo uses the registry it is given"
     client = app.test_client()
     page = client.get("/").get_data(as_text=True)
     assert 'href="/proxy/sessions/clock/"' in page

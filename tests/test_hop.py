@@ -29,7 +29,7 @@ from wsgi_proxy_listen.cluster.hop import (
     unpack,
 )
 
-from .test_cluster import short_folder
+from .cluster_support import short_folder
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -17,7 +17,7 @@ from wsgi_proxy_listen.cluster import EmbeddedDirectory, RedisDirectory
 from wsgi_proxy_listen.flask import ProxyListen
 from wsgi_proxy_listen.naming import open_directory
 
-from .test_cluster import short_folder
+from .cluster_support import short_folder
 
 
 @pytest.fixture
@@ -160,10 +160,22 @@ def test_bad_directory_settings_raise_at_start_up(config: dict[str, object], mes
     assert 'app.config["WSGI_PROXY_LISTEN"]' in str(info.value)
 
 
-def test_a_registry_with_a_directory_and_a_directory_setting_conflict(folder: str) -> None:
+def test_a_registry_with_a_directory_and_another_directory_setting_conflict(folder: str) -> None:
+    other = short_folder()
+    try:
+        registry = Registry(directory=folder)
+        with pytest.raises(ValueError, match="name the directory in one place"):
+            ProxyListen(flask_app({"DIRECTORY": other}), registry=registry)
+    finally:
+        shutil.rmtree(other)
+
+
+def test_the_environment_and_a_setting_may_name_the_same_directory(folder: str) -> None:
+    """The package connects the default registry from the environment on import; a
+    setting that names the same directory agrees with it."""
     registry = Registry(directory=folder)
-    with pytest.raises(ValueError, match="name the directory in one place"):
-        ProxyListen(flask_app({"DIRECTORY": folder}), registry=registry)
+    ProxyListen(flask_app({"DIRECTORY": folder}), registry=registry)
+    assert registry.directory_name == folder
 
 
 # -- what importing costs -------------------------------------------------------------------

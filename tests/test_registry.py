@@ -334,7 +334,10 @@ def test_reprs(registry: Registry) -> None:
     assert repr(registry) == "<Registry prefix='/proxy' listeners=0>"
     listener = registry.listen(hello, session="s1", app="sales")
     assert repr(registry) == "<Registry prefix='/proxy' listeners=1>"
-    assert repr(listener).startswith("<Listener session='s1' app='sales' handler=<function hello")
+    assert repr(listener).startswith(
+        "<Listener session='s1' app='sales' url='/proxy/apps/sales/sessions/s1/'"
+        " handler=<function hello"
+    )
     listener.close()
     assert repr(listener).endswith(" closed>")
 

@@ -34,6 +34,7 @@ from contextlib import AbstractContextManager
 from .exceptions import DirectoryUnavailable, InvalidResponse
 from .middleware import ProxyMiddleware
 from .registry import App, Listener, Registry, default_registry
+from .runtime import connect, connect_from_environment, serve_forever
 
 __all__ = [
     "App",
@@ -43,9 +44,11 @@ __all__ = [
     "ProxyMiddleware",
     "Registry",
     "close_session",
+    "connect",
     "default_registry",
     "listen",
     "register_app",
+    "serve_forever",
     "session",
     "unregister_app",
 ]
@@ -106,3 +109,8 @@ def register_app(
 def unregister_app(slug: str) -> None:
     """:meth:`Registry.unregister_app` on :data:`default_registry`."""
     default_registry.unregister_app(slug)
+
+
+# A platform that launches processes (notebook kernels, job workers, web workers) names
+# the directory in their environment: the default registry is connected on import.
+connect_from_environment(default_registry)

@@ -70,10 +70,16 @@ def _connect(registry: Registry, config: Mapping[str, t.Any]) -> None:
     if directory is None and registry.directory is None:
         directory = os.environ.get(ENV_DIRECTORY) or None
     if directory is None:
-        if secret is not None and registry.directory is None:
-            raise ValueError("SECRET is set without DIRECTORY: it signs the hop between processes")
+        if secret is not None:
+            raise ValueError(
+                "SECRET is set without DIRECTORY: it signs the hop between processes;"
+                f" name the directory in DIRECTORY (or give both as {ENV_DIRECTORY} and"
+                " WSGI_PROXY_LISTEN_SECRET)"
+            )
         return
     if registry.directory is not None:
+        if directory == registry.directory_name:
+            return  # the same, named by the environment when the package was imported
         raise ValueError(
             f"DIRECTORY is {directory!r}, but {registry!r} has the directory"
             f" {registry.directory!r} already: name the directory in one place"

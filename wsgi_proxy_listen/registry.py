@@ -23,7 +23,10 @@ The module-level functions of :mod:`wsgi_proxy_listen` work on
 from __future__ import annotations
 
 import contextvars
+import html
 import logging
+import os
+import sys
 import threading
 import time
 import typing as t
@@ -33,19 +36,36 @@ from contextlib import contextmanager
 
 from werkzeug.urls import iri_to_uri
 
+from .dispatch import Dispatcher, check_limit, serve_forwarded
 from .handlers import to_wsgi
 from .naming import open_directory
 from .routing import is_valid_id, validate_prefix
 from .seam import Directory
 
 if t.TYPE_CHECKING:
+    from collections.abc import Iterable
     from types import TracebackType
 
-    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["App", "Listener", "Registry", "default_registry"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
+
+#: The environment variable with the host's public base URL, for the links that a
+#: listener shows of itself in a notebook.
+ENV_PUBLIC_URL = "WSGI_PROXY_LISTEN_PUBLIC_URL"
+
+# Modules that only a running WSGI server loads: their process is a web worker (or a
+# server's master process), not a runtime. werkzeug's development server is not among
+# them (importing Flask loads it), nor needs to be: it serves from one process.
+_SERVERS = (
+    "gunicorn.arbiter",
+    "waitress.server",
+    "uwsgi",
+    "mod_wsgi",
+    "django.core.servers.basehttp",
+)
 
 # The session the running code belongs to, bound by Registry.session(). It is
 # a property of the code's context, like the owner of a Livebook process, so
@@ -63,17 +83,6 @@ def _check_id(what: str, value: object) -> str:
             f"invalid {what} {value!r}: use 1 to 128 characters from A-Z, a-z, 0-9, '_' and '-'"
         )
     return value
-
-
-def check_limit(name: str, value: object, *, optional: bool = True) -> None:
-    """Raise unless ``value`` is a positive int (or ``None`` where that means no limit)."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        allowed = "an int or None" if optional else "an int"
-        raise TypeError(f"{name} must be {allowed}, not {value!r}")
-    if value < 1:
-        raise ValueError(f"invalid {name} {value!r}: use a number of requests, at least 1")
 
 
 class Listener:
@@ -193,7 +202,18 @@ class Listener:
     def __repr__(self) -> str:
         app = f" app={self.app!r}" if self.app is not None else ""
         state = " closed" if self.closed else ""
-        return f"<Listener session={self.session!r}{app} handler={self.handler!r}{state}>"
+        return (
+            f"<Listener session={self.session!r}{app} url={self.url('/')!r}"
+            f" handler={self.handler!r}{state}>"
+        )
+
+    def _repr_html_(self) -> str:
+        """A link to the listener, as Jupyter shows it: to the host's public URL when
+        ``WSGI_PROXY_LISTEN_PUBLIC_URL`` gives it (``https://notebooks.example.com``),
+        else to the path on the page's own origin."""
+        url = os.environ.get(ENV_PUBLIC_URL, "").rstrip("/") + self.url("/")
+        link = html.escape(url)
+        return f'<a href="{link}" target="_blank">{link}</a>'
 
 
 class App:
@@ -255,10 +275,14 @@ class Registry:
     :param secret: signs the requests between processes; required for Redis,
         optional for the embedded directory. ``None`` reads the environment
         variable ``WSGI_PROXY_LISTEN_SECRET``.
+    :param runtime: whether this process is a *runtime* (see :attr:`runtime`);
+        ``None`` tells it by itself.
     """
 
     directory: Directory | None
     """The directory that shares this registry's listeners, or ``None``."""
+    directory_name: str | None
+    """The name the directory was given by (a folder path or a URL), if any."""
 
     get: t.Callable[[str], Listener | None]
     """``get(session)``: the listener of ``session``, or ``None``. Takes no lock: it is
@@ -271,10 +295,15 @@ class Registry:
         *,
         directory: Directory | str | None = None,
         secret: str | bytes | None = None,
+        runtime: bool | None = None,
     ) -> None:
         self._prefix = validate_prefix(prefix)
         self.directory = None
+        self.directory_name = None
         self._in_use = False
+        self.runtime = runtime
+        # Answers what other processes forward here while no middleware runs here.
+        self._dispatcher = Dispatcher()
         self._lock = threading.Lock()
         self._listeners: dict[str, Listener] = {}
         self.get = self._listeners.get
@@ -325,12 +354,59 @@ class Registry:
             self._in_use = True
             return self._prefix
 
-    def connect(self, directory: Directory | str, *, secret: str | bytes | None = None) -> None:
+    @property
+    def runtime(self) -> bool:
+        """Whether this process is a *runtime*: a process that serves no web requests
+        itself (a notebook kernel, a job worker, a script) but whose listeners the
+        host's workers reach through the directory.
+
+        In a runtime, ``listen()`` publishes at once, and the first such call starts
+        the process's internal endpoint. In a web worker, listeners registered before
+        the worker serves its first request are start-up listeners (every worker has
+        them: they stay local) and later ones are published.
+
+        Unless set (``True`` or ``False``, also by :meth:`connect` or the environment
+        variable ``WSGI_PROXY_LISTEN_RUNTIME``), a process is a runtime as long as no
+        :class:`~wsgi_proxy_listen.ProxyMiddleware` routes with this registry and no
+        WSGI server that it knows runs the process (gunicorn, waitress, uWSGI,
+        mod_wsgi, Django's ``runserver``). Say ``runtime=True`` for a process that
+        builds the host's app without serving it (a Celery worker that imports the
+        Flask app), ``runtime=False`` for a host that registers its start-up
+        listeners before it wraps its app.
+        """
+        if self._runtime is not None:
+            return self._runtime
+        return not self._in_use and not any(name in sys.modules for name in _SERVERS)
+
+    @runtime.setter
+    def runtime(self, runtime: bool | None) -> None:
+        if runtime is not None and not isinstance(runtime, bool):
+            raise TypeError(f"runtime must be True, False or None, not {runtime!r}")
+        self._runtime = runtime
+
+    def serve_forwarded(
+        self, environ: WSGIEnvironment, start_response: StartResponse, session: str
+    ) -> Iterable[bytes] | None:
+        """Answer a request forwarded to this process for ``session``, with the
+        middleware's default options, while no middleware runs in this process (in a
+        runtime): see :meth:`~wsgi_proxy_listen.ProxyMiddleware.serve_forwarded`."""
+        return serve_forwarded(
+            self._dispatcher, self._prefix, self.get, environ, start_response, session
+        )
+
+    def connect(
+        self,
+        directory: Directory | str,
+        *,
+        secret: str | bytes | None = None,
+        runtime: bool | None = None,
+    ) -> None:
         """Share this registry's run-time listeners through ``directory``.
 
         ``directory`` is named as for :class:`Registry`: an absolute folder
         path, a Redis URL, or a directory object. Listeners registered before
-        are start-up listeners: they stay local to this process.
+        are start-up listeners: they stay local to this process. ``runtime``
+        sets :attr:`runtime` (``None`` leaves it as it is).
 
         :raises RuntimeError: the registry has a directory already, or a
             middleware routes with it.
@@ -348,6 +424,7 @@ class Registry:
                     f"cannot connect {self!r} to a directory: a ProxyMiddleware already routes"
                     " with it; connect the registry before wrapping the app"
                 )
+        name = directory if isinstance(directory, str) else None
         if isinstance(directory, str):
             directory = open_directory(directory, secret=secret)
         elif not isinstance(directory, Directory):
@@ -359,8 +436,12 @@ class Registry:
             raise TypeError(
                 "secret= was given with a directory object: give the secret to the directory"
             )
+        if runtime is not None:
+            self.runtime = runtime
         directory.attach(self)
+        directory.serve_with(self.serve_forwarded)  # a middleware brings its own options
         self.directory = directory
+        self.directory_name = name
 
     # -- listeners ---------------------------------------------------------
 
@@ -418,8 +499,11 @@ class Registry:
             self._listeners[session] = listener
             if app is not None:
                 self._join(app, listener)
-        if self.directory is not None:
-            self.directory.listened(listener)
+        directory = self.directory
+        if directory is not None:
+            if not directory.serving and self.runtime:
+                directory.start_serving()  # a runtime publishes at once
+            directory.listened(listener)
         return listener
 
     def close_session(self, session: str) -> bool:
@@ -629,6 +713,15 @@ class Registry:
         else:
             del self._members[app]
             del self._current[app]
+
+    def close(self) -> None:
+        """Close every listener, and the directory if there is one: this process's
+        listeners are withdrawn from the others, the directory's threads and sockets
+        stop. What :func:`~wsgi_proxy_listen.serve_forever` does when it returns."""
+        for listener in list(self):
+            listener.close()
+        if self.directory is not None:
+            self.directory.close()
 
     # -- container protocol ------------------------------------------------
 

@@ -195,11 +195,13 @@ def plain_session_route(path: str, sessions: str, raw_uri: str | None) -> tuple[
         and (
             "%2" in raw_uri
             # The usual raw URI is the path itself: nothing was escaped.
-            or (raw_uri != path
-            and (
-                not raw_uri.startswith(path[:end])
-                or (len(raw_uri) != end and raw_uri[end] not in "/?")
-            ))
+            or (
+                raw_uri != path
+                and (
+                    not raw_uri.startswith(path[:end])
+                    or (len(raw_uri) != end and raw_uri[end] not in "/?")
+                )
+            )
         )
     ):
         return None

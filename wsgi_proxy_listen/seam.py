@@ -31,7 +31,15 @@ if t.TYPE_CHECKING:
     from .answers import Answer
     from .routing import Route
 
-__all__ = ["Declared", "Destination", "Directory", "Host", "Registered", "ServeForwarded"]
+__all__ = [
+    "Declared",
+    "Destination",
+    "Directory",
+    "Entry",
+    "Host",
+    "Registered",
+    "ServeForwarded",
+]
 
 #: How a directory hands a request forwarded from another process to this
 #: process's middleware: ``serve(environ, start_response, session)`` answers it
@@ -40,6 +48,21 @@ __all__ = ["Declared", "Destination", "Directory", "Host", "Registered", "ServeF
 ServeForwarded: t.TypeAlias = (
     "Callable[[WSGIEnvironment, StartResponse, str], Iterable[bytes] | None]"
 )
+
+
+class Entry(t.NamedTuple):
+    """A listener that a directory lists: published by some process, live."""
+
+    session: str
+    app: str | None
+    owner: str
+    """The owning process, unique to one run of it."""
+    pid: int | None
+    """Its process id, where the directory knows it."""
+    address: str
+    """Its internal endpoint: a Unix socket path, or ``host:port``."""
+    since: float
+    """When it was published, as :func:`time.time`."""
 
 
 class Registered(t.Protocol):
@@ -115,8 +138,9 @@ class Directory(t.Protocol):
         """Called once by the registry that uses this directory."""
 
     def serve_with(self, serve: ServeForwarded) -> None:
-        """Called by each middleware that routes with the registry: how requests
-        forwarded to this process reach its listeners."""
+        """How requests forwarded to this process reach its listeners: called by the
+        registry when it connects, then by each middleware that routes with it (the
+        latest call wins, so that a middleware's options apply)."""
 
     def start_serving(self) -> None:
         """Start publishing and accepting forwarded requests; idempotent."""
@@ -131,6 +155,12 @@ class Directory(t.Protocol):
         """Where the listener for ``route`` is, when this process has none.
 
         Never raises for an unreachable directory: that is a 503 answer.
+        """
+
+    def entries(self) -> list[Entry]:
+        """Every live listener of every process, oldest first.
+
+        :raises DirectoryUnavailable: the directory cannot be reached.
         """
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ import threading
 import time
 import typing as t
 
+from ..seam import Entry
 from .shared import Owner, SharedDirectory
 
 __all__ = ["EmbeddedDirectory"]
@@ -67,6 +68,10 @@ CREATE TABLE IF NOT EXISTS locks (
 _LOCATE = (
     "SELECT s.owner, o.address, s.app FROM sessions s JOIN owners o ON o.owner = s.owner"
     " WHERE s.session = ? AND o.expires > ?"
+)
+_ENTRIES = (
+    "SELECT s.session, s.app, s.owner, o.pid, o.address, s.joined FROM sessions s"
+    " JOIN owners o ON o.owner = s.owner WHERE o.expires > ? ORDER BY s.joined"
 )
 _CURRENT = (
     "SELECT s.session, s.owner, o.address FROM sessions s JOIN owners o ON o.owner = s.owner"
@@ -124,25 +129,42 @@ class EmbeddedDirectory(SharedDirectory):
     def _store_open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         with self._open_lock:
             if self._connections is None:
-                reader, writer = (
-                    sqlite3.connect(
-                        self.database,
-                        timeout=BUSY_TIMEOUT,
-                        isolation_level=None,
-                        check_same_thread=False,
-                    )
-                    for _ in range(2)
-                )
-                # The table is state of running processes: it need not survive a crash
-                # of the machine, so commits skip fsync.
-                writer.execute("PRAGMA journal_mode=WAL")
-                for connection in (reader, writer):
-                    connection.execute("PRAGMA synchronous=OFF")
-                self._connections = (reader, writer)
-                with self._transaction(writer):
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
-                        writer.execute(statement)
+                # Processes that start together open a fresh table together: setting it up
+                # (WAL, the schema) can meet a lock that SQLite reports at once, without
+                # its busy wait. Try again for as long as a write would wait.
+                deadline = time.monotonic() + BUSY_TIMEOUT
+                while True:
+                    try:
+                        self._connections = self._connect()
+                        break
+                    except sqlite3.OperationalError as error:
+                        if "locked" not in str(error) or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.01)
             return self._connections
+
+    def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        reader, writer = (
+            sqlite3.connect(
+                self.database, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            for _ in range(2)
+        )
+        try:
+            if writer.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                writer.execute("PRAGMA journal_mode=WAL")
+            # The table is state of running processes: it need not survive a crash of
+            # the machine, so commits skip fsync.
+            for connection in (reader, writer):
+                connection.execute("PRAGMA synchronous=OFF")
+            with self._transaction(writer):
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    writer.execute(statement)
+        except BaseException:
+            reader.close()
+            writer.close()
+            raise
+        return reader, writer
 
     def _reader(self) -> sqlite3.Connection:
         return (self._connections or self._store_open())[0]
@@ -324,6 +346,11 @@ class EmbeddedDirectory(SharedDirectory):
             changed = version != self._data_version
             self._data_version = version
         return bool(changed)
+
+    def _store_entries(self) -> list[Entry]:
+        with self._read_lock:
+            rows = self._reader().execute(_ENTRIES, (time.time(),)).fetchall()
+        return [Entry(*row) for row in rows]
 
     def _store_current(self, slug: str) -> tuple[str, Owner] | None:
         with self._read_lock:

@@ -16,7 +16,7 @@ Needs the extra ``pip install wsgi-proxy-listen[redis]``. Redis keys
 (``{namespace}`` defaults to ``wsgi-proxy-listen``):
 
 ====================================  =====================================================
-``{namespace}:session:{id}``          ``"{owner id} {address} {app}"``, with the lease as TTL
+``{namespace}:session:{id}``          ``"{owner id} {address} {app} {time}"``, the lease as TTL
 ``{namespace}:app:{slug}``            sorted set of member sessions, scored by join time
 ``{namespace}:start:{slug}``          the cluster-wide auto-start lock
 ``{namespace}:notices``               pub/sub channel: ``"{session} {new owner id or -}"``
@@ -35,26 +35,32 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..seam import Entry
 from .shared import PROBE_INTERVAL, Owner, SharedDirectory
 
 __all__ = ["RedisDirectory"]
 
-# Delete a session's entry only while it names this owner; then leave its app and
-# tell every process.
+# Delete a session's entry only while it names this owner (ARGV[1] is "{owner id} ");
+# then leave its app and tell every process.
 _WITHDRAW = """
-if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+local v = redis.call('get', KEYS[1])
+if not v or string.sub(v, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
 redis.call('del', KEYS[1])
 if ARGV[2] ~= '' then redis.call('zrem', KEYS[2], ARGV[3]) end
 redis.call('publish', KEYS[3], ARGV[3] .. ' -')
 return 1
 """
-# Renew a key that names this owner (ARGV[3] is "{owner id} "), whatever app an older
-# listener of the same session wrote; recreate a missing one; -1 if another owner has it.
+# Renew the lease of a key that names this owner (ARGV[3] is "{owner id} "), write a missing
+# one again (an outage outlasted its lease); -1 if another owner has it now.
 _RENEW = """
 local v = redis.call('get', KEYS[1])
-if v and string.sub(v, 1, string.len(ARGV[3])) ~= ARGV[3] then return -1 end
+if v then
+    if string.sub(v, 1, string.len(ARGV[3])) ~= ARGV[3] then return -1 end
+    redis.call('pexpire', KEYS[1], ARGV[2])
+    return 1
+end
 redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
-if v then return 1 end return 2
+return 2
 """
 _DELETE_IF = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -62,15 +68,25 @@ _DELETE_IF = (
 
 
 def _encode(entry: Owner) -> str:
-    return f"{entry.owner} {entry.address} {entry.app or ''}"
+    return f"{entry.owner} {entry.address} {entry.app or ''} {time.time():.3f}"
+
+
+def _fields(value: bytes | str) -> list[str]:
+    text = value.decode() if isinstance(value, bytes) else value
+    return [*text.split(" "), "", "", ""][:4]
 
 
 def _decode(value: bytes | str | None) -> Owner | None:
     if value is None:
         return None
-    text = value.decode() if isinstance(value, bytes) else value
-    owner, address, app = [*text.split(" "), "", ""][:3]
+    owner, address, app, _ = _fields(value)
     return Owner(owner, address, app or None)
+
+
+def _pid(owner: str) -> int | None:
+    """The process id in an owner id, ``{host name}-{pid}-{token}``."""
+    parts = owner.rsplit("-", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
 class RedisDirectory(SharedDirectory):
@@ -180,7 +196,7 @@ class RedisDirectory(SharedDirectory):
     def _withdraw_args(self, session: str, entry: Owner) -> dict[str, t.Any]:
         return {
             "keys": [self._key(session), self._app_key(entry.app or ""), self._channel],
-            "args": [_encode(entry), entry.app or "", session],
+            "args": [f"{entry.owner} ", entry.app or "", session],
         }
 
     def _store_withdraw(self, session: str, entry: Owner) -> None:
@@ -235,6 +251,20 @@ class RedisDirectory(SharedDirectory):
 
     def _store_changed(self) -> bool:
         return False  # every change is announced on the channel (see _watch)
+
+    def _store_entries(self) -> list[Entry]:
+        prefix = self._key("")
+        keys = list(self._redis.scan_iter(match=f"{prefix}*", count=1000))
+        entries = []
+        for key, value in zip(keys, self._redis.mget(keys) if keys else [], strict=True):
+            if value is None:
+                continue  # expired between the scan and the read
+            owner, address, app, since = _fields(value)
+            session = key.decode()[len(prefix) :]
+            entries.append(
+                Entry(session, app or None, owner, _pid(owner), address, float(since or 0))
+            )
+        return sorted(entries, key=lambda entry: entry.since)
 
     def _store_current(self, slug: str) -> tuple[str, Owner] | None:
         key = self._app_key(slug)

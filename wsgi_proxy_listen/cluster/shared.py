@@ -35,6 +35,7 @@ import atexit
 import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 import typing as t
@@ -50,7 +51,7 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from ..routing import Route
-    from ..seam import Declared, Destination, Host, Registered, ServeForwarded
+    from ..seam import Declared, Destination, Entry, Host, Registered, ServeForwarded
 
 __all__ = ["Owner", "SharedDirectory"]
 
@@ -164,6 +165,10 @@ class SharedDirectory(abc.ABC):
         """Whether cached locations may be stale (a change since the last call)."""
 
     @abc.abstractmethod
+    def _store_entries(self) -> list[Entry]:
+        """Every live entry, oldest first."""
+
+    @abc.abstractmethod
     def _store_current(self, slug: str) -> tuple[str, Owner] | None:
         """The newest member of app ``slug`` that has a live owner."""
 
@@ -204,8 +209,7 @@ class SharedDirectory(abc.ABC):
         self._registry = registry
 
     def serve_with(self, serve: ServeForwarded) -> None:
-        if self._serve is None:
-            self._serve = serve
+        self._serve = serve  # the registry's own first, then its middleware's
 
     def start_serving(self) -> None:
         """Start the internal endpoint, the heartbeat and the watcher of changes.
@@ -241,6 +245,7 @@ class SharedDirectory(abc.ABC):
             for thread in self._threads:
                 thread.start()
             self.serving = True
+        _exit_on_sigterm()
 
     def listened(self, listener: Registered) -> None:
         session = listener.session
@@ -292,6 +297,9 @@ class SharedDirectory(abc.ABC):
             return _Forward(self, session, owner, cached)
         except DirectoryUnavailable:
             return UNAVAILABLE
+
+    def entries(self) -> list[Entry]:
+        return self._using_store(self._store_entries)
 
     def close(self) -> None:
         """Withdraw this process's listeners, stop the internal endpoint and threads."""
@@ -598,6 +606,21 @@ class SharedDirectory(abc.ABC):
     @abc.abstractmethod
     def _store_after_fork(self) -> None:
         """After a fork, in the child: start afresh with the table."""
+
+
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM end the process through ``SystemExit``, so that ``atexit`` runs and
+    this process's entries are withdrawn (by default Python ends on SIGTERM without
+    it). Only where nothing handles SIGTERM yet: a server's or an application's own
+    handler is left alone (gunicorn's workers exit through ``atexit`` anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread can set a handler; serve_forever() handles it there
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _bodyless(environ: WSGIEnvironment) -> bool:

@@ -1,0 +1,280 @@
+"""
+Dispatch
+========
+
+Calling one listener: a copy of the environ with the routing part of the path
+moved into ``SCRIPT_NAME``, the body limit, withheld host cookies, the
+concurrency limit, and the guard (:mod:`.guard`) around what it answers.
+
+A :class:`Dispatcher` holds these options. The middleware has one; so does a
+registry on its own, which answers the requests that other processes forward
+to it when no middleware runs in its process (a notebook kernel, a job worker,
+a script): :func:`serve_forwarded` is that answer.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Callable, Collection, Iterable
+from time import monotonic
+
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream, get_content_length
+
+from . import routing
+from .answers import Answer, respond
+from .cookies import withhold
+from .guard import Guard, failed
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["Dispatchable", "Dispatcher", "check_limit", "serve_forwarded"]
+
+
+class Dispatchable(t.Protocol):
+    """A listener as the dispatch sees it."""
+
+    session: str
+    app: str | None
+    wsgi_app: WSGIApplication
+    max_concurrency: int | None
+    last_request: float | None
+
+    def admit(self, limit: int) -> bool: ...
+
+    def done(self) -> None: ...
+
+
+def check_limit(name: str, value: object, *, optional: bool = True) -> None:
+    """Raise unless ``value`` is a positive int (or ``None`` where that means no limit)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        allowed = "an int or None" if optional else "an int"
+        raise TypeError(f"{name} must be {allowed}, not {value!r}")
+    if value < 1:
+        raise ValueError(f"invalid {name} {value!r}: use a number of requests, at least 1")
+
+
+class Dispatcher:
+    """Calls listeners with the options of a middleware (see
+    :class:`~wsgi_proxy_listen.ProxyMiddleware` for each)."""
+
+    def __init__(
+        self,
+        *,
+        max_content_length: int | None = None,
+        forward_cookies: bool | Collection[str] = True,
+        max_concurrency: int | None = None,
+    ) -> None:
+        if max_content_length is not None:
+            if isinstance(max_content_length, bool) or not isinstance(max_content_length, int):
+                raise TypeError(
+                    f"max_content_length must be a number of bytes (an int) or None,"
+                    f" not {max_content_length!r}"
+                )
+            if max_content_length < 0:
+                raise ValueError(
+                    f"invalid max_content_length {max_content_length!r}:"
+                    " use a number of bytes (an int >= 0) or None for no limit"
+                )
+        check_limit("max_concurrency", max_concurrency)
+        self.max_content_length = max_content_length
+        self.forward_cookies = forward_cookies
+        self.max_concurrency = max_concurrency
+        self._withheld = _withheld(forward_cookies)
+        # Whether a request may need more than the plain dispatch (cookies or limits).
+        self._options = self._withheld is not None or max_concurrency is not None
+
+    def dispatch(
+        self,
+        listener: Dispatchable,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        path: str,
+        split: int,
+    ) -> Iterable[bytes]:
+        """Call the listener with a copy of the environ, its start_response checked."""
+        limit = self.max_content_length
+        inner = environ.copy()
+        if limit is not None:
+            declared = get_content_length(environ)
+            if declared is not None and declared > limit:
+                return respond(start_response, 413)
+            inner["wsgi.input"] = _bounded_input(environ["wsgi.input"], declared, limit)
+        inner["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + path[:split]
+        inner["PATH_INFO"] = path[split:]
+        concurrency = None
+        if self._options or listener.max_concurrency is not None:
+            if self._withheld is not None:
+                self._withhold(inner)
+            concurrency = listener.max_concurrency or self.max_concurrency
+            if concurrency is not None and not listener.admit(concurrency):
+                return respond(start_response, 503)
+        listener.last_request = monotonic()
+        # The listener may change its environ: cookies are confined to what it was given.
+        guard = Guard(start_response, inner["SCRIPT_NAME"])
+        try:
+            iterable = listener.wsgi_app(inner, guard)
+        except BaseException as error:
+            if concurrency is not None:
+                listener.done()
+            if not isinstance(error, Exception):
+                raise  # SystemExit, KeyboardInterrupt, a green thread's timeout
+            return failed(listener.session, guard, start_response, None, error)
+        try:
+            accepted = guard.accept(iterable)
+        except BaseException:
+            # The server's start_response refused what the guard let through.
+            if concurrency is not None:
+                listener.done()
+            _close(iterable)
+            raise
+        if not accepted:
+            if concurrency is not None:
+                listener.done()
+            return failed(listener.session, guard, start_response, iterable, None)
+        if concurrency is not None:
+            return _Counted(iterable, listener)
+        return iterable
+
+    def prepare_forwarded(self, environ: WSGIEnvironment) -> WSGIEnvironment | Answer:
+        """The environ of a request about to be forwarded to another process: within
+        the body limit (checked here, so that a body too large never takes the hop) and
+        without the withheld cookies, which the other process may not withhold."""
+        limit = self.max_content_length
+        if limit is None and self._withheld is None:
+            return environ
+        environ = environ.copy()
+        if limit is not None:
+            declared = get_content_length(environ)
+            if declared is not None and declared > limit:
+                return Answer(413)
+            environ["wsgi.input"] = _bounded_input(environ["wsgi.input"], declared, limit)
+        if self._withheld is not None:
+            self._withhold(environ)
+        return environ
+
+    def _withhold(self, inner: WSGIEnvironment) -> None:
+        """Remove the withheld host cookies (all of them, for ``forward_cookies=False``),
+        and what an outer middleware parsed of them."""
+        inner.pop("webob._parsed_cookies", None)
+        cookie = inner.get("HTTP_COOKIE")
+        if cookie is None:
+            return
+        kept = withhold(cookie, self._withheld) if self._withheld else ""
+        if kept:
+            inner["HTTP_COOKIE"] = kept
+        else:
+            del inner["HTTP_COOKIE"]
+
+
+def serve_forwarded(
+    dispatcher: Dispatcher,
+    prefix: str,
+    lookup: Callable[[str], Dispatchable | None],
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    session: str,
+) -> Iterable[bytes] | None:
+    """Answer a request that another process forwarded here for ``session``.
+
+    Only the proxy routes are served, with every check of a direct request,
+    and only from the listener of ``session`` in this process: a host route
+    gets 404, and ``None`` is returned (nothing sent) when this process does
+    not serve ``session``.
+    """
+    path: str = environ.get("PATH_INFO", "")
+    if not path.startswith((prefix + "/sessions/", prefix + "/apps/")):
+        return respond(start_response, 404)
+    route = routing.route(
+        path,
+        prefix,
+        environ.get("SCRIPT_NAME", ""),
+        environ.get("RAW_URI") or environ.get("REQUEST_URI"),
+    )
+    if isinstance(route, Answer):
+        return respond(start_response, route.status)
+    listener = lookup(session)
+    if (
+        listener is None
+        or route.session not in (None, session)
+        or (route.app is not None and listener.app != route.app)
+    ):
+        return None
+    return dispatcher.dispatch(listener, environ, start_response, path, route.split)
+
+
+def _withheld(forward_cookies: object) -> frozenset[str] | None:
+    """The cookie names to withhold (empty: all of them), or ``None`` to forward all."""
+    if forward_cookies is True:
+        return None
+    if forward_cookies is False:
+        return frozenset()
+    if isinstance(forward_cookies, (str, bytes)) or not isinstance(forward_cookies, Iterable):
+        raise TypeError(
+            "forward_cookies must be True, False, or a collection of cookie names to"
+            f" withhold such as ['session'], not {forward_cookies!r}"
+        )
+    names = frozenset(forward_cookies)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(
+            f"invalid forward_cookies {forward_cookies!r}: name the cookies to withhold,"
+            " each a non-empty str (or pass True or False)"
+        )
+    return names
+
+
+def _close(iterable: Iterable[bytes]) -> None:
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        close()
+
+
+class _Counted:
+    """A listener's answer, counted against its concurrency limit until it is closed."""
+
+    __slots__ = ("iterable", "listener")
+
+    def __init__(self, iterable: Iterable[bytes], listener: Dispatchable | None) -> None:
+        self.iterable = iterable
+        self.listener = listener
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter(self.iterable)
+
+    def close(self) -> None:
+        listener, self.listener = self.listener, None
+        try:
+            _close(self.iterable)
+        finally:
+            if listener is not None:
+                listener.done()
+
+
+class _BodyLimit(LimitedStream):
+    """A body without a declared length, cut off past ``maximum`` bytes.
+
+    werkzeug's ``LimitedStream(is_max=True)`` stops quietly at the limit on
+    ``read()``, so a body one byte too long would arrive truncated. Reading
+    one byte beyond tells a body of exactly ``maximum`` bytes from a longer one.
+    """
+
+    def __init__(self, stream: t.IO[bytes], maximum: int) -> None:
+        super().__init__(stream, maximum + 1, is_max=True)
+
+    def readinto(self, buffer: bytearray) -> int | None:  # type: ignore[override]
+        count = super().readinto(buffer)
+        if self.is_exhausted:
+            raise RequestEntityTooLarge()
+        return count
+
+
+def _bounded_input(stream: t.IO[bytes], declared: int | None, limit: int) -> t.IO[bytes]:
+    # With a limit, the body is bounded whatever the listener does: by the declared
+    # length (what follows on the connection is the next request), or, without one,
+    # by the limit itself.
+    if declared is None:
+        return t.cast(t.IO[bytes], _BodyLimit(stream, limit))
+    return t.cast(t.IO[bytes], LimitedStream(stream, declared))
