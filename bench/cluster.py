@@ -167,7 +167,7 @@ def piece_timings() -> list[tuple[str, float]]:
     from wsgi_proxy_listen.cluster.hop import Verifier, pack, signed_headers, unpack
 
     environ = environ_of_a_request()
-    meta = pack(environ, "remote")
+    meta = pack(environ, "remote", "/proxy")
     secret = b"bench-secret"
     verify = Verifier(secret, "owner-1")
 
@@ -178,7 +178,7 @@ def piece_timings() -> list[tuple[str, float]]:
         verify("GET", meta, message)
 
     return [
-        ("pack the environ (JSON)", best_us(lambda: pack(environ, "remote"))),
+        ("pack the environ (JSON)", best_us(lambda: pack(environ, "remote", "/proxy"))),
         ("unpack it in the owner", best_us(lambda: unpack(meta))),
         ("sign + verify, once per connection (Redis)", best_us(sign_and_verify)),
     ]
@@ -299,7 +299,7 @@ def round_trips(folder: str, redis_url: str | None, count: int) -> list[tuple[st
 
             def hop(client: HopClient = client, owner: str = owner_id, at: str = address) -> None:
                 environ["wsgi.input"] = io.BytesIO()
-                answer = client.forward(owner, at, "remote", environ, ignore_start)
+                answer = client.forward(owner, at, "remote", "/proxy", environ, ignore_start)
                 for _ in t.cast(t.Iterable[bytes], answer):
                     pass
                 t.cast(t.Any, answer).close()

@@ -4,14 +4,24 @@ the environment (WSGI_PROXY_LISTEN_DIRECTORY, and WSGI_PROXY_LISTEN_SECRET for R
     python -m tests.runtime_app SESSION serve-forever   # serve_forever()
     python -m tests.runtime_app SESSION sleep           # sleeps; SIGTERM ends it all the same
     python -m tests.runtime_app SESSION fork            # forks a child that listens too
+    python -m tests.runtime_app SESSION churn           # listens and closes in a loop
+    python -m tests.runtime_app SESSION stubborn        # a loop that catches BaseException
+    python -m tests.runtime_app SESSION thread          # listens from another thread
+    python -m tests.runtime_app SESSION app-handler     # its own SIGTERM handler, then
+                                                        # serve_forever()
+
+``?sleep=SECONDS`` makes the listener take that long to answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 from werkzeug.wrappers import Request
@@ -20,6 +30,7 @@ from wsgi_proxy_listen import listen, serve_forever
 
 
 def echo(request: Request) -> dict[str, object]:
+    time.sleep(float(request.args.get("sleep", 0)))
     body = request.get_data()
     return {
         "pid": os.getpid(),
@@ -31,20 +42,52 @@ def echo(request: Request) -> dict[str, object]:
     }
 
 
+def say(**what: object) -> None:
+    print(json.dumps(what), flush=True)
+
+
 def main(session: str, mode: str) -> None:
-    listen(echo, session=session)
+    if mode == "thread":
+        worker = threading.Thread(target=listen, args=(echo,), kwargs={"session": session})
+        worker.start()
+        worker.join()
+    else:
+        listen(echo, session=session)
     if mode == "fork":
         child = os.fork()
         if child == 0:
             listen(echo, session=f"{session}-child")
-            print(json.dumps({"child": os.getpid()}), flush=True)
+            say(child=os.getpid())
             serve_forever()
             os._exit(0)
-    print(json.dumps({"ready": os.getpid()}), flush=True)
-    if mode == "sleep":
+    if mode == "app-handler":
+
+        def handler(signum: int, frame: object) -> None:
+            say(handled=signum)
+
+        def announce() -> None:
+            # Ready once serve_forever() has put its own handler in place.
+            while signal.getsignal(signal.SIGTERM) is handler:
+                time.sleep(0.01)
+            say(ready=os.getpid())
+
+        signal.signal(signal.SIGTERM, handler)
+        threading.Thread(target=announce).start()
+    else:
+        say(ready=os.getpid())
+    if mode in ("sleep", "thread"):
         while True:
             time.sleep(1)
+    if mode == "churn":
+        while True:
+            listen(echo, session=f"{session}-churn").close()
+    if mode == "stubborn":
+        while True:
+            with contextlib.suppress(BaseException):  # what a job loop may do
+                time.sleep(0.01)
     serve_forever()
+    if mode == "app-handler":
+        say(returned=True)
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def hop_request(shared: Shared, session: str, environ: dict[str, str]) -> bytes:
     """A hop request to the owner of ``session``, signed as a peer would sign it."""
     from wsgi_proxy_listen.cluster.hop import HOP_PATH, pack, signed_headers
 
-    meta = pack({"REQUEST_METHOD": "GET", **environ}, session)
+    meta = pack({"REQUEST_METHOD": "GET", **environ}, session, "/proxy")
     headers = {"X-Wsgi-Proxy-Listen-Environ": meta}
     if shared.kind == "redis":
         owner = shared.owner_of(session)
@@ -255,7 +255,9 @@ def test_unsigned_hop_requests_are_refused() -> None:
             signed = hop_request(shared, "guarded", {"PATH_INFO": "/proxy/sessions/guarded/"})
             assert send_to_endpoint(address, signed).status == 200
             assert send_to_endpoint(address, signed).status == 403, "a replay"
-            meta = pack({"REQUEST_METHOD": "GET", "PATH_INFO": "/proxy/sessions/guarded/"}, "x")
+            meta = pack(
+                {"REQUEST_METHOD": "GET", "PATH_INFO": "/proxy/sessions/guarded/"}, "x", "/proxy"
+            )
             for secret, target in ((b"wrong", owner), (SECRET.encode(), "another-owner")):
                 headers = {"X-Wsgi-Proxy-Listen-Environ": meta}
                 headers.update(signed_headers(secret, target, "GET", meta))
@@ -411,11 +413,16 @@ def test_redis_outage_and_return() -> None:
             owner = start_session(cluster, "steady")
             server.stop()
             seen: Counter[int] = Counter()
-            for _ in range(60):
-                answer = get(cluster.port, "/proxy/sessions/steady/")
-                seen[answer.status] += 1
-                if answer.status == 200:
-                    assert owner_in(answer.body) == owner
+            # Several at once, until the owner took some: the kernel hands sequential
+            # connections to the workers unevenly, sometimes 28 of 30 to one of four.
+            deadline = time.monotonic() + 10
+            while not seen[200] and time.monotonic() < deadline:
+                for answer in concurrently(
+                    24, 8, lambda: get(cluster.port, "/proxy/sessions/steady/")
+                ):
+                    seen[answer.status] += 1
+                    if answer.status == 200:
+                        assert owner_in(answer.body) == owner
             print(f"\nwith Redis down: {dict(seen)}")
             assert set(seen) <= {200, 503}
             assert seen[200] > 0, "the owner still serves its own listener"

@@ -23,7 +23,7 @@ import pytest
 from werkzeug.test import Client
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
-from wsgi_proxy_listen.cluster import EmbeddedDirectory
+from wsgi_proxy_listen.cluster import EmbeddedDirectory, Owner
 
 from .cluster_support import NO_REDIS, REDIS, SECRET, RedisServer, short_folder
 from .conftest import Host
@@ -619,6 +619,18 @@ def test_entries_list_every_live_listener_with_its_process(workers: Workers) -> 
     assert b_dir.entries()[0].since == entries["in-a"].since
     b.close_session("in-b")
     assert [entry.session for entry in a_dir.entries()] == ["in-a"]
+
+
+def test_withdrawing_an_entry_leaves_a_newer_one_of_the_same_owner(workers: Workers) -> None:
+    """A withdrawal that comes late (the listener was replaced meanwhile, by one of the
+    same process in another app) removes the entry it names only, at the table."""
+    directory, registry, _ = workers.worker()
+    registry.listen(text("a"), session="s", app="first")
+    registry.listen(text("b"), session="s", app="second")
+    stale = Owner(directory.owner, directory.address, "first")
+    directory._store_withdraw("s", stale)  # what a late withdrawal does
+    assert [(entry.session, entry.app) for entry in directory.entries()] == [("s", "second")]
+    assert directory._store_current("second") is not None
 
 
 def test_processes_that_open_a_fresh_table_together_all_get_it() -> None:

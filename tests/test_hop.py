@@ -60,11 +60,11 @@ def test_pack_keeps_what_the_owner_dispatches_with() -> None:
         "wsgi.input": io.BytesIO(),
         "SOME_SERVER_KEY": "dropped",
     }
-    packed = pack(environ, "a")
+    packed = pack(environ, "a", "/tools")
     assert packed.isascii()
     assert packed.isprintable(), "a valid header value"
-    session, forwarded = unpack(packed)
-    assert session == "a"
+    session, prefix, forwarded = unpack(packed)
+    assert (session, prefix) == ("a", "/tools")
     assert forwarded == {
         "REQUEST_METHOD": "GET",
         "PATH_INFO": "/proxy/sessions/a/x\n\x00é",
@@ -76,7 +76,21 @@ def test_pack_keeps_what_the_owner_dispatches_with() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ['{"a": 1}', '["s", {"A": 1}]', "[1, {}]", '["s", []]', "not json", '["s"]', "5", "null"],
+    [
+        '{"a": 1}',
+        '["s", "/proxy", {"A": 1}]',
+        '[1, "/proxy", {}]',
+        '["s", "/proxy", []]',
+        '["s", {}]',
+        '["s", 5, {}]',
+        '["s", ["/proxy"], {}]',
+        '["s", "proxy/", {}]',
+        '["s", "/a/../b", {}]',
+        "not json",
+        '["s"]',
+        "5",
+        "null",
+    ],
 )
 def test_unpack_refuses_anything_else(value: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - json's own errors are ValueErrors too
@@ -149,8 +163,9 @@ class Owner:
         self.closed = 0
 
     def __call__(
-        self, environ: WSGIEnvironment, start_response: StartResponse, session: str
+        self, environ: WSGIEnvironment, start_response: StartResponse, session: str, prefix: str
     ) -> Iterable[bytes] | None:
+        assert prefix == "/proxy"
         self.environs.append(environ)
         if session == "missing":
             return None
@@ -242,7 +257,8 @@ def forward(
 ) -> tuple[Started, bytes | Failure]:
     started = Started()
     base = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.input": io.BytesIO()}
-    answer = client.forward(OWNER, endpoint.address, session, {**base, **environ}, started)
+    environ = {**base, **environ}
+    answer = client.forward(OWNER, endpoint.address, session, "/proxy", environ, started)
     if isinstance(answer, Failure):
         return started, answer
     try:
@@ -321,7 +337,7 @@ def test_a_listener_that_breaks_mid_stream_ends_the_answer_early(
     client = client_for(server)
     started = Started()
     base = {"REQUEST_METHOD": "GET", "PATH_INFO": "/broken", "wsgi.input": io.BytesIO()}
-    answer = client.forward(OWNER, server.address, "s", base, started)
+    answer = client.forward(OWNER, server.address, "s", "/proxy", base, started)
     assert started.status == "200 OK"
     chunks = iter(t.cast(Iterable[bytes], answer))
     assert next(chunks) == b"part"
@@ -369,7 +385,7 @@ def test_an_owner_that_is_gone_is_told_apart_from_a_slow_one() -> None:
 
 def forward_to(client: HopClient, address: str) -> Failure | bytes:
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO()}
-    answer = client.forward(OWNER, address, "s", environ, Started())
+    answer = client.forward(OWNER, address, "s", "/proxy", environ, Started())
     if isinstance(answer, Failure):
         return answer
     try:
@@ -414,7 +430,7 @@ def test_a_connection_is_trusted_after_its_signed_first_request() -> None:
     server = InternalEndpoint("127.0.0.1", lambda: owner, Verifier(SECRET, OWNER))
     server.start()
     try:
-        meta = pack({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, "s")
+        meta = pack({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, "s", "/proxy")
         unsigned = hop_bytes(meta, {})
         answer, fresh = raw(server.address, unsigned)
         assert answer.startswith(b"HTTP/1.1 403")

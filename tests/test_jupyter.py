@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 import typing as t
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 import jupyter_client
 import pytest
 
-from .cluster_support import ROOT, get, gunicorn, short_folder
+from .cluster_support import ROOT, Shared, get, gunicorn, short_folder
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,6 +34,10 @@ class Kernel:
         self.client = self.manager.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
+
+    @property
+    def pid(self) -> int:
+        return int(self.manager.provisioner.pid)  # type: ignore[union-attr]
 
     def execute(self, code: str) -> dict[str, t.Any]:
         """Run ``code`` in the kernel; the data of its result (its rich forms, by type)."""
@@ -62,9 +67,19 @@ def folder() -> Iterator[str]:
     shutil.rmtree(made, ignore_errors=True)
 
 
+def left_by(folder: str, pid: int) -> list[str]:
+    """What the kernel ``pid`` left in the folder: its socket, its rows."""
+    return [
+        item
+        for item in Shared("embedded", folder, None).leftovers()
+        if "nb-1" in item or item.startswith(f"{pid}-") or f"'{pid}-" in item
+    ]
+
+
 def test_a_listener_in_a_jupyter_kernel(folder: str) -> None:
     with gunicorn(folder, workers=2) as host:
         kernel = Kernel(folder)
+        pid = kernel.pid
         try:
             data = kernel.execute(
                 "from wsgi_proxy_listen import listen\n"
@@ -80,8 +95,31 @@ def test_a_listener_in_a_jupyter_kernel(folder: str) -> None:
                 assert (answer.status, answer.body) == (200, b"hello from the kernel, /data")
         finally:
             kernel.shut_down()
-        deadline = time.monotonic() + 5
-        while get(host.port, "/proxy/sessions/nb-1/").status != 404:
-            assert time.monotonic() < deadline, "the kernel's listener outlived it"
-            time.sleep(0.05)
+        # Withdrawn as the kernel ended: 404 at once, not the 503 of an owner that is gone.
         assert [get(host.port, "/proxy/sessions/nb-1/").status for _ in range(8)] == [404] * 8
+        assert left_by(folder, pid) == []
+
+
+def test_sigterm_ends_a_busy_kernel_and_withdraws_its_listener(folder: str) -> None:
+    """IPython catches what a running cell raises, SystemExit included: SIGTERM still
+    ends the kernel, and its listener is withdrawn."""
+    with gunicorn(folder, workers=2) as host:
+        kernel = Kernel(folder)
+        try:
+            kernel.execute(
+                "from wsgi_proxy_listen import listen\n"
+                "handle = listen(lambda request: 'hello', session='nb-1')\n"
+            )
+            assert get(host.port, "/proxy/sessions/nb-1/").status == 200
+            kernel.client.execute("import time\ntime.sleep(60)\n")
+            time.sleep(1)  # the cell runs
+            os.kill(kernel.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while kernel.manager.is_alive():
+                assert time.monotonic() < deadline, "the kernel outlived SIGTERM"
+                time.sleep(0.05)
+            assert [get(host.port, "/proxy/sessions/nb-1/").status for _ in range(8)] == [404] * 8
+            assert left_by(folder, kernel.pid) == []
+        finally:
+            kernel.client.stop_channels()
+            kernel.manager.shutdown_kernel(now=True)

@@ -90,8 +90,17 @@ def test_registry_secret_without_directory_is_a_mistake() -> None:
 def test_connect_once_and_before_a_middleware(folder: str) -> None:
     registry = Registry()
     registry.connect(folder)
-    with pytest.raises(RuntimeError, match="has one directory"):
-        registry.connect(folder)
+    directory = registry.directory
+    registry.connect(folder)  # the same name and secret: nothing changes
+    assert registry.directory is directory
+    other = short_folder()
+    try:
+        with pytest.raises(RuntimeError, match="has one directory"):
+            registry.connect(other)
+    finally:
+        shutil.rmtree(other)
+    with pytest.raises(RuntimeError, match="the same name and secret"):
+        registry.connect(folder, secret="another")
     used = Registry()
     ProxyMiddleware(lambda environ, start_response: [], used)
     with pytest.raises(RuntimeError, match="connect the registry before wrapping"):
@@ -171,11 +180,113 @@ def test_a_registry_with_a_directory_and_another_directory_setting_conflict(fold
 
 
 def test_the_environment_and_a_setting_may_name_the_same_directory(folder: str) -> None:
-    """The package connects the default registry from the environment on import; a
-    setting that names the same directory agrees with it."""
     registry = Registry(directory=folder)
     ProxyListen(flask_app({"DIRECTORY": folder}), registry=registry)
     assert registry.directory_name == folder
+
+
+# -- the environment, for the default registry ---------------------------------------------
+
+
+def from_environment() -> Registry:
+    """A registry that connects from the environment as the default registry does."""
+    registry = Registry()
+    registry.connect_from_environment()
+    return registry
+
+
+def test_the_environment_connects_when_first_needed(
+    folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_DIRECTORY", folder)
+    registry = from_environment()
+    assert not registry.connected, "nothing is opened before it is needed"
+    assert isinstance(registry.directory, EmbeddedDirectory)
+    assert registry.connected
+    assert registry.directory_name == folder
+
+
+def test_a_setting_gives_the_secret_of_the_directory_the_environment_names(
+    folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform names the directory, the host's settings hold the secret: the
+    hop is signed with it (the environment is read when the settings are)."""
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_DIRECTORY", folder)
+    registry = from_environment()
+    ProxyListen(flask_app({"SECRET": "s3"}), registry=registry)
+    assert t.cast(EmbeddedDirectory, registry.directory).secret == b"s3"
+    redis_registry = Registry()
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_DIRECTORY", "redis://127.0.0.1:1/0")
+    redis_registry.connect_from_environment()
+    ProxyListen(flask_app({"SECRET": "s3"}), registry=redis_registry)
+    assert t.cast(RedisDirectory, redis_registry.directory).secret == b"s3"
+
+
+def test_a_setting_naming_the_environments_directory_gives_its_secret(
+    folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_DIRECTORY", folder)
+    registry = from_environment()
+    ProxyListen(flask_app({"DIRECTORY": folder, "SECRET": "s3"}), registry=registry)
+    assert t.cast(EmbeddedDirectory, registry.directory).secret == b"s3"
+
+
+def test_connect_comes_before_the_environment(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that the platform started connected may still connect() in its code."""
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_DIRECTORY", folder)
+    registry = from_environment()
+    registry.connect(folder)
+    assert registry.directory_name == folder
+    other = short_folder()
+    try:
+        elsewhere = from_environment()
+        elsewhere.connect(other)
+        assert elsewhere.directory_name == other
+    finally:
+        shutil.rmtree(other)
+
+
+def test_a_bad_environment_fails_where_the_directory_is_needed(
+    folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_DIRECTORY", folder)
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_RUNTIME", "maybe")
+    registry = from_environment()
+    registry.runtime = True  # whatever servers the tests before imported
+    with pytest.raises(ValueError, match="WSGI_PROXY_LISTEN_RUNTIME='maybe' means nothing"):
+        registry.listen(lambda request: "x", session="s")
+    assert "s" not in registry, "a listen() that raised registers nothing"
+    with pytest.raises(ValueError, match="WSGI_PROXY_LISTEN_DIRECTORY: "):
+        ProxyMiddleware(lambda environ, start_response: [], registry)
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_DIRECTORY", "relative/folder")
+    monkeypatch.delenv("WSGI_PROXY_LISTEN_RUNTIME")
+    relative = from_environment()
+    relative.runtime = True
+    with pytest.raises(ValueError, match="WSGI_PROXY_LISTEN_DIRECTORY: unknown directory"):
+        relative.listen(lambda request: "x", session="s")
+
+
+def test_importing_the_package_never_fails_for_the_environment() -> None:
+    """A Redis URL whose secret the host's settings hold, or a value that means
+    nothing: importing works, and the settings complete it."""
+    code = (
+        "import flask, wsgi_proxy_listen\n"
+        "from wsgi_proxy_listen.flask import ProxyListen\n"
+        "app = flask.Flask('host')\n"
+        "app.config['WSGI_PROXY_LISTEN'] = {'SECRET': 's3'}\n"
+        "ProxyListen(app)\n"
+        "print(wsgi_proxy_listen.default_registry.directory.secret)\n"
+    )
+    env = {"WSGI_PROXY_LISTEN_DIRECTORY": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, "b's3'\n"), result.stderr
+    env["WSGI_PROXY_LISTEN_RUNTIME"] = "maybe"
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi_proxy_listen"], capture_output=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
 
 
 # -- what importing costs -------------------------------------------------------------------

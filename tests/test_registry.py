@@ -432,3 +432,61 @@ def test_relisten_in_the_same_app_never_hides_the_app(registry: Registry) -> Non
         writer.join()
         sys.setswitchinterval(old_interval)
     assert misses == []
+
+
+# -- runtime or web worker --------------------------------------------------------------------
+
+SERVER_MODULES = [
+    "gunicorn.arbiter",
+    "waitress.server",
+    "uwsgi",
+    "mod_wsgi",
+    "django.core.servers.basehttp",
+    "cheroot.wsgi",
+    "gevent.pywsgi",
+    "bjoern",
+    "meinheld",
+    "uvicorn",
+    "hypercorn",
+    "granian",
+    "twisted.web.wsgi",
+]
+
+
+@pytest.fixture
+def no_server(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A process that no WSGI server runs, whatever the tests before loaded."""
+    for name in SERVER_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return monkeypatch
+
+
+def test_a_process_that_no_server_runs_is_a_runtime(no_server: pytest.MonkeyPatch) -> None:
+    assert Registry().runtime is True
+
+
+@pytest.mark.parametrize("module", SERVER_MODULES)
+def test_a_process_that_a_server_runs_is_no_runtime(
+    no_server: pytest.MonkeyPatch, module: str
+) -> None:
+    no_server.setitem(sys.modules, module, type(sys)(module))
+    assert Registry().runtime is False
+
+
+def test_a_registry_that_a_middleware_routes_with_is_no_runtime(
+    no_server: pytest.MonkeyPatch,
+) -> None:
+    registry = Registry()
+    wsgi_proxy_listen.ProxyMiddleware(lambda environ, start_response: [], registry)
+    assert registry.runtime is False
+    registry.runtime = True  # said, where the guess is wrong
+    assert registry.runtime is True
+
+
+def test_runtime_is_said_with_a_bool(no_server: pytest.MonkeyPatch) -> None:
+    assert Registry(runtime=False).runtime is False
+    registry = Registry(runtime=True)
+    registry.runtime = None  # told again
+    assert registry.runtime is True
+    with pytest.raises(TypeError, match="runtime must be True, False or None, not 'yes'"):
+        Registry(runtime="yes")  # type: ignore[arg-type]

@@ -12,12 +12,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import typing as t
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from werkzeug.test import Client
+
+from wsgi_proxy_listen import ProxyMiddleware, Registry
 
 from .cluster_support import ROOT, SECRET, Shared, concurrently, get, gunicorn
 from .wire import exchange
@@ -166,3 +170,93 @@ def test_a_forked_child_publishes_only_what_it_registers(shared: Shared) -> None
                 assert {json.loads(answer.body)["pid"] for answer in answers} == {owner}
         finally:
             os.kill(child, signal.SIGKILL)
+
+
+def ended_by_sigterm(shared: Shared, job: Runtime, session: str) -> None:
+    """The runtime ended, left nothing of ``session`` in the directory, and SIGTERM ended
+    it as SIGTERM ends a process that does not handle it."""
+    returncode = job.process.wait(10)
+    assert [item for item in shared.leftovers() if session in item] == []
+    assert returncode == -signal.SIGTERM
+
+
+def test_sigterm_while_the_runtime_changes_its_listeners(shared: Shared) -> None:
+    """SIGTERM arrives at any moment of a runtime that listens and closes in a loop
+    (inside a lock or a transaction of the directory): it ends, and nothing is left."""
+    for attempt in range(10):
+        with runtime(shared, "busy", "churn") as job:
+            time.sleep(0.02 + attempt * 0.03)
+            job.process.send_signal(signal.SIGTERM)
+            ended_by_sigterm(shared, job, "busy")
+
+
+@pytest.mark.parametrize("mode", ["stubborn", "thread"])
+def test_sigterm_ends_and_withdraws_whatever_the_runtime_does(shared: Shared, mode: str) -> None:
+    """A loop that catches every exception (as a notebook kernel catches SystemExit in
+    a cell) still ends on SIGTERM; so does a runtime whose first listen() ran in
+    another thread, where no signal handler can be installed."""
+    with runtime(shared, "job-1", mode) as job:
+        job.process.send_signal(signal.SIGTERM)
+        ended_by_sigterm(shared, job, "job-1")
+
+
+def test_serve_forever_calls_the_applications_sigterm_handler(shared: Shared) -> None:
+    with runtime(shared, "job-1", "app-handler") as job:
+        job.process.send_signal(signal.SIGTERM)
+        assert job.process.wait(10) == 0
+        said = [json.loads(line) for line in t.cast(t.IO[str], job.process.stdout)]
+        assert said == [{"handled": signal.SIGTERM}, {"returned": True}]
+        assert [item for item in shared.leftovers() if "job-1" in item] == []
+
+
+def in_process_host(shared: Shared, **options: t.Any) -> tuple[Client, Registry]:
+    secret = SECRET if shared.kind == "redis" else None
+    registry = Registry(prefix="/tools", directory=shared.name, secret=secret)
+    client = Client(ProxyMiddleware(lambda environ, start_response: [], registry, **options))
+    return client, registry
+
+
+def test_a_host_with_another_prefix_reaches_a_runtime(shared: Shared) -> None:
+    """The runtime routes a forwarded request with the prefix of the host that got it."""
+    client, registry = in_process_host(shared)
+    try:
+        with runtime(shared, "job-1") as job:
+            answer = client.get("/tools/sessions/job-1/a?q=1", buffered=True)
+            assert answer.status_code == 200, answer.data
+            assert answer.json == {
+                "pid": job.pid,
+                "script_name": "/tools/sessions/job-1",
+                "path_info": "/a",
+                "query": "q=1",
+                "size": 0,
+                "sha256": hashlib.sha256(b"").hexdigest(),
+            }
+    finally:
+        registry.close()
+
+
+def test_the_hosts_max_concurrency_bounds_what_it_forwards(shared: Shared) -> None:
+    """A listener in a runtime that hangs holds at most max_concurrency of the host's
+    threads: more requests for it get 503 at once."""
+    client, registry = in_process_host(shared, max_concurrency=2)
+    try:
+        with runtime(shared, "job-1"):
+            assert client.get("/tools/sessions/job-1/", buffered=True).status_code == 200
+            statuses: list[int] = []
+            lock = threading.Lock()
+
+            def slow() -> None:
+                status = client.get("/tools/sessions/job-1/?sleep=1", buffered=True)
+                with lock:
+                    statuses.append(status.status_code)
+
+            threads = [threading.Thread(target=slow) for _ in range(5)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert sorted(statuses) == [200, 200, 503, 503, 503]
+            again = client.get("/tools/sessions/job-1/", buffered=True)
+            assert again.status_code == 200, "every count was released"
+    finally:
+        registry.close()

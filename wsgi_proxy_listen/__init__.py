@@ -34,7 +34,7 @@ from contextlib import AbstractContextManager
 from .exceptions import DirectoryUnavailable, InvalidResponse
 from .middleware import ProxyMiddleware
 from .registry import App, Listener, Registry, default_registry
-from .runtime import connect, connect_from_environment, serve_forever
+from .runtime import connect, serve_forever
 
 __all__ = [
     "App",
@@ -112,5 +112,5 @@ def unregister_app(slug: str) -> None:
 
 
 # A platform that launches processes (notebook kernels, job workers, web workers) names
-# the directory in their environment: the default registry is connected on import.
-connect_from_environment(default_registry)
+# the directory in their environment: the default registry connects to it when needed.
+default_registry.connect_from_environment()

@@ -64,24 +64,27 @@ def middleware_from_config(
 
 def _connect(registry: Registry, config: Mapping[str, t.Any]) -> None:
     """Connect the registry to the directory that the settings name, or else the
-    environment; a registry that has a directory keeps it."""
+    environment (each setting before its variable); a registry that has a
+    directory keeps it."""
     directory = config.get("DIRECTORY")
     secret = config.get("SECRET")
-    if directory is None and registry.directory is None:
+    if directory is None and secret is None:
+        if not registry.connected:
+            registry.connect_from_environment()  # the middleware needs it at once
+        return
+    if directory is None and not registry.connected:
         directory = os.environ.get(ENV_DIRECTORY) or None
     if directory is None:
-        if secret is not None:
-            raise ValueError(
-                "SECRET is set without DIRECTORY: it signs the hop between processes;"
-                f" name the directory in DIRECTORY (or give both as {ENV_DIRECTORY} and"
-                " WSGI_PROXY_LISTEN_SECRET)"
-            )
-        return
-    if registry.directory is not None:
-        if directory == registry.directory_name:
-            return  # the same, named by the environment when the package was imported
+        raise ValueError(
+            "SECRET is set without DIRECTORY: it signs the hop between processes;"
+            f" name the directory in DIRECTORY (or give both as {ENV_DIRECTORY} and"
+            " WSGI_PROXY_LISTEN_SECRET)"
+        )
+    if registry.connected and directory != registry.directory_name:
         raise ValueError(
             f"DIRECTORY is {directory!r}, but {registry!r} has the directory"
             f" {registry.directory!r} already: name the directory in one place"
         )
+    # The same name again (the environment's, connected by a listen()) must come with
+    # the same secret: connect() raises otherwise.
     registry.connect(directory, secret=secret)

@@ -6,14 +6,17 @@ Calling one listener: a copy of the environ with the routing part of the path
 moved into ``SCRIPT_NAME``, the body limit, withheld host cookies, the
 concurrency limit, and the guard (:mod:`.guard`) around what it answers.
 
-A :class:`Dispatcher` holds these options. The middleware has one; so does a
-registry on its own, which answers the requests that other processes forward
-to it when no middleware runs in its process (a notebook kernel, a job worker,
-a script): :func:`serve_forwarded` is that answer.
+A :class:`Dispatcher` holds these options, and applies them also to a request
+that leaves for a listener of another process (:meth:`Dispatcher.forward`).
+The middleware has one; so does a registry on its own, which answers the
+requests that other processes forward to it when no middleware runs in its
+process (a notebook kernel, a job worker, a script): :func:`serve_forwarded` is
+that answer.
 """
 
 from __future__ import annotations
 
+import threading
 import typing as t
 from collections.abc import Callable, Collection, Iterable
 from time import monotonic
@@ -28,6 +31,8 @@ from .guard import Guard, failed
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .seam import Destination
 
 __all__ = ["Dispatchable", "Dispatcher", "check_limit", "serve_forwarded"]
 
@@ -86,6 +91,9 @@ class Dispatcher:
         self._withheld = _withheld(forward_cookies)
         # Whether a request may need more than the plain dispatch (cookies or limits).
         self._options = self._withheld is not None or max_concurrency is not None
+        # Requests on their way to a listener of another process, by session.
+        self._forwarding: dict[str, int] = {}
+        self._forwarding_lock = threading.Lock()
 
     def dispatch(
         self,
@@ -136,25 +144,44 @@ class Dispatcher:
                 listener.done()
             return failed(listener.session, guard, start_response, iterable, None)
         if concurrency is not None:
-            return _Counted(iterable, listener)
+            return _Counted(iterable, listener.done)
         return iterable
 
-    def prepare_forwarded(self, environ: WSGIEnvironment) -> WSGIEnvironment | Answer:
-        """The environ of a request about to be forwarded to another process: within
-        the body limit (checked here, so that a body too large never takes the hop) and
-        without the withheld cookies, which the other process may not withhold."""
+    def forward(
+        self, destination: Destination, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Hand a request to where the directory found its listener, in another process
+        (or in this one, after an auto-start), within the body limit (checked here, so
+        that a body too large never takes the hop), without the withheld cookies (the
+        other process may not withhold them), and within ``max_concurrency``, counted
+        per session in this process: a listener that hangs elsewhere cannot hold every
+        thread of this one either."""
         limit = self.max_content_length
-        if limit is None and self._withheld is None:
-            return environ
-        environ = environ.copy()
-        if limit is not None:
-            declared = get_content_length(environ)
-            if declared is not None and declared > limit:
-                return Answer(413)
-            environ["wsgi.input"] = _bounded_input(environ["wsgi.input"], declared, limit)
-        if self._withheld is not None:
-            self._withhold(environ)
-        return environ
+        if limit is not None or self._withheld is not None:
+            environ = environ.copy()
+            if limit is not None:
+                declared = get_content_length(environ)
+                if declared is not None and declared > limit:
+                    return respond(start_response, 413)
+                environ["wsgi.input"] = _bounded_input(environ["wsgi.input"], declared, limit)
+            if self._withheld is not None:
+                self._withhold(environ)
+        concurrency = self.max_concurrency
+        if concurrency is None:
+            return destination.serve(environ, start_response)
+        session = destination.session
+        with self._forwarding_lock:
+            running = self._forwarding.get(session, 0)
+            if running >= concurrency:
+                return respond(start_response, 503)
+            self._forwarding[session] = running + 1
+        done = _Release(self._forwarding, self._forwarding_lock, session)
+        try:
+            iterable = destination.serve(environ, start_response)
+        except BaseException:
+            done()
+            raise
+        return _Counted(iterable, done)
 
     def _withhold(self, inner: WSGIEnvironment) -> None:
         """Remove the withheld host cookies (all of them, for ``forward_cookies=False``),
@@ -235,22 +262,41 @@ def _close(iterable: Iterable[bytes]) -> None:
 class _Counted:
     """A listener's answer, counted against its concurrency limit until it is closed."""
 
-    __slots__ = ("iterable", "listener")
+    __slots__ = ("done", "iterable")
 
-    def __init__(self, iterable: Iterable[bytes], listener: Dispatchable | None) -> None:
+    def __init__(self, iterable: Iterable[bytes], done: Callable[[], None]) -> None:
         self.iterable = iterable
-        self.listener = listener
+        self.done: Callable[[], None] | None = done
 
     def __iter__(self) -> t.Iterator[bytes]:
         return iter(self.iterable)
 
     def close(self) -> None:
-        listener, self.listener = self.listener, None
+        done, self.done = self.done, None
         try:
             _close(self.iterable)
         finally:
-            if listener is not None:
-                listener.done()
+            if done is not None:
+                done()
+
+
+class _Release:
+    """Ends the count of one forwarded request."""
+
+    __slots__ = ("counts", "lock", "session")
+
+    def __init__(self, counts: dict[str, int], lock: threading.Lock, session: str) -> None:
+        self.counts = counts
+        self.lock = lock
+        self.session = session
+
+    def __call__(self) -> None:
+        with self.lock:
+            left = self.counts[self.session] - 1
+            if left:
+                self.counts[self.session] = left
+            else:
+                del self.counts[self.session]
 
 
 class _BodyLimit(LimitedStream):

@@ -73,9 +73,10 @@ class ProxyMiddleware:
     :param max_concurrency: the most requests one listener serves at once,
         unless it has a limit of its own (``listen(..., max_concurrency=N)``);
         more get 503 with ``Retry-After`` at once, so that a hanging listener
-        cannot take every thread of the server. ``None``, the default, sets no
-        limit; with one, the listener's iterable is wrapped to count it until
-        it is closed.
+        cannot take every thread of the server. With a directory, it also
+        bounds the requests forwarded at once to a listener of another process.
+        ``None``, the default, sets no limit; with one, the listener's iterable
+        is wrapped to count it until it is closed.
     """
 
     def __init__(
@@ -135,9 +136,10 @@ class ProxyMiddleware:
         return self._checked(environ, start_response, path)
 
     def serve_forwarded(
-        self, environ: WSGIEnvironment, start_response: StartResponse, session: str
+        self, environ: WSGIEnvironment, start_response: StartResponse, session: str, prefix: str
     ) -> Iterable[bytes] | None:
-        """Answer a request that another process forwarded here for ``session``.
+        """Answer a request that another process, routing with ``prefix``, forwarded
+        here for ``session``.
 
         Only the proxy routes are served, with every check of a direct request,
         and only from the listener of ``session`` in this process: a host route
@@ -145,7 +147,7 @@ class ProxyMiddleware:
         not serve ``session``. The directory's internal endpoint calls it.
         """
         return serve_forwarded(
-            self._dispatcher, self._prefix, self._local, environ, start_response, session
+            self._dispatcher, prefix, self._local, environ, start_response, session
         )
 
     def _checked(
@@ -162,7 +164,7 @@ class ProxyMiddleware:
             if found is NOT_FOUND and self._directory is None and environ.get("wsgi.multiprocess"):
                 _warn_once_per_process()
             return respond(start_response, found.status)
-        return self._forward(found, environ, start_response)
+        return self._dispatcher.forward(found, environ, start_response)
 
     def _route(self, environ: WSGIEnvironment, path: str) -> routing.Route | Answer:
         """The route of a path under the prefix, or the answer for a malformed one."""
@@ -199,16 +201,6 @@ class ProxyMiddleware:
         if self._directory is None:
             return NOT_FOUND
         return self._directory.find(route, environ)
-
-    def _forward(
-        self, destination: Destination, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        """Hand the request to where the directory found its listener (see
-        :meth:`~.dispatch.Dispatcher.prepare_forwarded`)."""
-        prepared = self._dispatcher.prepare_forwarded(environ)
-        if isinstance(prepared, Answer):
-            return respond(start_response, prepared.status)
-        return destination.serve(prepared, start_response)
 
     def __repr__(self) -> str:
         return f"<ProxyMiddleware app={self.app!r} registry={self.registry!r}>"

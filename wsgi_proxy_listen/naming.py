@@ -18,6 +18,9 @@ an absolute folder path, ``/run/myhost/proxy``   the embedded directory: one mac
 The secret comes from the ``secret`` argument, else from the environment
 variable ``WSGI_PROXY_LISTEN_SECRET``. The implementations are imported only
 when a directory is opened, so ``import wsgi_proxy_listen`` stays light.
+
+:func:`from_environment` reads what a platform that launches processes says
+in their environment: the directory, and whether the process is a runtime.
 """
 
 from __future__ import annotations
@@ -28,12 +31,24 @@ import typing as t
 if t.TYPE_CHECKING:
     from .seam import Directory
 
-__all__ = ["ENV_DIRECTORY", "ENV_SECRET", "open_directory"]
+__all__ = [
+    "ENV_DIRECTORY",
+    "ENV_RUNTIME",
+    "ENV_SECRET",
+    "Environment",
+    "from_environment",
+    "open_directory",
+    "resolve_secret",
+]
 
 #: The environment variable that names a directory when no setting does.
 ENV_DIRECTORY = "WSGI_PROXY_LISTEN_DIRECTORY"
 #: The environment variable that holds the secret when no setting does.
 ENV_SECRET = "WSGI_PROXY_LISTEN_SECRET"
+#: The environment variable that says whether a process is a runtime.
+ENV_RUNTIME = "WSGI_PROXY_LISTEN_RUNTIME"
+_YES = ("1", "true", "yes", "on")
+_NO = ("0", "false", "no", "off")
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -52,10 +67,7 @@ def open_directory(name: str, *, secret: str | bytes | None = None) -> Directory
         raise TypeError(
             f"a directory is named by a string (a folder path or a Redis URL), not {name!r}"
         )
-    if secret is not None and not isinstance(secret, (str, bytes)):
-        raise TypeError(f"secret must be a str, bytes or None, not {type(secret).__name__!r}")
-    if secret is None:
-        secret = os.environ.get(ENV_SECRET) or None
+    secret = resolve_secret(secret)
     if name.lower().startswith(_REDIS_SCHEMES):
         if not secret:
             raise ValueError(
@@ -74,3 +86,45 @@ def open_directory(name: str, *, secret: str | bytes | None = None) -> Directory
         " '/run/myhost/proxy') for processes on one machine, or a Redis server by its URL"
         " (redis://, rediss:// or unix://) for several machines"
     )
+
+
+def resolve_secret(secret: str | bytes | None) -> bytes | None:
+    """The secret a directory opened with ``secret`` uses: ``secret``, else the
+    environment's, as bytes; ``None`` for none.
+
+    :raises TypeError: ``secret`` is not a string.
+    """
+    if secret is not None and not isinstance(secret, (str, bytes)):
+        raise TypeError(f"secret must be a str, bytes or None, not {type(secret).__name__!r}")
+    if secret is None:
+        secret = os.environ.get(ENV_SECRET) or None
+    if isinstance(secret, str):
+        secret = secret.encode()
+    return secret or None
+
+
+class Environment(t.NamedTuple):
+    """What the environment says of this process."""
+
+    directory: str
+    """The directory's name, from ``WSGI_PROXY_LISTEN_DIRECTORY``."""
+    runtime: bool | None
+    """``WSGI_PROXY_LISTEN_RUNTIME``: whether the process is a runtime, or ``None``
+    when it does not say."""
+
+
+def from_environment() -> Environment | None:
+    """What the environment says, or ``None`` when it names no directory.
+
+    :raises ValueError: ``WSGI_PROXY_LISTEN_RUNTIME`` holds a value that means nothing.
+    """
+    name = os.environ.get(ENV_DIRECTORY)
+    if not name:
+        return None
+    given = os.environ.get(ENV_RUNTIME, "").strip().lower()
+    if given and given not in _YES + _NO:
+        raise ValueError(
+            f"{ENV_RUNTIME}={given!r} means nothing: use 1 for a runtime, 0 for a web"
+            " server's process, or leave it unset to let it be told"
+        )
+    return Environment(name, given in _YES if given else None)

@@ -36,9 +36,10 @@ from contextlib import contextmanager
 
 from werkzeug.urls import iri_to_uri
 
+from . import exits
 from .dispatch import Dispatcher, check_limit, serve_forwarded
 from .handlers import to_wsgi
-from .naming import open_directory
+from .naming import ENV_DIRECTORY, from_environment, open_directory, resolve_secret
 from .routing import is_valid_id, validate_prefix
 from .seam import Directory
 
@@ -65,6 +66,14 @@ _SERVERS = (
     "uwsgi",
     "mod_wsgi",
     "django.core.servers.basehttp",
+    "cheroot.wsgi",
+    "gevent.pywsgi",
+    "bjoern",
+    "meinheld",
+    "uvicorn",
+    "hypercorn",
+    "granian",
+    "twisted.web.wsgi",
 )
 
 # The session the running code belongs to, bound by Registry.session(). It is
@@ -279,8 +288,6 @@ class Registry:
         ``None`` tells it by itself.
     """
 
-    directory: Directory | None
-    """The directory that shares this registry's listeners, or ``None``."""
     directory_name: str | None
     """The name the directory was given by (a folder path or a URL), if any."""
 
@@ -298,8 +305,11 @@ class Registry:
         runtime: bool | None = None,
     ) -> None:
         self._prefix = validate_prefix(prefix)
-        self.directory = None
+        self._directory: Directory | None = None
         self.directory_name = None
+        self._secret: bytes | None = None  # what a directory named by a string was opened with
+        self._from_environment = False
+        self._connecting = threading.RLock()
         self._in_use = False
         self.runtime = runtime
         # Answers what other processes forward here while no middleware runs here.
@@ -385,14 +395,28 @@ class Registry:
         self._runtime = runtime
 
     def serve_forwarded(
-        self, environ: WSGIEnvironment, start_response: StartResponse, session: str
+        self, environ: WSGIEnvironment, start_response: StartResponse, session: str, prefix: str
     ) -> Iterable[bytes] | None:
         """Answer a request forwarded to this process for ``session``, with the
         middleware's default options, while no middleware runs in this process (in a
         runtime): see :meth:`~wsgi_proxy_listen.ProxyMiddleware.serve_forwarded`."""
-        return serve_forwarded(
-            self._dispatcher, self._prefix, self.get, environ, start_response, session
-        )
+        return serve_forwarded(self._dispatcher, prefix, self.get, environ, start_response, session)
+
+    @property
+    def directory(self) -> Directory | None:
+        """The directory that shares this registry's listeners, or ``None``.
+
+        Reading it connects the registry to the directory that the environment
+        names, where :meth:`connect_from_environment` asked for that.
+        """
+        if self._from_environment:
+            self._connect_environment()
+        return self._directory
+
+    @property
+    def connected(self) -> bool:
+        """Whether the registry has a directory already (reading it connects nothing)."""
+        return self._directory is not None
 
     def connect(
         self,
@@ -406,27 +430,77 @@ class Registry:
         ``directory`` is named as for :class:`Registry`: an absolute folder
         path, a Redis URL, or a directory object. Listeners registered before
         are start-up listeners: they stay local to this process. ``runtime``
-        sets :attr:`runtime` (``None`` leaves it as it is).
+        sets :attr:`runtime` (``None`` leaves it as it is). It comes before
+        the directory the environment names (:meth:`connect_from_environment`),
+        and connecting again to the same name with the same secret changes
+        nothing.
 
-        :raises RuntimeError: the registry has a directory already, or a
+        :raises RuntimeError: the registry has another directory already, or a
             middleware routes with it.
         :raises ValueError: ``directory`` names no directory (see
             :func:`~wsgi_proxy_listen.naming.open_directory`).
         """
-        with self._lock:
-            if self.directory is not None:
-                raise RuntimeError(
-                    f"{self!r} is connected to {self.directory!r} already: a registry has"
-                    " one directory; make another Registry for another one"
-                )
+        with self._connecting:
+            self._from_environment = False
+            current = self._directory
+            if current is not None:
+                if not (
+                    isinstance(directory, str)
+                    and directory == self.directory_name
+                    and resolve_secret(secret) == self._secret
+                ):
+                    raise RuntimeError(
+                        f"{self!r} is connected to {current!r} already: a registry has one"
+                        " directory (connecting again takes the same name and secret);"
+                        " make another Registry for another one"
+                    )
+                if runtime is not None:
+                    self.runtime = runtime
+                return
             if self._in_use:
                 raise RuntimeError(
                     f"cannot connect {self!r} to a directory: a ProxyMiddleware already routes"
                     " with it; connect the registry before wrapping the app"
                 )
+            self._open(directory, secret, runtime)
+
+    def connect_from_environment(self) -> None:
+        """Connect this registry to the directory that ``WSGI_PROXY_LISTEN_DIRECTORY``
+        names (with ``WSGI_PROXY_LISTEN_SECRET`` and ``WSGI_PROXY_LISTEN_RUNTIME``)
+        when its directory is first needed: by a middleware that routes with it, by
+        a ``listen()`` in a runtime, or by reading :attr:`directory`. Not now, so
+        that a :meth:`connect` or the settings of a framework integration, which
+        come first, may still name the directory or give its secret.
+
+        The package calls it for :data:`default_registry` when it is imported.
+        A wrong value in the environment raises :exc:`ValueError` when the
+        directory is needed, naming the variable.
+        """
+        with self._connecting:
+            if self._directory is None:
+                self._from_environment = True
+        if os.environ.get(ENV_DIRECTORY):
+            exits.install()  # from the main thread, where the package is imported
+
+    def _connect_environment(self) -> None:
+        with self._connecting:
+            if not self._from_environment:
+                return
+            try:
+                found = from_environment()
+                if found is not None:
+                    self._open(found.directory, None, found.runtime)
+            except ValueError as error:
+                raise ValueError(f"{ENV_DIRECTORY}: {error}") from None
+            self._from_environment = False
+
+    def _open(
+        self, directory: Directory | str, secret: str | bytes | None, runtime: bool | None
+    ) -> None:
         name = directory if isinstance(directory, str) else None
         if isinstance(directory, str):
             directory = open_directory(directory, secret=secret)
+            self._secret = resolve_secret(secret)
         elif not isinstance(directory, Directory):
             raise TypeError(
                 "a directory is named by a string (an absolute folder path or a Redis URL)"
@@ -440,8 +514,8 @@ class Registry:
             self.runtime = runtime
         directory.attach(self)
         directory.serve_with(self.serve_forwarded)  # a middleware brings its own options
-        self.directory = directory
         self.directory_name = name
+        self._directory = directory
 
     # -- listeners ---------------------------------------------------------
 
@@ -488,6 +562,8 @@ class Registry:
             _check_id("app slug", app)
         check_limit("max_concurrency", max_concurrency)
         wsgi_app = to_wsgi(handler, kind=kind, request_class=request_class, options=options)
+        if self._from_environment and self.runtime:
+            self._connect_environment()  # before the listener shows: it may raise
         listener = Listener(self, session, app, handler, wsgi_app, max_concurrency)
         with self._lock:
             replaced = self._listeners.get(session)
@@ -499,7 +575,7 @@ class Registry:
             self._listeners[session] = listener
             if app is not None:
                 self._join(app, listener)
-        directory = self.directory
+        directory = self._directory
         if directory is not None:
             if not directory.serving and self.runtime:
                 directory.start_serving()  # a runtime publishes at once
@@ -530,8 +606,8 @@ class Registry:
             del self._listeners[listener.session]
             if listener.app is not None:
                 self._leave(listener.app, listener.session)
-        if self.directory is not None:
-            self.directory.removed(listener)
+        if self._directory is not None:
+            self._directory.removed(listener)
         return True
 
     @contextmanager
@@ -720,8 +796,8 @@ class Registry:
         stop. What :func:`~wsgi_proxy_listen.serve_forever` does when it returns."""
         for listener in list(self):
             listener.close()
-        if self.directory is not None:
-            self.directory.close()
+        if self._directory is not None:
+            self._directory.close()
 
     # -- container protocol ------------------------------------------------
 

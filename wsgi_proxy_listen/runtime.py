@@ -16,32 +16,26 @@ the runtimes of its notebooks.
     serve_forever()                        # until SIGTERM or SIGINT; then withdrawn
 
 A platform that launches runtimes sets ``WSGI_PROXY_LISTEN_DIRECTORY`` (and
-``WSGI_PROXY_LISTEN_SECRET`` for Redis) in their environment: importing the
-package then connects :data:`~wsgi_proxy_listen.default_registry` by itself,
-and user code only calls ``listen()``. ``WSGI_PROXY_LISTEN_RUNTIME`` (``1`` or
-``0``) says whether the process is a runtime where it cannot be told (see
-:attr:`~wsgi_proxy_listen.Registry.runtime`).
+``WSGI_PROXY_LISTEN_SECRET`` for Redis) in their environment:
+:data:`~wsgi_proxy_listen.default_registry` then connects to that directory by
+itself with the first ``listen()``, and user code only calls ``listen()``.
+``WSGI_PROXY_LISTEN_RUNTIME`` (``1`` or ``0``) says whether the process is a
+runtime where it cannot be told (see :attr:`~wsgi_proxy_listen.Registry.runtime`).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import typing as t
 
-from .naming import ENV_DIRECTORY
+from . import exits
 from .registry import Registry, default_registry
 
 if t.TYPE_CHECKING:
     from .seam import Directory
 
-__all__ = ["ENV_RUNTIME", "connect", "connect_from_environment", "serve_forever"]
-
-#: The environment variable that says whether a process is a runtime.
-ENV_RUNTIME = "WSGI_PROXY_LISTEN_RUNTIME"
-_YES = ("1", "true", "yes", "on")
-_NO = ("0", "false", "no", "off")
+__all__ = ["connect", "serve_forever"]
 
 
 def connect(
@@ -57,39 +51,12 @@ def connect(
     return default_registry
 
 
-def connect_from_environment(registry: Registry) -> bool:
-    """Connect ``registry`` to the directory that ``WSGI_PROXY_LISTEN_DIRECTORY``
-    names, if it names one; return whether it did. Run when the package is
-    imported, for :data:`~wsgi_proxy_listen.default_registry`.
-
-    :raises ValueError: a variable holds a value that means nothing.
-    """
-    name = os.environ.get(ENV_DIRECTORY)
-    if not name:
-        return False
-    runtime: bool | None = None
-    given = os.environ.get(ENV_RUNTIME, "").strip().lower()
-    if given in _YES:
-        runtime = True
-    elif given in _NO:
-        runtime = False
-    elif given:
-        raise ValueError(
-            f"{ENV_RUNTIME}={given!r} means nothing: use 1 for a runtime, 0 for a web"
-            " server's process, or leave it unset to let it be told"
-        )
-    try:
-        registry.connect(name, runtime=runtime)
-    except ValueError as error:
-        raise ValueError(f"{ENV_DIRECTORY}: {error}") from None
-    return True
-
-
 def serve_forever(registry: Registry | None = None) -> None:
     """Keep this process serving its listeners until SIGTERM or SIGINT, then close
     the registry (its listeners are withdrawn from every other process) and return.
 
-    The signal handlers it installs are put back when it returns.
+    The signal handlers it installs are put back when it returns; a handler that
+    the application had installed for the signal received is then called.
 
     :raises RuntimeError: not called in the main thread, the only one that can
         handle signals.
@@ -101,9 +68,14 @@ def serve_forever(registry: Registry | None = None) -> None:
             " can handle: call it there"
         )
     stop = threading.Event()
-    previous = {
-        signum: signal.signal(signum, lambda received, frame: stop.set())
-        for signum in (signal.SIGTERM, signal.SIGINT)
+    received: list[int] = []
+
+    def handle(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous: dict[int, t.Any] = {
+        signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)
     }
     try:
         while not stop.wait(0.5):
@@ -112,3 +84,8 @@ def serve_forever(registry: Registry | None = None) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         registry.close()
+    handler = previous[received[0]]
+    # The application's own handler still hears of the signal; Python's default ones
+    # (KeyboardInterrupt, and ending the process) and this package's are not called.
+    if callable(handler) and handler not in (signal.default_int_handler, exits.on_sigterm):
+        handler(received[0], None)

@@ -42,11 +42,12 @@ __all__ = [
 ]
 
 #: How a directory hands a request forwarded from another process to this
-#: process's middleware: ``serve(environ, start_response, session)`` answers it
-#: from the local listener of ``session``, or returns ``None`` when this process
-#: does not serve ``session`` (any more) and nothing was sent.
+#: process's middleware: ``serve(environ, start_response, session, prefix)``
+#: answers it from the local listener of ``session``, routing with ``prefix`` (the
+#: one of the process that received the request), or returns ``None`` when this
+#: process does not serve ``session`` (any more) and nothing was sent.
 ServeForwarded: t.TypeAlias = (
-    "Callable[[WSGIEnvironment, StartResponse, str], Iterable[bytes] | None]"
+    "Callable[[WSGIEnvironment, StartResponse, str, str], Iterable[bytes] | None]"
 )
 
 
@@ -114,6 +115,10 @@ class Host(t.Protocol):
 class Destination(t.Protocol):
     """Where a directory found the listener for a request: another process, or this
     one after an auto-start. Serving it forwards or dispatches the request."""
+
+    @property
+    def session(self) -> str:
+        """The session whose listener it is."""
 
     def serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]: ...
 

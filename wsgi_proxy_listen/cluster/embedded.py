@@ -257,7 +257,10 @@ class EmbeddedDirectory(SharedDirectory):
     def _store_withdraw(self, session: str, entry: Owner) -> None:
         with self._transaction(self._writer()) as writer:
             writer.execute(
-                "DELETE FROM sessions WHERE session = ? AND owner = ?", (session, entry.owner)
+                # This entry only: the same owner may have published the session anew,
+                # in another app, since.
+                "DELETE FROM sessions WHERE session = ? AND owner = ? AND app IS ?",
+                (session, entry.owner, entry.app),
             )
 
     def _store_renew(self, entries: dict[str, Owner]) -> list[str]:

@@ -225,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._plain(403)
             return
         try:
-            session, forwarded = unpack(meta)
+            session, prefix, forwarded = unpack(meta)
         except ValueError:
             self._plain(400)
             return
@@ -253,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         serve = endpoint.serve()
         _Response(self, environ["REQUEST_METHOD"] == "HEAD", body_pending).run(
-            serve, environ, session
+            serve, environ, session, prefix
         )
 
     def _plain(self, status: int, *headers: tuple[str, str], close: bool = True) -> None:
@@ -298,12 +298,14 @@ class _Response:
         self.status, self.headers = status, list(headers)
         return self.write
 
-    def run(self, serve: ServeForwarded | None, environ: WSGIEnvironment, session: str) -> None:
+    def run(
+        self, serve: ServeForwarded | None, environ: WSGIEnvironment, session: str, prefix: str
+    ) -> None:
         handler = self.handler
         iterable: Iterable[bytes] | None = None
         try:
             if serve is not None:
-                iterable = serve(environ, self.start_response, session)
+                iterable = serve(environ, self.start_response, session, prefix)
             if iterable is None:
                 handler._plain(404, (MISS_HEADER, "1"), close=self.body_pending())
                 return

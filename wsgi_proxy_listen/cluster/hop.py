@@ -9,7 +9,8 @@ kept-alive connection, over a Unix socket (the embedded directory) or TCP
 (Redis): :mod:`http.client` sends it and :mod:`http.server` parses it.
 
 Everything the owner needs to dispatch the request exactly as the receiving
-process would have (the target session, ``SCRIPT_NAME``, ``PATH_INFO``, the
+process would have (the target session, the prefix the receiving process
+routes with, ``SCRIPT_NAME``, ``PATH_INFO``, the
 raw query and URI, the request headers as the server gave them,
 ``REMOTE_ADDR``, the URL scheme...) travels in one header as JSON, so the hop
 request itself has four headers and nothing of the client's request is
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import hashlib
 import hmac
 import http.client
@@ -43,6 +45,7 @@ from collections.abc import Iterable, Iterator
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..headers import is_hop_by_hop, is_hop_by_hop_key
+from ..routing import validate_prefix
 
 if t.TYPE_CHECKING:
     from email.message import Message
@@ -99,8 +102,9 @@ _FORWARDED = frozenset(
 )
 
 
-def pack(environ: WSGIEnvironment, session: str) -> str:
-    """The target session and the forwarded environ, as one header value.
+def pack(environ: WSGIEnvironment, session: str, prefix: str) -> str:
+    """The target session, the prefix it was found under and the forwarded environ,
+    as one header value.
 
     JSON with ``ensure_ascii`` is printable ASCII whatever the strings hold (a
     decoded ``%0A`` in ``PATH_INFO`` becomes ``\\n``), so it is a valid header.
@@ -112,24 +116,35 @@ def pack(environ: WSGIEnvironment, session: str) -> str:
         if (key in _FORWARDED or (key.startswith("HTTP_") and not is_hop_by_hop_key(key)))
         and isinstance(value, str)
     }
-    return json.dumps([session, forwarded], separators=(",", ":"))
+    return json.dumps([session, prefix, forwarded], separators=(",", ":"))
 
 
-def unpack(value: str) -> tuple[str, dict[str, str]]:
-    """The session and environ that :func:`pack` wrote.
+def unpack(value: str) -> tuple[str, str, dict[str, str]]:
+    """The session, prefix and environ that :func:`pack` wrote.
 
     :raises ValueError: the value is not what :func:`pack` writes.
     """
     try:
-        session, environ = json.loads(value)
+        session, prefix, environ = json.loads(value)
     except TypeError:
         raise ValueError("not a forwarded environ") from None
-    if not isinstance(session, str) or not isinstance(environ, dict):
+    if not (isinstance(session, str) and isinstance(environ, dict)) or not (
+        isinstance(prefix, str) and _valid_prefix(prefix)
+    ):
         raise ValueError("not a forwarded environ")
     # The keys of a JSON object are strings: the values are what to check.
     if not all(type(value) is str for value in environ.values()):
         raise ValueError("not a forwarded environ")
-    return session, environ
+    return session, prefix, environ
+
+
+@functools.lru_cache(maxsize=16)
+def _valid_prefix(prefix: str) -> bool:
+    try:
+        validate_prefix(prefix)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _signature(secret: bytes, owner: str, method: str, meta: str, stamp: str, nonce: str) -> str:
@@ -329,16 +344,18 @@ class HopClient:
         owner: str,
         address: str,
         session: str,
+        prefix: str,
         environ: WSGIEnvironment,
         start_response: StartResponse,
     ) -> Iterable[bytes] | Failure:
-        """Forward the request of ``environ`` for ``session`` to ``owner`` at ``address``.
+        """Forward the request of ``environ`` for ``session``, found under ``prefix``,
+        to ``owner`` at ``address``.
 
         Returns the owner's answer, already started, or the :class:`Failure`
         that kept it from answering (nothing was sent to ``start_response``).
         """
         method: str = environ["REQUEST_METHOD"]
-        meta = pack(environ, session)
+        meta = pack(environ, session, prefix)
         length = _body_length(environ)
         body = None if length == 0 else _Body(environ["wsgi.input"], length)
         # A pooled connection that the owner closed while it was idle fails on first use:

@@ -40,8 +40,8 @@ from .shared import PROBE_INTERVAL, Owner, SharedDirectory
 
 __all__ = ["RedisDirectory"]
 
-# Delete a session's entry only while it names this owner (ARGV[1] is "{owner id} ");
-# then leave its app and tell every process.
+# Delete a session's entry only while it is this one: the same owner, address and app
+# (ARGV[1] is what _identity() gives); then leave its app and tell every process.
 _WITHDRAW = """
 local v = redis.call('get', KEYS[1])
 if not v or string.sub(v, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
@@ -50,14 +50,18 @@ if ARGV[2] ~= '' then redis.call('zrem', KEYS[2], ARGV[3]) end
 redis.call('publish', KEYS[3], ARGV[3] .. ' -')
 return 1
 """
-# Renew the lease of a key that names this owner (ARGV[3] is "{owner id} "), write a missing
-# one again (an outage outlasted its lease); -1 if another owner has it now.
+# Renew the lease of the entry (ARGV[4] is what _identity() gives), keeping when it was
+# published; write it again where it is missing (an outage outlasted its lease) or this
+# owner's entry says something else (2); -1 if another owner has it now (ARGV[3] is
+# "{owner id} ").
 _RENEW = """
 local v = redis.call('get', KEYS[1])
 if v then
     if string.sub(v, 1, string.len(ARGV[3])) ~= ARGV[3] then return -1 end
-    redis.call('pexpire', KEYS[1], ARGV[2])
-    return 1
+    if string.sub(v, 1, string.len(ARGV[4])) == ARGV[4] then
+        redis.call('pexpire', KEYS[1], ARGV[2])
+        return 1
+    end
 end
 redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
 return 2
@@ -67,8 +71,13 @@ _DELETE_IF = (
 )
 
 
+def _identity(entry: Owner) -> str:
+    """What tells one entry from another: all of its value but the time."""
+    return f"{entry.owner} {entry.address} {entry.app or ''} "
+
+
 def _encode(entry: Owner) -> str:
-    return f"{entry.owner} {entry.address} {entry.app or ''} {time.time():.3f}"
+    return f"{_identity(entry)}{time.time():.3f}"
 
 
 def _fields(value: bytes | str) -> list[str]:
@@ -196,7 +205,7 @@ class RedisDirectory(SharedDirectory):
     def _withdraw_args(self, session: str, entry: Owner) -> dict[str, t.Any]:
         return {
             "keys": [self._key(session), self._app_key(entry.app or ""), self._channel],
-            "args": [f"{entry.owner} ", entry.app or "", session],
+            "args": [_identity(entry), entry.app or "", session],
         }
 
     def _store_withdraw(self, session: str, entry: Owner) -> None:
@@ -220,7 +229,12 @@ class RedisDirectory(SharedDirectory):
         for session in sessions:
             self._renew_script(
                 keys=[self._key(session)],
-                args=[_encode(entries[session]), self._lease_ms, f"{self.owner} "],
+                args=[
+                    _encode(entries[session]),
+                    self._lease_ms,
+                    f"{self.owner} ",
+                    _identity(entries[session]),
+                ],
                 client=pipe,
             )
         taken = []
@@ -229,7 +243,7 @@ class RedisDirectory(SharedDirectory):
             if renewed == -1:
                 taken.append(session)
             elif renewed == 2 and app is not None:
-                # Expired during an outage and written again: rejoin the app.
+                # Written again (expired during an outage): rejoin the app.
                 self._redis.zadd(self._app_key(app), {session: time.time()})
         return taken
 

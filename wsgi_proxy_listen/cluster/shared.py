@@ -35,12 +35,12 @@ import atexit
 import contextlib
 import logging
 import os
-import signal
 import threading
 import time
 import typing as t
 from collections.abc import Callable, Iterable
 
+from .. import exits
 from ..answers import NOT_FOUND, UNAVAILABLE, Answer, respond
 from ..exceptions import DirectoryUnavailable
 from ..routing import APP
@@ -116,10 +116,15 @@ class SharedDirectory(abc.ABC):
             after_in_parent=self._store_after_fork_in_parent,
             after_in_child=self._after_fork,
         )
-        atexit.register(self._at_exit)
+        atexit.register(self.leave)
+        exits.watch(self)
 
     def _init_process_state(self) -> None:
         self._lock = threading.Lock()
+        # Held while this process writes entries of its own (listened(), the heartbeat),
+        # so that withdraw_all() knows that nothing is written after it.
+        self._writing = threading.Lock()
+        self._leaving = False
         self._published: dict[str, Registered] = {}
         self._pending: set[str] = set()  # registered while the table was down
         self._unpublished: dict[str, Owner] = {}  # closed while the table was down
@@ -237,6 +242,7 @@ class SharedDirectory(abc.ABC):
                 return
             self.owner, self._endpoint, self.address = owner, endpoint, endpoint.address
             self._stop = threading.Event()
+            self._leaving = False
             self._threads = [
                 threading.Thread(target=target, name=f"wsgi_proxy_listen {name}", daemon=True)
                 for target, name in ((self._heartbeat, "heartbeat"), (self._watch, "watcher"))
@@ -245,28 +251,31 @@ class SharedDirectory(abc.ABC):
             for thread in self._threads:
                 thread.start()
             self.serving = True
-        _exit_on_sigterm()
+        exits.install()  # where the directory was opened in another thread
 
     def listened(self, listener: Registered) -> None:
         session = listener.session
         if not self.serving:
             # A start-up listener: local in every worker. It replaces nothing published.
             return
-        # The table first: a take-over notice handled in between then finds this
-        # owner's name there, or only the listener this one replaced.
-        try:
-            self._using_store(self._store_publish, session, self._entry(listener))
-            published = True
-        except DirectoryUnavailable:
-            published = False
-        registry = t.cast("Host", self._registry)
-        with self._lock:
-            current = registry.get(session)
-            if current is listener:
-                self._published[session] = listener
-                self._unpublished.pop(session, None)
-                if not published:
-                    self._pending.add(session)
+        with self._writing:
+            if self._leaving:
+                return  # the process ends: nothing more is published
+            # The table first: a take-over notice handled in between then finds this
+            # owner's name there, or only the listener this one replaced.
+            try:
+                self._using_store(self._store_publish, session, self._entry(listener))
+                published = True
+            except DirectoryUnavailable:
+                published = False
+            registry = t.cast("Host", self._registry)
+            with self._lock:
+                current = registry.get(session)
+                if current is listener:
+                    self._published[session] = listener
+                    self._unpublished.pop(session, None)
+                    if not published:
+                        self._pending.add(session)
         # Replaced meanwhile by another listen() here: that one publishes itself (and the
         # heartbeat writes the entry again). Closed meanwhile: undo it.
         if current is None and published:
@@ -313,25 +322,29 @@ class SharedDirectory(abc.ABC):
         self._client.clear()
         self._store_close()
 
-    def _at_exit(self) -> None:
+    def leave(self) -> None:
+        """Withdraw this process's listeners and refuse hops: the process ends."""
         self.withdraw_all()
         if self._endpoint is not None:
             self._endpoint.close()  # no more hops, and a Unix socket leaves with its process
 
     def withdraw_all(self) -> None:
-        """Delete this process's entries (at exit, and by :meth:`close`)."""
+        """Delete this process's entries, and publish nothing more (at exit, and by
+        :meth:`close`). Another thread may be publishing: it is waited for."""
         self._stop.set()
         self._wake.set()
-        with self._lock:
-            entries = {session: self._entry(item) for session, item in self._published.items()}
-            self._published.clear()
-            self._pending.clear()
-        if not self.serving or self._down:
-            return
-        try:
-            self._store_withdraw_all(entries)
-        except self.unreachable:
-            logger.warning("could not withdraw this process's listeners from %r", self)
+        with self._writing:
+            with self._lock:
+                self._leaving = True
+                entries = {s: self._entry(item) for s, item in self._published.items()}
+                self._published.clear()
+                self._pending.clear()
+            if not self.serving or self._down:
+                return
+            try:
+                self._store_withdraw_all(entries)
+            except self.unreachable:
+                logger.warning("could not withdraw this process's listeners from %r", self)
 
     # -- remote dispatch -----------------------------------------------------------------
 
@@ -344,7 +357,10 @@ class SharedDirectory(abc.ABC):
         start_response: StartResponse,
     ) -> Iterable[bytes]:
         """Forward a request for ``session`` to ``owner``, answering for what went wrong."""
-        result = self._client.forward(owner.owner, owner.address, session, environ, start_response)
+        prefix = t.cast("Host", self._registry).prefix
+        result = self._client.forward(
+            owner.owner, owner.address, session, prefix, environ, start_response
+        )
         if result is Failure.MISS:
             self._forget_location(session)
             if not cached:
@@ -378,7 +394,10 @@ class SharedDirectory(abc.ABC):
         self, session: str, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         """Dispatch to this process's listener of ``session`` (after an auto-start here)."""
-        served = None if self._serve is None else self._serve(environ, start_response, session)
+        prefix = t.cast("Host", self._registry).prefix
+        served = (
+            None if self._serve is None else self._serve(environ, start_response, session, prefix)
+        )
         return respond(start_response, 503) if served is None else served
 
     def _find_app(self, slug: str) -> Destination | Answer:
@@ -535,24 +554,28 @@ class SharedDirectory(abc.ABC):
             self._wake.clear()
             if self._stop.is_set() or self._down:
                 continue
-            with self._lock:
-                published = dict(self._published)
-                pending, self._pending = self._pending, set()
-                unpublished, self._unpublished = self._unpublished, {}
-            try:
-                for session in pending & set(published):
-                    # Registered while the table was down: the newest, so it takes over.
-                    self._using_store(self._store_publish, session, self._entry(published[session]))
-                for session, entry in unpublished.items():
-                    self._using_store(self._store_withdraw, session, entry)
-                entries = {session: self._entry(item) for session, item in published.items()}
-                taken = self._using_store(self._store_renew, entries)
-            except DirectoryUnavailable:
+            with self._writing:
+                if self._leaving:
+                    return
                 with self._lock:
-                    self._pending |= {s for s in pending if s in self._published}
+                    published = dict(self._published)
+                    pending, self._pending = self._pending, set()
+                    unpublished, self._unpublished = self._unpublished, {}
+                try:
+                    for session in pending & set(published):
+                        # Registered while the table was down: the newest, so it takes over.
+                        entry = self._entry(published[session])
+                        self._using_store(self._store_publish, session, entry)
                     for session, entry in unpublished.items():
-                        self._unpublished.setdefault(session, entry)
-                continue
+                        self._using_store(self._store_withdraw, session, entry)
+                    entries = {session: self._entry(item) for session, item in published.items()}
+                    taken = self._using_store(self._store_renew, entries)
+                except DirectoryUnavailable:
+                    with self._lock:
+                        self._pending |= {s for s in pending if s in self._published}
+                        for session, entry in unpublished.items():
+                            self._unpublished.setdefault(session, entry)
+                    continue
             for session in taken:
                 listener = published[session]
                 if self._published.get(session) is listener:
@@ -606,21 +629,6 @@ class SharedDirectory(abc.ABC):
     @abc.abstractmethod
     def _store_after_fork(self) -> None:
         """After a fork, in the child: start afresh with the table."""
-
-
-def _exit_on_sigterm() -> None:
-    """Make SIGTERM end the process through ``SystemExit``, so that ``atexit`` runs and
-    this process's entries are withdrawn (by default Python ends on SIGTERM without
-    it). Only where nothing handles SIGTERM yet: a server's or an application's own
-    handler is left alone (gunicorn's workers exit through ``atexit`` anyway)."""
-    if threading.current_thread() is not threading.main_thread():
-        return  # only the main thread can set a handler; serve_forever() handles it there
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_system_exit)
-
-
-def _raise_system_exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _bodyless(environ: WSGIEnvironment) -> bool:
