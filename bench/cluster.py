@@ -243,8 +243,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"hello")
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+server = Server(sys.argv[1], Handler)  # listening before it says so
 print("ready", flush=True)
-Server(sys.argv[1], Handler).serve_forever()
+server.serve_forever()
 """
 
 

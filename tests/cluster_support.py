@@ -147,11 +147,13 @@ def gunicorn(
     worker_class: str = "gthread",
     lease: float | None = None,
     read_timeout: float | None = None,
+    **environment: str,
 ) -> Iterator[Cluster]:
     """examples/cluster/app.py under gunicorn, connected through the environment as its
-    docstring says; with ``lease`` or ``read_timeout``, through the test config instead."""
+    docstring says; with ``lease`` or ``read_timeout``, through the test config instead.
+    ``environment`` adds variables (``SCRATCHPAD_IDLE_TIMEOUT="1"``)."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **environment}
     env.pop("WSGI_PROXY_LISTEN_SECRET", None)
     if not directory.startswith("/"):
         env["WSGI_PROXY_LISTEN_SECRET"] = SECRET  # the embedded directory needs none

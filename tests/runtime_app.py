@@ -9,6 +9,9 @@ the environment (WSGI_PROXY_LISTEN_DIRECTORY, and WSGI_PROXY_LISTEN_SECRET for R
     python -m tests.runtime_app SESSION thread          # listens from another thread
     python -m tests.runtime_app SESSION app-handler     # its own SIGTERM handler, then
                                                         # serve_forever()
+    python -m tests.runtime_app SESSION app-member      # a member of the app "notebook-app"
+                                                        # with idle_timeout=TEST_IDLE_TIMEOUT,
+                                                        # ends when its stop() is called
 
 ``?sleep=SECONDS`` makes the listener take that long to answer.
 """
@@ -26,7 +29,7 @@ import time
 
 from werkzeug.wrappers import Request
 
-from wsgi_proxy_listen import listen, serve_forever
+from wsgi_proxy_listen import listen, register_app, serve_forever
 
 
 def echo(request: Request) -> dict[str, object]:
@@ -47,10 +50,18 @@ def say(**what: object) -> None:
 
 
 def main(session: str, mode: str) -> None:
+    stopped = threading.Event()
     if mode == "thread":
         worker = threading.Thread(target=listen, args=(echo,), kwargs={"session": session})
         worker.start()
         worker.join()
+    elif mode == "app-member":
+        register_app(
+            "notebook-app",
+            idle_timeout=float(os.environ["TEST_IDLE_TIMEOUT"]),
+            stop=lambda session: stopped.set(),
+        )
+        listen(echo, session=session, app="notebook-app")
     else:
         listen(echo, session=session)
     if mode == "fork":
@@ -75,6 +86,9 @@ def main(session: str, mode: str) -> None:
         threading.Thread(target=announce).start()
     else:
         say(ready=os.getpid())
+    if mode == "app-member":
+        stopped.wait()
+        return  # its listener is closed once stop() returns, and withdrawn at exit anyway
     if mode in ("sleep", "thread"):
         while True:
             time.sleep(1)

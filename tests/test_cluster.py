@@ -113,6 +113,37 @@ def test_auto_start_runs_once_across_workers(shared: Shared) -> None:
         assert len(started) == 1, started
 
 
+def test_an_idle_app_session_is_shut_down_and_started_afresh(shared: Shared) -> None:
+    """gunicorn -w 3, an app with idle_timeout=1: requests through every worker keep its
+    session alive (the owner counts the forwarded ones); a second without any closes it
+    (its stop() runs in the owner), and the next request starts a new one."""
+    with gunicorn(shared.name, workers=3, SCRATCHPAD_IDLE_TIMEOUT="1") as cluster:
+
+        def session_of(answer: Answer) -> bytes:
+            assert answer.status == 200, answer
+            return answer.body.split(b" from ")[0]
+
+        first = session_of(get(cluster.port, "/proxy/apps/scratchpad/"))
+        began = time.monotonic()
+        while time.monotonic() - began < 2.5:  # 2.5 s of requests, never 1 s apart
+            answers = concurrently(6, 3, lambda: get(cluster.port, "/proxy/apps/scratchpad/"))
+            assert {session_of(answer) for answer in answers} == {first}
+            time.sleep(0.3)
+        assert first.decode() not in cluster.log_text()
+        deadline = time.monotonic() + 10
+        while f"scratchpad session {first.decode()} stopped" not in cluster.log_text():
+            assert time.monotonic() < deadline, "the idle session was never stopped"
+            time.sleep(0.1)
+        # Once its stop() has returned, the listener is closed and withdrawn.
+        while (second := session_of(get(cluster.port, "/proxy/apps/scratchpad/"))) == first:
+            assert time.monotonic() < deadline, "the stopped session still answers"
+            time.sleep(0.05)
+        answers = concurrently(6, 3, lambda: get(cluster.port, "/proxy/apps/scratchpad/"))
+        assert {session_of(answer) for answer in answers} == {second}, "one new session"
+        stale = get(cluster.port, f"/proxy/apps/scratchpad/sessions/{first.decode()}/")
+        assert stale.status == 404
+
+
 def test_two_server_instances_share_one_directory(shared: Shared) -> None:
     with gunicorn(shared.name, workers=2) as first, gunicorn(shared.name, workers=2) as second:
         owner_a = start_session(first, "on-a")

@@ -135,6 +135,30 @@ def test_a_failed_auto_start_is_retried_by_the_next_request(
     assert "start of app 'flaky' raised" in caplog.text
 
 
+def test_a_start_that_registers_nothing_anywhere_is_logged(
+    workers: Workers, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
+    _, registry, client = workers.worker()
+    registry.register_app("lazy", start=lambda: None, start_timeout=20)
+    assert client.get("/proxy/apps/lazy/", buffered=True).status_code == 503
+    assert "start of app 'lazy' registered no session, here or in another process" in caplog.text
+
+
+def test_a_start_whose_session_another_worker_registers_answers_the_first_request(
+    workers: Workers,
+) -> None:
+    """A start that has another process listen (a runtime it launched): the first request
+    is answered from there, not with a 503."""
+    _, a, a_client = workers.worker()
+    _, b, _ = workers.worker()
+    a.register_app(
+        "elsewhere", start=lambda: b.listen(text("from b"), session="e1", app="elsewhere")
+    )
+    answer = a_client.get("/proxy/apps/elsewhere/", buffered=True)
+    assert (answer.status_code, answer.data) == (200, b"from b")
+
+
 def test_an_app_started_in_one_worker_answers_in_another(workers: Workers) -> None:
     _, a, a_client = workers.worker()
     _, b, b_client = workers.worker()

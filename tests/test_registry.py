@@ -7,11 +7,11 @@ import time
 import typing as t
 
 import pytest
-from werkzeug.test import EnvironBuilder
+from werkzeug.test import Client, EnvironBuilder
 from werkzeug.wrappers import Request
 
 import wsgi_proxy_listen
-from wsgi_proxy_listen import Listener, Registry, default_registry
+from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry, default_registry
 
 
 def hello(request: Request) -> str:
@@ -285,6 +285,7 @@ def test_module_level_app_functions() -> None:
     ("app", "path", "environ", "expected"),
     [
         pytest.param(None, "", None, "/proxy/sessions/s1", id="bare"),
+        pytest.param(None, "/", None, "/proxy/sessions/s1/", id="slash"),
         pytest.param(None, "/export/data", None, "/proxy/sessions/s1/export/data", id="path"),
         pytest.param("sales", "/x", None, "/proxy/apps/sales/sessions/s1/x", id="app-member"),
         pytest.param(None, "/a", {"SCRIPT_NAME": "/host"}, "/host/proxy/sessions/s1/a", id="sn"),
@@ -309,6 +310,79 @@ def test_url(
 ) -> None:
     listener = registry.listen(hello, session="s1", app=app)
     assert listener.url(path, environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        pytest.param({"session": "s1"}, "/proxy/sessions/s1/", id="session"),
+        pytest.param(
+            {"session": "s1", "app": "sales"}, "/proxy/apps/sales/sessions/s1/", id="app-session"
+        ),
+        pytest.param({"app": "sales"}, "/proxy/apps/sales/", id="generic-app-path"),
+        pytest.param({"session": "s1", "path": ""}, "/proxy/sessions/s1", id="no-slash-on-demand"),
+        pytest.param({"app": "sales", "path": "/a b"}, "/proxy/apps/sales/a%20b", id="quoted"),
+        pytest.param(
+            {"app": "sales", "environ": {"SCRIPT_NAME": "/host"}},
+            "/host/proxy/apps/sales/",
+            id="script-name",
+        ),
+    ],
+)
+def test_url_before_listen(registry: Registry, arguments: dict[str, t.Any], expected: str) -> None:
+    """What an app is given when it is built, before anything listens there."""
+    assert registry.url(**arguments) == expected
+    assert len(registry) == 0
+
+
+def test_every_url_form_reaches_its_listener(registry: Registry) -> None:
+    """The URLs given before listen() are the ones the middleware routes to it."""
+    client = Client(ProxyMiddleware(lambda environ, start_response: [], registry))
+    urls = [
+        registry.url(session="s1"),
+        registry.url(session="s2", app="sales"),
+        registry.url(app="sales"),
+        registry.register_app("sales").url(),
+    ]
+    registry.listen(echo_script_name, session="s1")
+    registry.listen(echo_script_name, session="s2", app="sales")
+    for url in urls:
+        answer = client.get(url)
+        assert (answer.status_code, answer.text) == (200, url), url
+
+
+def echo_script_name(request: Request) -> str:
+    return request.script_root + request.path
+
+
+def test_url_of_the_bound_session_and_the_module_function() -> None:
+    registry = Registry(prefix="/kino")
+    with registry.session("s1", app="sales"):
+        assert registry.url() == "/kino/apps/sales/sessions/s1/"
+        assert registry.url(app="sales") == "/kino/apps/sales/", "an app alone: its generic path"
+    with pytest.raises(LookupError, match="url\\(\\) needs a session or an app"):
+        registry.url()
+    assert wsgi_proxy_listen.url(session="s1", path="/x") == default_registry.url(
+        session="s1", path="/x"
+    )
+    assert wsgi_proxy_listen.url(app="a") == "/proxy/apps/a/"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"session": "a b"}, ValueError, "invalid session id"),
+        ({"app": "a/b"}, ValueError, "invalid app slug"),
+        ({"session": 5}, TypeError, "session id must be a str"),
+        ({"app": "a", "path": "x"}, ValueError, "invalid path"),
+        ({"app": "a", "path": b"/x"}, TypeError, "path must be a str"),
+    ],
+)
+def test_url_refuses_what_names_no_route(
+    registry: Registry, arguments: dict[str, t.Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        registry.url(**arguments)
 
 
 def test_url_ignores_host_and_forwarded_headers() -> None:
@@ -397,7 +471,7 @@ def test_prefix_can_change_until_a_middleware_uses_it() -> None:
     registry = Registry()
     listener = registry.listen(hello, session="s1")
     registry.prefix = "/kino"
-    assert listener.url() == "/kino/sessions/s1"
+    assert listener.url() == "/kino/sessions/s1/"
     with pytest.raises(ValueError, match="invalid prefix 'kino'"):
         registry.prefix = "kino"
     ProxyMiddleware(lambda environ, start_response: [], registry)

@@ -260,3 +260,52 @@ def test_the_hosts_max_concurrency_bounds_what_it_forwards(shared: Shared) -> No
             assert again.status_code == 200, "every count was released"
     finally:
         registry.close()
+
+
+def test_an_app_session_in_a_runtime_is_shut_down_when_idle(shared: Shared) -> None:
+    """The host's start launches a runtime that listens as a member of the app (as
+    Livebook starts an app session's runtime); the runtime closes it when idle and ends;
+    the next request launches a new one."""
+    launched: list[subprocess.Popen[str]] = []
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "WSGI_PROXY_LISTEN_DIRECTORY": shared.name,
+        "TEST_IDLE_TIMEOUT": "0.5",
+    }
+    if shared.kind == "redis":
+        env["WSGI_PROXY_LISTEN_SECRET"] = SECRET
+
+    def launch() -> None:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.runtime_app", f"nb-{len(launched)}", "app-member"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        launched.append(process)
+        assert t.cast(t.IO[str], process.stdout).readline(), "the runtime ended"
+
+    client, registry = in_process_host(shared)
+    registry.register_app("notebook-app", start=launch, start_timeout=20)
+    try:
+
+        def owner() -> int:
+            answer = client.get("/tools/apps/notebook-app/", buffered=True)
+            assert answer.status_code == 200, answer.data
+            return t.cast(int, answer.json["pid"])  # type: ignore[index]
+
+        first = owner()
+        assert first == launched[0].pid, "the first request reaches what the start launched"
+        for _ in range(8):  # 1.6 s, never idle for 0.5 s
+            time.sleep(0.2)
+            assert owner() == first
+        assert launched[0].wait(10) == 0, "stopped for being idle, it ended"
+        assert owner() == launched[1].pid != first
+    finally:
+        registry.close()
+        for process in launched:
+            process.kill()
+            process.wait(10)
+            t.cast(t.IO[str], process.stdout).close()

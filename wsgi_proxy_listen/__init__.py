@@ -36,6 +36,9 @@ from .middleware import ProxyMiddleware
 from .registry import App, Listener, Registry, default_registry
 from .runtime import connect, serve_forever
 
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
 __all__ = [
     "App",
     "DirectoryUnavailable",
@@ -51,6 +54,7 @@ __all__ = [
     "serve_forever",
     "session",
     "unregister_app",
+    "url",
 ]
 
 __version__ = "0.1.0"
@@ -95,6 +99,8 @@ def register_app(
     start: t.Callable[[], object] | None = None,
     start_timeout: float = 30.0,
     max_waiting: int = 4,
+    idle_timeout: float | None = None,
+    stop: t.Callable[[str], object] | None = None,
 ) -> App:
     """:meth:`Registry.register_app` on :data:`default_registry`."""
     return default_registry.register_app(
@@ -103,12 +109,25 @@ def register_app(
         start=start,
         start_timeout=start_timeout,
         max_waiting=max_waiting,
+        idle_timeout=idle_timeout,
+        stop=stop,
     )
 
 
 def unregister_app(slug: str) -> None:
     """:meth:`Registry.unregister_app` on :data:`default_registry`."""
     default_registry.unregister_app(slug)
+
+
+def url(
+    *,
+    session: str | None = None,
+    app: str | None = None,
+    path: str = "/",
+    environ: WSGIEnvironment | None = None,
+) -> str:
+    """:meth:`Registry.url` on :data:`default_registry`."""
+    return default_registry.url(session=session, app=app, path=path, environ=environ)
 
 
 # A platform that launches processes (notebook kernels, job workers, web workers) names

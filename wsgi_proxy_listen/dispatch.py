@@ -44,9 +44,10 @@ class Dispatchable(t.Protocol):
     app: str | None
     wsgi_app: WSGIApplication
     max_concurrency: int | None
+    counted: bool
     last_request: float | None
 
-    def admit(self, limit: int) -> bool: ...
+    def admit(self, limit: int | None) -> bool: ...
 
     def done(self) -> None: ...
 
@@ -113,20 +114,22 @@ class Dispatcher:
             inner["wsgi.input"] = _bounded_input(environ["wsgi.input"], declared, limit)
         inner["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + path[:split]
         inner["PATH_INFO"] = path[split:]
-        concurrency = None
-        if self._options or listener.max_concurrency is not None:
+        counted = False
+        if self._options or listener.counted:
             if self._withheld is not None:
                 self._withhold(inner)
             concurrency = listener.max_concurrency or self.max_concurrency
-            if concurrency is not None and not listener.admit(concurrency):
-                return respond(start_response, 503)
+            if concurrency is not None or listener.counted:
+                if not listener.admit(concurrency):
+                    return respond(start_response, 503)
+                counted = True
         listener.last_request = monotonic()
         # The listener may change its environ: cookies are confined to what it was given.
         guard = Guard(start_response, inner["SCRIPT_NAME"])
         try:
             iterable = listener.wsgi_app(inner, guard)
         except BaseException as error:
-            if concurrency is not None:
+            if counted:
                 listener.done()
             if not isinstance(error, Exception):
                 raise  # SystemExit, KeyboardInterrupt, a green thread's timeout
@@ -135,15 +138,15 @@ class Dispatcher:
             accepted = guard.accept(iterable)
         except BaseException:
             # The server's start_response refused what the guard let through.
-            if concurrency is not None:
+            if counted:
                 listener.done()
             _close(iterable)
             raise
         if not accepted:
-            if concurrency is not None:
+            if counted:
                 listener.done()
             return failed(listener.session, guard, start_response, iterable, None)
-        if concurrency is not None:
+        if counted:
             return _Counted(iterable, listener.done)
         return iterable
 

@@ -39,6 +39,7 @@ from werkzeug.urls import iri_to_uri
 from . import exits
 from .dispatch import Dispatcher, check_limit, serve_forwarded
 from .handlers import to_wsgi
+from .lifecycle import Reaper, check_idle_timeout, period_for, retire
 from .naming import ENV_DIRECTORY, from_environment, open_directory, resolve_secret
 from .routing import is_valid_id, validate_prefix
 from .seam import Directory
@@ -107,8 +108,10 @@ class Listener:
         "_registry",
         "active",
         "app",
+        "counted",
         "handler",
         "last_request",
+        "listened",
         "max_concurrency",
         "session",
         "wsgi_app",
@@ -122,12 +125,18 @@ class Listener:
     """The handler as it was given to ``listen()``."""
     wsgi_app: WSGIApplication
     """The handler resolved into one WSGI callable."""
+    listened: float
+    """:func:`time.monotonic` when it was registered."""
     last_request: float | None
-    """:func:`time.monotonic` of the latest request dispatched to it, or ``None``."""
+    """:func:`time.monotonic` of the latest request dispatched to it, or of the end of
+    the latest counted one (see :attr:`counted`), or ``None``."""
     max_concurrency: int | None
     """The most requests it serves at once, or ``None`` for the middleware's limit."""
+    counted: bool
+    """Whether its requests are counted while they run (:attr:`active`): where a
+    concurrency limit applies to it, and where its app has an ``idle_timeout``."""
     active: int
-    """Requests it serves now, counted while a concurrency limit applies to it."""
+    """Requests it serves now, where they are counted."""
 
     def __init__(
         self,
@@ -143,27 +152,37 @@ class Listener:
         self.app = app
         self.handler = handler
         self.wsgi_app = wsgi_app
+        self.listened = time.monotonic()
         self.last_request = None
         self.max_concurrency = max_concurrency
+        self.counted = max_concurrency is not None
         self.active = 0
         self._gate = threading.Lock()
 
-    def admit(self, limit: int) -> bool:
+    def admit(self, limit: int | None) -> bool:
         """Count one more request in, unless ``limit`` requests are in already.
 
-        The middleware calls it when a concurrency limit applies, and
-        :meth:`done` when the request ends (its answer closed).
+        The middleware calls it where requests are counted (:attr:`counted`),
+        and :meth:`done` when the request ends (its answer closed).
         """
         with self._gate:
-            if self.active >= limit:
+            if limit is not None and self.active >= limit:
                 return False
             self.active += 1
             return True
 
     def done(self) -> None:
-        """Count one request out (see :meth:`admit`)."""
+        """Count one request out (see :meth:`admit`): its answer ended just now."""
         with self._gate:
             self.active -= 1
+            self.last_request = time.monotonic()
+
+    @property
+    def idle_since(self) -> float:
+        """:func:`time.monotonic` since when it has served nothing (while
+        :attr:`active` is 0): its latest request, or its registration."""
+        last = self.last_request
+        return self.listened if last is None else last
 
     def close(self) -> None:
         """Remove this listener from its registry. Idempotent."""
@@ -174,28 +193,10 @@ class Listener:
         """Whether this listener no longer answers requests (closed or replaced)."""
         return self._registry.get(self.session) is not self
 
-    def url(self, path: str = "", environ: WSGIEnvironment | None = None) -> str:
-        """The public URL path of this listener, with ``path`` appended.
-
-        ``environ`` is the host's environ of the current request: its
-        ``SCRIPT_NAME`` goes in front. The ``Host`` header and
-        ``X-Forwarded-*`` headers are never looked at. Characters that are not
-        allowed in a URL are percent-encoded; existing ``%`` escapes are kept.
-        """
-        if not isinstance(path, str):
-            raise TypeError(f"path must be a str, not {type(path).__name__!r}")
-        if path and not path.startswith("/"):
-            raise ValueError(f"invalid path {path!r}: use '' or a path that starts with '/'")
-        script_name = ""
-        if environ is not None:
-            # WSGI strings are bytes decoded as latin-1 (PEP 3333).
-            script_name = environ.get("SCRIPT_NAME", "")
-            script_name = script_name.encode("latin-1").decode("utf-8", "replace")
-        if self.app is None:
-            route = f"/sessions/{self.session}"
-        else:
-            route = f"/apps/{self.app}/sessions/{self.session}"
-        return iri_to_uri(script_name + self._registry.prefix + route + path)
+    def url(self, path: str = "/", environ: WSGIEnvironment | None = None) -> str:
+        """The public URL path of this listener, with ``path`` appended:
+        :meth:`Registry.url` for its session and app."""
+        return self._registry.url(session=self.session, app=self.app, path=path, environ=environ)
 
     def __enter__(self) -> Listener:
         return self
@@ -212,7 +213,7 @@ class Listener:
         app = f" app={self.app!r}" if self.app is not None else ""
         state = " closed" if self.closed else ""
         return (
-            f"<Listener session={self.session!r}{app} url={self.url('/')!r}"
+            f"<Listener session={self.session!r}{app} url={self.url()!r}"
             f" handler={self.handler!r}{state}>"
         )
 
@@ -220,7 +221,7 @@ class Listener:
         """A link to the listener, as Jupyter shows it: to the host's public URL when
         ``WSGI_PROXY_LISTEN_PUBLIC_URL`` gives it (``https://notebooks.example.com``),
         else to the path on the page's own origin."""
-        url = os.environ.get(ENV_PUBLIC_URL, "").rstrip("/") + self.url("/")
+        url = os.environ.get(ENV_PUBLIC_URL, "").rstrip("/") + self.url()
         link = html.escape(url)
         return f'<a href="{link}" target="_blank">{link}</a>'
 
@@ -228,34 +229,54 @@ class Listener:
 class App:
     """What :meth:`Registry.register_app` declared about an app."""
 
-    __slots__ = ("_starts", "max_waiting", "multi_session", "slug", "start", "start_timeout")
+    __slots__ = (
+        "_registry",
+        "idle_timeout",
+        "max_waiting",
+        "multi_session",
+        "slug",
+        "start",
+        "start_timeout",
+        "stop",
+    )
 
     def __init__(
         self,
+        registry: Registry,
         slug: str,
+        *,
         multi_session: bool,
         start: t.Callable[[], object] | None,
         start_timeout: float,
         max_waiting: int,
-        starts: Mapping[str, _Start],
+        idle_timeout: float | None,
+        stop: t.Callable[[str], object] | None,
     ) -> None:
+        self._registry = registry
         self.slug = slug
         self.multi_session = multi_session
         self.start = start
         self.start_timeout = start_timeout
         self.max_waiting = max_waiting
-        self._starts = starts
+        self.idle_timeout = idle_timeout
+        self.stop = stop
 
     @property
     def starting(self) -> bool:
         """Whether a start of this app is running (whichever declaration launched it)."""
-        return self.slug in self._starts
+        return self.slug in self._registry._starts
+
+    def url(self, path: str = "/", environ: WSGIEnvironment | None = None) -> str:
+        """The URL path of the app's generic path, ``{prefix}/apps/{slug}/``, with
+        ``path`` appended: :meth:`Registry.url` for the app."""
+        return self._registry.url(app=self.slug, path=path, environ=environ)
 
     def __repr__(self) -> str:
         return (
             f"<App {self.slug!r} multi_session={self.multi_session!r}"
             f" start={self.start!r} start_timeout={self.start_timeout!r}"
-            f" max_waiting={self.max_waiting!r}>"
+            f" max_waiting={self.max_waiting!r} idle_timeout={self.idle_timeout!r}"
+            f" stop={self.stop!r}>"
         )
 
 
@@ -325,6 +346,9 @@ class Registry:
         self._current: dict[str, Listener] = {}
         # Running starts, by slug, so that a new declaration of an app joins its start.
         self._starts: dict[str, _Start] = {}
+        # Idle members being closed (their app's stop() may still run).
+        self._retiring: set[Listener] = set()
+        self._reaper = Reaper(self._sweep, f"wsgi_proxy_listen idle sessions {id(self):#x}")
         if directory is not None:
             self.connect(directory, secret=secret)
         elif secret is not None:
@@ -575,12 +599,65 @@ class Registry:
             self._listeners[session] = listener
             if app is not None:
                 self._join(app, listener)
+        if app is not None and listener.counted:
+            self._reaper.wake()  # it may belong to an app with an idle_timeout
         directory = self._directory
         if directory is not None:
             if not directory.serving and self.runtime:
                 directory.start_serving()  # a runtime publishes at once
             directory.listened(listener)
         return listener
+
+    def url(
+        self,
+        *,
+        session: str | None = None,
+        app: str | None = None,
+        path: str = "/",
+        environ: WSGIEnvironment | None = None,
+    ) -> str:
+        """The public URL path of a route, with ``path`` appended. Nothing needs to
+        listen there yet: an app can be given its URL when it is built.
+
+        - ``session=``: ``{prefix}/sessions/{session}/``;
+        - ``session=`` and ``app=``: ``{prefix}/apps/{app}/sessions/{session}/``;
+        - ``app=`` alone: the app's generic path, ``{prefix}/apps/{app}/``;
+        - neither: the session (and app) bound by :meth:`session`.
+
+        With the default ``path``, every form ends with ``/``, which a listener
+        needs for its relative links; ``""`` gives the form without it.
+        ``environ`` is the host's environ of the current request: its
+        ``SCRIPT_NAME`` goes in front. The ``Host`` header and
+        ``X-Forwarded-*`` headers are never looked at. Characters that are not
+        allowed in a URL are percent-encoded; existing ``%`` escapes are kept.
+
+        :raises LookupError: neither ``session`` nor ``app`` was given, and no
+            session is bound.
+        :raises ValueError: an invalid session id, app slug or path.
+        """
+        if session is None and app is None:
+            bound = _bound_session.get()
+            if bound is None:
+                raise LookupError(
+                    "url() needs a session or an app: pass session='...' or app='...', or call"
+                    " it inside 'with registry.session(...):'"
+                )
+            session, app = bound
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str, not {type(path).__name__!r}")
+        if path and not path.startswith("/"):
+            raise ValueError(f"invalid path {path!r}: use '' or a path that starts with '/'")
+        route = ""
+        if app is not None:
+            route = f"/apps/{_check_id('app slug', app)}"
+        if session is not None:
+            route += f"/sessions/{_check_id('session id', session)}"
+        script_name = ""
+        if environ is not None:
+            # WSGI strings are bytes decoded as latin-1 (PEP 3333).
+            script_name = environ.get("SCRIPT_NAME", "")
+            script_name = script_name.encode("latin-1").decode("utf-8", "replace")
+        return iri_to_uri(script_name + self._prefix + route + path)
 
     def close_session(self, session: str) -> bool:
         """Remove the listener of ``session`` and its app membership.
@@ -637,6 +714,8 @@ class Registry:
         start: t.Callable[[], object] | None = None,
         start_timeout: float = 30.0,
         max_waiting: int = 4,
+        idle_timeout: float | None = None,
+        stop: t.Callable[[str], object] | None = None,
     ) -> App:
         """Declare the app ``slug``; a later call replaces the declaration (and a start
         that runs goes on: requests wait for it, never launch a second one).
@@ -653,6 +732,18 @@ class Registry:
             that launched it included), each holding a server thread; more get
             503 with ``Retry-After`` at once. Strangers can trigger a start, so
             keep it well below the server's threads.
+        :param idle_timeout: seconds after which a member of this process that
+            served no request is closed (automatic shutdown); the next request
+            on the generic path then starts a new one. A request counts until
+            its answer is closed, so a stream keeps its session alive. Members
+            are looked at every quarter of it (at least every second), so a
+            member goes within 1.25 times the timeout. ``None`` keeps members
+            until they are closed.
+        :param stop: called as ``stop(session)`` for a member closed for being
+            idle, in a thread of its own, before the listener is closed (while it
+            still answers); the listener is closed when ``stop`` returns or
+            raises (logged), or after ``start_timeout`` seconds. Needs
+            ``idle_timeout``.
         """
         _check_id("app slug", slug)
         if not isinstance(multi_session, bool):
@@ -668,11 +759,30 @@ class Registry:
                 f"invalid start_timeout {start_timeout!r}: use a positive number of seconds"
             )
         check_limit("max_waiting", max_waiting, optional=False)
+        idle_timeout = check_idle_timeout(idle_timeout)
+        if stop is not None and not callable(stop):
+            raise TypeError(f"stop must be a callable taking the session id or None, not {stop!r}")
+        if stop is not None and idle_timeout is None:
+            raise ValueError(
+                "stop= is called when a session is closed for being idle: give idle_timeout="
+                " too, or close sessions yourself"
+            )
         declaration = App(
-            slug, multi_session, start, float(start_timeout), max_waiting, self._starts
+            self,
+            slug,
+            multi_session=multi_session,
+            start=start,
+            start_timeout=float(start_timeout),
+            max_waiting=max_waiting,
+            idle_timeout=idle_timeout,
+            stop=stop,
         )
         with self._lock:
             self._apps[slug] = declaration
+            for member in self._members.get(slug, {}).values():
+                self._count(member)
+        if idle_timeout is not None:
+            self._reaper.wake()
         return declaration
 
     def unregister_app(self, slug: str) -> None:
@@ -685,6 +795,8 @@ class Registry:
         with self._lock:
             if self._apps.pop(slug, None) is None:
                 raise LookupError(f"no app {slug!r} is registered: nothing to unregister")
+            for member in self._members.get(slug, {}).values():
+                self._count(member)
 
     def get_app(self, slug: str) -> App | None:
         """The declaration of ``slug``, or ``None``. Takes no lock."""
@@ -750,7 +862,9 @@ class Registry:
         except Exception:
             logger.exception("start of app %r raised", declaration.slug)
         else:
-            if self.current_listener(declaration.slug) is None:
+            # With a directory, the session may be another process's: the directory
+            # looks for it there.
+            if self._directory is None and self.current_listener(declaration.slug) is None:
                 logger.error(
                     "start of app %r returned without registering a session:"
                     " it should call listen(..., app=%r)",
@@ -778,6 +892,64 @@ class Registry:
         members.pop(listener.session, None)
         members[listener.session] = listener
         self._current[app] = listener
+        self._count(listener)
+
+    def _count(self, listener: Listener) -> None:
+        """Count the listener's requests where a limit or its app's idle_timeout needs it."""
+        declaration = None if listener.app is None else self._apps.get(listener.app)
+        listener.counted = listener.max_concurrency is not None or (
+            declaration is not None and declaration.idle_timeout is not None
+        )
+
+    # -- automatic shutdown ------------------------------------------------
+
+    def close_idle(self, now: float | None = None) -> list[Listener]:
+        """Close the members of apps with an ``idle_timeout`` that have served no
+        request for that long at ``now`` (:func:`time.monotonic`, by default the
+        present), as a thread of the registry does by itself; returns them. Their
+        app's ``stop`` runs first (see :meth:`register_app`), so a listener may be
+        closed a moment after this returns."""
+        if now is None:
+            now = time.monotonic()
+        idle: list[tuple[Listener, App]] = []
+        with self._lock:
+            for slug, members in self._members.items():
+                declaration = self._apps.get(slug)
+                if declaration is None or declaration.idle_timeout is None:
+                    continue
+                for member in members.values():
+                    if (
+                        member.active == 0
+                        and now - member.idle_since >= declaration.idle_timeout
+                        and member not in self._retiring
+                    ):
+                        self._retiring.add(member)
+                        idle.append((member, declaration))
+        for member, declaration in idle:
+            logger.info(
+                "session %r of app %r served nothing for %.1f s: it is closed",
+                member.session,
+                declaration.slug,
+                declaration.idle_timeout,
+            )
+            retire(member, declaration.stop, declaration.start_timeout, self._retired)
+        return [member for member, _ in idle]
+
+    def _retired(self, listener: Listener) -> None:
+        with self._lock:
+            self._retiring.discard(listener)
+
+    def _sweep(self) -> float | None:
+        """Close what is idle now; the seconds until the next look, or ``None`` while no
+        member of an app with an ``idle_timeout`` is registered."""
+        self.close_idle()
+        with self._lock:
+            timeouts = [
+                declaration.idle_timeout
+                for slug, declaration in self._apps.items()
+                if declaration.idle_timeout is not None and slug in self._members
+            ]
+        return period_for(min(timeouts)) if timeouts else None
 
     def _leave(self, app: str, session: str) -> None:
         # OrderedDict: deleting a member and finding the newest one left are O(1),

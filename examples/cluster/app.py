@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 from collections.abc import Iterator
 
@@ -28,6 +29,7 @@ from werkzeug.wrappers import Request, Response
 from wsgi_proxy_listen import close_session, listen, register_app
 from wsgi_proxy_listen.flask import ProxyListen
 
+logger = logging.getLogger(__name__)
 app = Flask(__name__)
 # No DIRECTORY setting: the directory comes from WSGI_PROXY_LISTEN_DIRECTORY.
 app.config["WSGI_PROXY_LISTEN"] = {"MAX_CONTENT_LENGTH": 64 * 1024 * 1024}
@@ -85,6 +87,27 @@ def start_dashboard() -> None:
 
 
 register_app("dashboard", start=start_dashboard, start_timeout=10)
+
+
+def start_scratchpad() -> None:
+    """An app with automatic shutdown: started by the first request, closed by the
+    worker that owns it once it has served nothing for SCRATCHPAD_IDLE_TIMEOUT seconds
+    (5 minutes by default); the next request starts a new one."""
+    session = f"scratch-{os.getpid()}-{next(_numbers)}"
+    listen(report(session), session=session, app="scratchpad")
+
+
+def stop_scratchpad(session: str) -> None:
+    logger.warning("scratchpad session %s stopped after being idle", session)
+
+
+register_app(
+    "scratchpad",
+    start=start_scratchpad,
+    start_timeout=10,
+    idle_timeout=float(os.environ.get("SCRATCHPAD_IDLE_TIMEOUT", "300")),
+    stop=stop_scratchpad,
+)
 # Registered at start-up, before the worker serves a request: every worker has it,
 # it is served locally and never published.
 listen(report("everywhere"), session="everywhere")

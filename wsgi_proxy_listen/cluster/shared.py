@@ -440,9 +440,19 @@ class SharedDirectory(abc.ABC):
                 # expires by itself; an ended one frees it for the next request.
                 if not declaration.starting:
                     self._unlock(slug)
-            if listener is None:
-                return UNAVAILABLE
-            return _Here(self, listener.session)
+            if listener is not None:
+                return _Here(self, listener.session)
+            # A start may register the session in another process (it launched a
+            # runtime that listens there): the table has it then.
+            found = self._current(slug)
+            if found is None and not declaration.starting:
+                logger.error(
+                    "start of app %r registered no session, here or in another process:"
+                    " it should call listen(..., app=%r) or launch a runtime that does",
+                    slug,
+                    slug,
+                )
+            return UNAVAILABLE if found is None else found
         # The start runs in another process: wait for it here, as many requests at a
         # time as the app allows (each holds a server thread).
         with self._lock:

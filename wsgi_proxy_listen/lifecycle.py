@@ -1,0 +1,146 @@
+"""
+Lifecycle
+=========
+
+Automatic shutdown of app sessions, as Livebook's apps have it: a member of an
+app declared with ``idle_timeout`` that has served no request for that long is
+closed, and the next request on the app's generic path starts a new one.
+
+The registry decides which members are idle (:meth:`Registry.close_idle
+<wsgi_proxy_listen.Registry.close_idle>`); this module runs that decision from
+a thread of its own (:class:`Reaper`) and retires each idle member
+(:func:`retire`): the app's ``stop(session)`` first, in a thread of its own,
+then the listener is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import typing as t
+from collections.abc import Callable
+
+if t.TYPE_CHECKING:
+    from .registry import Listener
+
+__all__ = ["MAX_PERIOD", "Reaper", "check_idle_timeout", "period_for", "retire"]
+
+logger = logging.getLogger("wsgi_proxy_listen")
+
+#: The longest wait between two looks for idle members, in seconds.
+MAX_PERIOD = 1.0
+
+
+def check_idle_timeout(value: object) -> float | None:
+    """``value`` as seconds, or ``None``; raise for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"idle_timeout must be a number of seconds or None, not {type(value).__name__!r}"
+        )
+    if not 0 < value < float("inf"):
+        raise ValueError(f"invalid idle_timeout {value!r}: use a positive number of seconds")
+    return float(value)
+
+
+def period_for(idle_timeout: float) -> float:
+    """How often to look for members idle for ``idle_timeout``: a quarter of it, so
+    that a member is closed within 1.25 times its timeout, but at least every
+    :data:`MAX_PERIOD` seconds."""
+    return min(idle_timeout / 4, MAX_PERIOD)
+
+
+def retire(
+    listener: Listener,
+    stop: Callable[[str], object] | None,
+    timeout: float,
+    done: Callable[[Listener], None],
+) -> None:
+    """Close an idle ``listener``: ``stop(session)`` first, in a thread of its own,
+    then the listener, when ``stop`` returns or raises (logged), or after
+    ``timeout`` seconds if it does not; ``done(listener)`` last."""
+    if stop is None:
+        try:
+            listener.close()
+        finally:
+            done(listener)
+        return
+    stopper = threading.Thread(
+        target=_stop,
+        args=(stop, listener),
+        name=f"wsgi_proxy_listen stop {listener.session}",
+        daemon=True,
+    )
+
+    def close_after_stop() -> None:
+        try:
+            stopper.start()
+            stopper.join(timeout)
+            if stopper.is_alive():
+                logger.warning(
+                    "stop of session %r of app %r still runs after %.1f s: the session is"
+                    " closed all the same",
+                    listener.session,
+                    listener.app,
+                    timeout,
+                )
+            listener.close()
+        finally:
+            done(listener)
+
+    threading.Thread(
+        target=close_after_stop, name=f"wsgi_proxy_listen retire {listener.session}", daemon=True
+    ).start()
+
+
+def _stop(stop: Callable[[str], object], listener: Listener) -> None:
+    try:
+        stop(listener.session)
+    except Exception:
+        logger.exception("stop of session %r of app %r raised", listener.session, listener.app)
+
+
+class Reaper:
+    """Calls ``sweep`` from a thread of its own, which sweep keeps alive: it closes
+    what is idle and returns the seconds until it should run again, or ``None``
+    when nothing needs watching (the thread ends; :meth:`wake` starts it again).
+    ``name`` names the thread."""
+
+    def __init__(self, sweep: Callable[[], float | None], name: str) -> None:
+        self._sweep = sweep
+        self.name = name
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._woken = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Sweep now, and keep sweeping while something needs watching."""
+        if self._pid != os.getpid():
+            self._reset()  # a forked child: the parent's thread is not here
+        with self._lock:
+            self._woken.set()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._woken.clear()
+            try:
+                period = self._sweep()
+            except Exception:
+                logger.exception("looking for idle app sessions failed")
+                period = MAX_PERIOD
+            if period is None:
+                with self._lock:
+                    if not self._woken.is_set():
+                        self._thread = None
+                        return
+                continue
+            self._woken.wait(period)
