@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,webob,redis]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,webob,redis,recipes]'
 	touch $(STAMP)
 
 test: lint typing pytest

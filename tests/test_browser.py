@@ -1,116 +1,23 @@
 """Real browsers: headless Chromium, driven by Playwright, against real servers. Every page a
-test opens is watched: a console error, a page error, a failed request or an answer of 400 or
-more fails the test, whatever it asserts.
-
-Needs Debian's ``chromium`` package (``apt-get install chromium``), which
-``.ci/run`` installs. Without it this test is skipped, and the run's summary
-says so in capitals.
-"""
+test opens is watched (tests/browser_support.py): a console error, a page error, a failed
+request or an answer of 400 or more fails the test, whatever it asserts."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import typing as t
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from examples import demo
 from wsgi_proxy_listen import Registry
 
+from .browser_support import Browser, Page, browser, served, watched
 from .conftest import running_server
-from .wire import free_port, stop, wait_until_listening
 
-ROOT = Path(__file__).resolve().parent.parent
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-try:
-    from playwright.sync_api import Browser, Page, sync_playwright
-except ImportError:  # pragma: no cover - playwright is a test dependency
-    sync_playwright = None
+__all__ = ["browser"]  # the fixture, imported for the tests here
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if sync_playwright is None:
-        pytest.skip("BROWSER TEST SKIPPED: playwright is not installed (pip install playwright)")
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip(
-            f"BROWSER TEST SKIPPED: no Chromium at {CHROMIUM};"
-            " install Debian's chromium package (apt-get install chromium)"
-        )
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            yield context  # type: ignore[misc]
-        finally:
-            context.close()
-
-
-class Watched:
-    """A page that records every console error, page error, failed request and answer of
-    400 or more; :meth:`check` fails the test on any."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.problems: list[str] = []
-        page.on(
-            "console",
-            lambda message: (
-                self.problems.append(f"console {message.type}: {message.text}")
-                if message.type == "error"
-                else None
-            ),
-        )
-        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
-        page.on(
-            "requestfailed",
-            lambda request: self.problems.append(f"failed: {request.method} {request.url}"),
-        )
-        page.on(
-            "response",
-            lambda response: (
-                self.problems.append(f"{response.status}: {response.url}")
-                if response.status >= 400
-                else None
-            ),
-        )
-
-    def check(self) -> None:
-        assert self.problems == []
-
-
-@contextlib.contextmanager
-def watched(browser: Browser) -> Iterator[Page]:
-    page = browser.new_page()
-    watcher = Watched(page)
-    try:
-        yield page
-        watcher.check()
-    finally:
-        page.close()
 
 
 def test_demo_page_in_chromium(browser: Browser) -> None:
@@ -144,23 +51,9 @@ def test_demo_page_in_chromium(browser: Browser) -> None:
             page.screenshot(path=os.environ["SCREENSHOT"])
 
 
-@contextlib.contextmanager
-def browser_host(kind: str) -> Iterator[str]:
+def browser_host(kind: str) -> t.ContextManager[str]:
     """tests/browser_hosts.py in a process of its own; yields its base URL."""
-    port = free_port()
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.browser_hosts", kind, str(port)],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until_listening(process, port, log)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop(process)
+    return served("tests.browser_hosts", kind)
 
 
 def log_in(page: Page, url: str, user: str) -> None:

@@ -27,7 +27,7 @@ def test_snippet_is_copied_from_an_example(snippet: str) -> None:
 
 
 def test_every_example_is_listed() -> None:
-    projects = ("examples/django_host/", "examples/cluster/")
+    projects = ("examples/django_host/", "examples/cluster/", "examples/recipes/")
     for name in EXAMPLES:
         if name.endswith("__init__.py") or name.startswith(projects):
             continue

@@ -1,0 +1,8 @@
+"""The URLs of the Django project in django_admin.py (its ``ROOT_URLCONF``)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+
+urlpatterns = [path("admin/", admin.site.urls)]

@@ -1,0 +1,146 @@
+"""Headless Chromium for the browser tests (tests/test_browser.py, tests/test_recipes.py):
+the browser, pages watched for any problem, and hosts in processes of their own.
+
+Every page a test opens is watched: a console error, a page error, a failed request or an
+answer of 400 or more fails the test, whatever it asserts; with ``under=``, so does a
+request outside that path.
+
+Needs Debian's ``chromium`` package (``apt-get install chromium``), which ``.ci/run``
+installs. Without it these tests are skipped, and the run's summary says so in capitals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from .wire import free_port, stop, wait_until_listening
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+try:
+    from playwright.sync_api import Browser, Page, sync_playwright
+except ImportError:  # pragma: no cover - playwright is a test dependency
+    sync_playwright = None
+
+__all__ = ["Browser", "Page", "Watched", "browser", "served", "watched"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if sync_playwright is None:
+        pytest.skip("BROWSER TEST SKIPPED: playwright is not installed (pip install playwright)")
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(
+            f"BROWSER TEST SKIPPED: no Chromium at {CHROMIUM};"
+            " install Debian's chromium package (apt-get install chromium)"
+        )
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield context  # type: ignore[misc]
+        finally:
+            context.close()
+
+
+class Watched:
+    """A page that records every console error, page error, failed request and answer of
+    400 or more, and every URL it requests; :meth:`check` fails the test on a problem,
+    or on a request outside ``under``."""
+
+    def __init__(self, page: Page, under: str | None = None) -> None:
+        self.page = page
+        self.under = under
+        self.problems: list[str] = []
+        self.requested: list[str] = []
+        page.on(
+            "console",
+            lambda message: (
+                self.problems.append(f"console {message.type}: {message.text}")
+                if message.type == "error"
+                else None
+            ),
+        )
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        page.on("request", lambda request: self.requested.append(request.url))
+        page.on(
+            "requestfailed",
+            lambda request: self.problems.append(f"failed: {request.method} {request.url}"),
+        )
+        page.on(
+            "response",
+            lambda response: (
+                self.problems.append(f"{response.status}: {response.url}")
+                if response.status >= 400
+                else None
+            ),
+        )
+
+    def outside(self) -> list[str]:
+        """The requested URLs whose path is not under ``under`` (data: URLs aside)."""
+        if self.under is None:
+            return []
+        return [
+            url
+            for url in self.requested
+            if not url.startswith("data:") and not urlsplit(url).path.startswith(self.under)
+        ]
+
+    def check(self) -> None:
+        assert self.problems == []
+        assert self.outside() == [], f"requests outside {self.under}"
+
+
+@contextlib.contextmanager
+def watched(browser: Browser, under: str | None = None) -> Iterator[Page]:
+    page = browser.new_page()
+    watcher = Watched(page, under)
+    try:
+        yield page
+        watcher.check()
+    finally:
+        page.close()
+
+
+@contextlib.contextmanager
+def served(module: str, *arguments: str) -> Iterator[str]:
+    """``python -m module *arguments PORT`` in a process of its own, until it listens on
+    127.0.0.1:PORT; yields its base URL."""
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *arguments, str(port)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until_listening(process, port, log)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(process)
