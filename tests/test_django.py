@@ -9,7 +9,10 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import subprocess
+import sys
 import typing as t
+from pathlib import Path
 
 import django
 import pytest
@@ -26,6 +29,8 @@ from .conftest import BufferedClient, checked, running_server
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_host.settings")
 django.setup()
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -180,3 +185,76 @@ def test_django_directory_setting() -> None:
         get_wsgi_application(registry=registry)
     assert t.cast(EmbeddedDirectory, registry.directory).folder == folder
     shutil.rmtree(folder)
+
+
+# -- system checks ----------------------------------------------------------------------------
+
+
+def manage_check(setting: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` of the example project with ``WSGI_PROXY_LISTEN = setting``."""
+    return subprocess.run(
+        [sys.executable, "-m", "examples.django_host.manage", "check"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "DJANGO_SETTINGS_MODULE": "tests.django_bad_settings",
+            "TEST_WSGI_PROXY_LISTEN": setting,
+            **environment,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "found"),
+    [
+        ('"/proxy"', "wsgi_proxy_listen.E001"),
+        ('{"PREFX": "/proxy"}', "wsgi_proxy_listen.E002"),
+        ('{"PREFIX": "proxy/"}', "wsgi_proxy_listen.E003"),
+        ('{"MAX_CONTENT_LENGTH": -1}', "wsgi_proxy_listen.E004"),
+        ('{"FORWARD_COOKIES": "sessionid"}', "wsgi_proxy_listen.E005"),
+        ('{"MAX_CONCURRENCY": 0}', "wsgi_proxy_listen.E006"),
+        ('{"DIRECTORY": "relative/folder"}', "wsgi_proxy_listen.E007"),
+        ('{"DIRECTORY": "redis://127.0.0.1:6379/0"}', "wsgi_proxy_listen.E007"),
+        ('{"SECRET": "s3"}', "wsgi_proxy_listen.E008"),
+    ],
+)
+def test_manage_check_reports_a_wrong_setting_with_its_id(setting: str, found: str) -> None:
+    result = manage_check(setting)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"settings.WSGI_PROXY_LISTEN: ({found})" in result.stderr
+    assert "HINT: " in result.stderr
+
+
+def test_manage_check_reports_every_problem_at_once() -> None:
+    result = manage_check('{"PREFX": 1, "MAX_CONCURRENCY": "4"}')
+    assert result.returncode == 1
+    assert "wsgi_proxy_listen.E002" in result.stderr
+    assert "wsgi_proxy_listen.E006" in result.stderr
+    assert "2 issues" in result.stderr
+
+
+def test_manage_check_passes_good_settings() -> None:
+    good = '{"PREFIX": "/tools", "DIRECTORY": "/tmp/x", "FORWARD_COOKIES": ["sessionid"]}'
+    result = manage_check(good)
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        "System check identified no issues (0 silenced).",
+    ), result.stderr
+    secret_from_environment = manage_check('{"SECRET": "s3"}', WSGI_PROXY_LISTEN_DIRECTORY="/tmp/x")
+    assert secret_from_environment.returncode == 0, secret_from_environment.stderr
+
+
+def test_every_check_id_is_what_start_up_raises_for() -> None:
+    """The checks and the start-up error come from one list of problems."""
+    with override_settings(WSGI_PROXY_LISTEN={"MAX_CONCURRENCY": 0}):
+        from wsgi_proxy_listen.django.checks import check_settings
+
+        (error,) = check_settings()
+        assert error.id == "wsgi_proxy_listen.E006"
+        with pytest.raises(ImproperlyConfigured, match="MAX_CONCURRENCY: invalid max_concurrency"):
+            get_wsgi_application(registry=Registry())

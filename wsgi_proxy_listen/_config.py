@@ -2,7 +2,8 @@
 
 Shared by the Flask and Django integrations, so that
 ``app.config["WSGI_PROXY_LISTEN"]`` and ``settings.WSGI_PROXY_LISTEN`` take the
-same keys and give the same errors.
+same keys and give the same errors; :func:`problems` finds them without
+building anything, for Django's system checks.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import os
 import typing as t
 from collections.abc import Mapping
 
+from .dispatch import Dispatcher, check_limit
 from .middleware import ProxyMiddleware
-from .naming import ENV_DIRECTORY
+from .naming import ENV_DIRECTORY, check_name
 from .registry import Registry, default_registry
+from .routing import validate_prefix
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -29,6 +32,87 @@ KEYS = {
 }
 
 
+class Problem(t.NamedTuple):
+    """Something wrong with a settings dict."""
+
+    id: str
+    """``E001``...: which check found it (Django reports ``wsgi_proxy_listen.E001``)."""
+    message: str
+    hint: str
+
+
+def problems(config: object) -> list[Problem]:
+    """Everything wrong with a settings dict, found without building or opening
+    anything: what :func:`middleware_from_config` would raise for, and what
+    ``manage.py check`` reports (:mod:`wsgi_proxy_listen.django`)."""
+    if config is None:
+        return []
+    if not isinstance(config, Mapping):
+        return [
+            Problem(
+                "E001",
+                f"must be a dict with the keys {sorted(KEYS)}, not {config!r}",
+                "WSGI_PROXY_LISTEN = {'PREFIX': '/proxy'}, for example; every key is optional",
+            )
+        ]
+    found = []
+    unknown = sorted(set(config) - set(KEYS))
+    if unknown:
+        found.append(
+            Problem(
+                "E002",
+                f"unknown key(s) {unknown}: the keys are {sorted(KEYS)}",
+                "check the spelling: the keys are upper case",
+            )
+        )
+    for key, (problem_id, check, hint) in _CHECKS.items():
+        if key in config:
+            try:
+                check(config[key])
+            except (TypeError, ValueError) as error:
+                found.append(Problem(problem_id, f"{key}: {error}", hint))
+    directory, secret = config.get("DIRECTORY"), config.get("SECRET")
+    if directory is not None:
+        try:
+            check_name(directory, secret=secret)
+        except (TypeError, ValueError) as error:
+            found.append(Problem("E007", f"DIRECTORY: {error}", _DIRECTORY_HINT))
+    elif secret is not None and not os.environ.get(ENV_DIRECTORY):
+        found.append(
+            Problem(
+                "E008",
+                "SECRET is set without DIRECTORY: it signs the hop between processes",
+                f"name the directory in DIRECTORY (or give both as {ENV_DIRECTORY} and"
+                " WSGI_PROXY_LISTEN_SECRET)",
+            )
+        )
+    return found
+
+
+_DIRECTORY_HINT = (
+    "an absolute folder path for the processes of one machine, or a redis://, rediss://"
+    " or unix:// URL with a SECRET for several machines"
+)
+_CHECKS: dict[str, tuple[str, t.Callable[[t.Any], object], str]] = {
+    "PREFIX": ("E003", validate_prefix, "a path such as '/proxy'"),
+    "MAX_CONTENT_LENGTH": (
+        "E004",
+        lambda value: Dispatcher(max_content_length=value),
+        "a number of bytes, or None for no limit",
+    ),
+    "FORWARD_COOKIES": (
+        "E005",
+        lambda value: Dispatcher(forward_cookies=value),
+        "True, False, or the names of the host's cookies to withhold, such as ['sessionid']",
+    ),
+    "MAX_CONCURRENCY": (
+        "E006",
+        lambda value: check_limit("max_concurrency", value),
+        "a number of requests, or None for no limit",
+    ),
+}
+
+
 def middleware_from_config(
     app: WSGIApplication,
     registry: Registry | None,
@@ -37,13 +121,10 @@ def middleware_from_config(
     error: type[Exception] = ValueError,
 ) -> ProxyMiddleware:
     """Wrap ``app`` as ``config`` says; raise ``error`` naming ``where`` if it is wrong."""
-    if config is None:
-        config = {}
-    if not isinstance(config, Mapping):
-        raise error(f"{where} must be a dict with the keys {sorted(KEYS)}, not {config!r}")
-    unknown = sorted(set(config) - set(KEYS))
-    if unknown:
-        raise error(f"unknown key(s) {unknown} in {where}: the keys are {sorted(KEYS)}")
+    found = problems(config)
+    if found:
+        raise error(f"{where}: {found[0].message}")
+    config = t.cast("Mapping[str, t.Any]", config or {})
     registry = default_registry if registry is None else registry
     if not isinstance(registry, Registry):
         raise TypeError(f"registry must be a Registry or None, not {registry!r}")

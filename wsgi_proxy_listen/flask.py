@@ -20,22 +20,29 @@ extensions plug in: at once or with an app factory.
 
 ``init_app`` wraps ``app.wsgi_app``, so ``app.test_client()`` and every server
 go through the middleware. ``app.config["WSGI_PROXY_LISTEN"]`` takes the keys
-``PREFIX``, ``MAX_CONTENT_LENGTH`` and ``FORWARD_COOKIES``, the same as
-Django's ``settings.WSGI_PROXY_LISTEN``.
+``PREFIX``, ``MAX_CONTENT_LENGTH``, ``FORWARD_COOKIES``, ``MAX_CONCURRENCY``,
+``DIRECTORY`` and ``SECRET``, the same as Django's ``settings.WSGI_PROXY_LISTEN``.
+
+The package adds a command to Flask's command line, ``flask wsgi-proxy-listen
+status``: :func:`wsgi_proxy_listen.cli.status` for the app's directory.
 """
 
 from __future__ import annotations
 
 import typing as t
 
+import click
+from flask.cli import with_appcontext
+
 from ._config import middleware_from_config
+from .cli import status
 from .middleware import ProxyMiddleware
 from .registry import Registry, default_registry
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
-__all__ = ["ProxyListen"]
+__all__ = ["ProxyListen", "cli"]
 
 EXTENSION = "wsgi_proxy_listen"
 
@@ -85,3 +92,27 @@ class ProxyListen:
 
     def __repr__(self) -> str:
         return f"<ProxyListen registry={self.registry!r}>"
+
+
+@click.group("wsgi-proxy-listen")
+def cli() -> None:
+    """Look into the app's wsgi_proxy_listen directory."""
+
+
+@cli.command("status")
+@click.argument("directory", required=False)
+@click.option("--secret", help="The secret of a Redis directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@with_appcontext
+def status_command(directory: str | None, secret: str | None, as_json: bool) -> None:
+    """List the live listeners of DIRECTORY: by default the app's DIRECTORY setting,
+    else WSGI_PROXY_LISTEN_DIRECTORY."""
+    from flask import current_app
+
+    config = current_app.config.get("WSGI_PROXY_LISTEN") or {}
+    code = status(
+        directory or config.get("DIRECTORY"),
+        secret=secret or config.get("SECRET"),
+        as_json=as_json,
+    )
+    raise SystemExit(code)

@@ -36,6 +36,7 @@ __all__ = [
     "ENV_RUNTIME",
     "ENV_SECRET",
     "Environment",
+    "check_name",
     "from_environment",
     "open_directory",
     "resolve_secret",
@@ -63,24 +64,38 @@ def open_directory(name: str, *, secret: str | bytes | None = None) -> Directory
         or a Redis URL comes without a secret.
     :raises TypeError: ``name`` or ``secret`` is not a string.
     """
+    kind = check_name(name, secret=secret)
+    if kind == "redis":
+        from .cluster.redis_directory import RedisDirectory
+
+        return RedisDirectory(name, secret=t.cast(bytes, resolve_secret(secret)))
+    from .cluster.embedded import EmbeddedDirectory
+
+    return EmbeddedDirectory(name, secret=resolve_secret(secret))
+
+
+def check_name(name: object, *, secret: str | bytes | None = None) -> str:
+    """What :func:`open_directory` checks, without opening anything: ``"embedded"`` or
+    ``"redis"``, the kind of directory ``name`` names.
+
+    :raises ValueError: ``name`` is neither an absolute path nor a Redis URL,
+        or a Redis URL comes without a secret.
+    :raises TypeError: ``name`` or ``secret`` is not a string.
+    """
     if not isinstance(name, str):
         raise TypeError(
             f"a directory is named by a string (a folder path or a Redis URL), not {name!r}"
         )
-    secret = resolve_secret(secret)
+    resolved = resolve_secret(secret)
     if name.lower().startswith(_REDIS_SCHEMES):
-        if not secret:
+        if not resolved:
             raise ValueError(
                 f"the Redis directory {name!r} needs a secret, the same in every process:"
                 f" pass secret=..., set the SECRET setting, or set {ENV_SECRET}"
             )
-        from .cluster.redis_directory import RedisDirectory
-
-        return RedisDirectory(name, secret=secret)
+        return "redis"
     if "://" not in name and os.path.isabs(name):
-        from .cluster.embedded import EmbeddedDirectory
-
-        return EmbeddedDirectory(name, secret=secret)
+        return "embedded"
     raise ValueError(
         f"unknown directory {name!r}: name a folder by its absolute path (such as"
         " '/run/myhost/proxy') for processes on one machine, or a Redis server by its URL"

@@ -8,7 +8,8 @@ DEBUG = False
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-a-secret")
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 ROOT_URLCONF = "examples.django_host.urls"
-INSTALLED_APPS: list[str] = []
+# Optional: manage.py check then reports a wrong WSGI_PROXY_LISTEN (wsgi_proxy_listen.E001...).
+INSTALLED_APPS = ["wsgi_proxy_listen.django"]
 MIDDLEWARE: list[str] = []
 USE_TZ = True
 

@@ -26,6 +26,12 @@ Configure it in ``settings.py`` (every key is optional)::
 Host requests reach Django with the same environ and Django's response comes
 back untouched, so its ``close()`` and the ``request_finished`` signal run as
 before.
+
+Optionally, add ``"wsgi_proxy_listen.django"`` to ``INSTALLED_APPS``: then
+``manage.py check`` reports a wrong ``WSGI_PROXY_LISTEN`` (an unknown key, a
+value that means nothing) with an id, ``wsgi_proxy_listen.E001`` to ``E008``,
+and a hint, rather than leaving it to the start of the server
+(:mod:`wsgi_proxy_listen.django.checks`).
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application as django_wsgi_application
 
-from ._config import middleware_from_config
-from .middleware import ProxyMiddleware
-from .registry import Registry
+from .._config import middleware_from_config
+from ..middleware import ProxyMiddleware
+from ..registry import Registry
 
 __all__ = ["get_wsgi_application"]
 

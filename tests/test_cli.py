@@ -1,0 +1,163 @@
+"""The operator's command line against real directories: a host under gunicorn -w 2 whose
+workers published listeners, read by `python -m wsgi_proxy_listen status`, the
+`wsgi-proxy-listen` console script and `flask wsgi-proxy-listen status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .cluster_support import (
+    ROOT,
+    SECRET,
+    RedisServer,
+    Shared,
+    gunicorn,
+    short_folder,
+    start_session,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+BIN = Path(sys.executable).parent
+
+
+def run(*command: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WSGI_PROXY")}
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT), **environment},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def secret_of(shared: Shared) -> dict[str, str]:
+    return {"WSGI_PROXY_LISTEN_SECRET": SECRET} if shared.kind == "redis" else {}
+
+
+def test_status_lists_the_listeners_of_a_running_host(shared: Shared) -> None:
+    with gunicorn(shared.name, workers=2) as host:
+        first = start_session(host, "s1")
+        member = start_session(host, "m1", "?app=board")
+        result = run(
+            sys.executable, "-m", "wsgi_proxy_listen", "status", shared.name, **secret_of(shared)
+        )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["SESSION", "APP", "PID", "OWNER", "ADDRESS", "AGE"]
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert rows.keys() == {"s1", "m1"}
+    assert rows["s1"][1:3] == ["-", str(first)]
+    assert rows["m1"][1:3] == ["board", str(member)]
+    assert rows["s1"][5].endswith("s"), "an age such as 0s"
+    processes = len({first, member})
+    assert lines[-1] == f"2 listeners in {processes} process{'es' if processes > 1 else ''}"
+
+
+def test_status_as_json_from_the_environment(shared: Shared) -> None:
+    with gunicorn(shared.name, workers=2) as host:
+        owner = start_session(host, "s1")
+        result = run(
+            str(BIN / "wsgi-proxy-listen"),
+            "status",
+            "--json",
+            WSGI_PROXY_LISTEN_DIRECTORY=shared.name,
+            **secret_of(shared),
+        )
+    assert result.returncode == 0, result.stderr
+    (listener,) = json.loads(result.stdout)
+    assert listener.keys() == {"session", "app", "pid", "owner", "address", "since", "age_seconds"}
+    assert (listener["session"], listener["app"], listener["pid"]) == ("s1", None, owner)
+    assert 0 <= listener["age_seconds"] < 60
+
+
+def test_flask_status_reads_the_apps_directory(shared: Shared) -> None:
+    with gunicorn(shared.name, workers=2) as host:
+        owner = start_session(host, "s1")
+        result = run(
+            str(BIN / "flask"),
+            "--app",
+            "tests.cli_flask_app",
+            "wsgi-proxy-listen",
+            "status",
+            "--json",
+            TEST_DIRECTORY=shared.name,
+            TEST_SECRET=SECRET if shared.kind == "redis" else "",
+        )
+    assert result.returncode == 0, result.stderr
+    assert [(item["session"], item["pid"]) for item in json.loads(result.stdout)] == [("s1", owner)]
+
+
+def test_an_empty_directory_has_no_listeners_and_stays_empty() -> None:
+    folder = short_folder()
+    try:
+        result = run(sys.executable, "-m", "wsgi_proxy_listen", "status", folder)
+        as_json = run(sys.executable, "-m", "wsgi_proxy_listen", "status", folder, "--json")
+        assert os.listdir(folder) == [], "a look writes nothing"
+    finally:
+        shutil.rmtree(folder)
+    assert (result.returncode, result.stdout) == (0, f"no live listeners in {folder}\n")
+    assert (as_json.returncode, json.loads(as_json.stdout)) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environment", "said"),
+    [
+        pytest.param(
+            ["status"], {}, "no directory: name one, or set WSGI_PROXY_LISTEN_DIRECTORY", id="none"
+        ),
+        pytest.param(
+            ["status", "/nonexistent/wpl"],
+            {},
+            "no directory at /nonexistent/wpl: the folder does not exist",
+            id="no-folder",
+        ),
+        pytest.param(["status", "relative"], {}, "unknown directory 'relative'", id="relative"),
+        pytest.param(
+            ["status", "redis://127.0.0.1:1/0"], {}, "needs a secret", id="redis-no-secret"
+        ),
+        pytest.param(
+            ["status", "redis://127.0.0.1:1/0", "--secret", "s"],
+            {},
+            "the directory redis://127.0.0.1:1/0 cannot be reached",
+            id="redis-refused",
+        ),
+    ],
+)
+def test_a_directory_that_cannot_be_read_is_exit_status_2_and_one_line(
+    arguments: list[str], environment: dict[str, str], said: str
+) -> None:
+    result = run(sys.executable, "-m", "wsgi_proxy_listen", *arguments, **environment)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert said in result.stderr
+
+
+def test_a_redis_server_that_stopped_is_exit_status_2(redis_server: RedisServer) -> None:
+    redis_server.stop()
+    result = run(
+        *(sys.executable, "-m", "wsgi_proxy_listen", "status", redis_server.url),
+        WSGI_PROXY_LISTEN_SECRET=SECRET,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"the directory {redis_server.url} cannot be reached\n"
+
+
+def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    from wsgi_proxy_listen.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err

@@ -1,0 +1,47 @@
+"""
+Django system checks
+====================
+
+``manage.py check`` reports a wrong ``settings.WSGI_PROXY_LISTEN`` once
+``"wsgi_proxy_listen.django"`` is in ``INSTALLED_APPS``, each problem as an
+error with an id and a hint; the server's start still raises
+``ImproperlyConfigured`` for the first of them, as without the app.
+
+========================  ==========================================================
+id                        problem
+========================  ==========================================================
+wsgi_proxy_listen.E001    ``WSGI_PROXY_LISTEN`` is not a dict
+wsgi_proxy_listen.E002    an unknown key
+wsgi_proxy_listen.E003    ``PREFIX`` is not a usable path
+wsgi_proxy_listen.E004    ``MAX_CONTENT_LENGTH`` is not a number of bytes or ``None``
+wsgi_proxy_listen.E005    ``FORWARD_COOKIES`` is not ``True``, ``False`` or cookie names
+wsgi_proxy_listen.E006    ``MAX_CONCURRENCY`` is not a number of requests or ``None``
+wsgi_proxy_listen.E007    ``DIRECTORY`` names no directory (or Redis without a secret)
+wsgi_proxy_listen.E008    ``SECRET`` without a directory
+========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, register
+
+from .._config import problems
+
+__all__ = ["check_settings"]
+
+
+@register("wsgi_proxy_listen")
+def check_settings(app_configs: t.Any = None, **kwargs: t.Any) -> list[CheckMessage]:
+    """The problems of ``settings.WSGI_PROXY_LISTEN``, as Django's checks report them."""
+    return [
+        Error(
+            problem.message,
+            hint=problem.hint,
+            obj="settings.WSGI_PROXY_LISTEN",
+            id=f"wsgi_proxy_listen.{problem.id}",
+        )
+        for problem in problems(getattr(settings, "WSGI_PROXY_LISTEN", None))
+    ]
