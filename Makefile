@@ -5,15 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench bench-cluster lint typing pytest clean
+.PHONY: test demo docs bench bench-cluster lint typing pytest clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,webob,redis,recipes]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,docs,webob,redis,recipes]'
 	touch $(STAMP)
 
-test: lint typing pytest
+test: lint typing pytest docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -24,6 +24,10 @@ typing: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# The documentation site, offline, with every warning and unresolved reference an error.
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -n -q -b html docs docs/_build/html
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo $(if $(PORT),--port $(PORT))
@@ -38,4 +42,4 @@ bench-cluster: $(STAMP)
 	$(BIN)/python -m bench.cluster
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .tox
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .tox docs/_build

@@ -29,7 +29,6 @@ import typing as t
 from collections.abc import Iterable
 
 from flask import Flask, redirect, render_template_string, request
-from werkzeug.exceptions import BadRequest
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import run_simple
 from werkzeug.utils import redirect as redirect_to
@@ -66,6 +65,7 @@ STYLE = "body { background-color: rgb(240, 248, 255); }\n#result { color: rgb(0,
 INDEX = """<!doctype html>
 <html><head><meta charset="utf-8"><title>wsgi_proxy_listen demo</title></head>
 <body><h1>wsgi_proxy_listen demo</h1>
+{% if error %}<p id="error">{{ error }}</p>{% endif %}
 <ul id="listeners">
 {% for session, url, pid in listeners %}
   <li><a href="{{ url }}">{{ session }}</a> <span class="pid">process {{ pid }}</span></li>
@@ -128,12 +128,16 @@ def create_app(registry: Registry | None = None) -> tuple[Flask, list[Listener]]
     def index() -> str:
         return render_template_string(INDEX, listeners=live_listeners(registry, request.environ))
 
+    def refuse(error: str) -> tuple[str, int]:
+        listeners = live_listeners(registry, request.environ)
+        return render_template_string(INDEX, listeners=listeners, error=error), 400
+
     @app.get("/favicon.ico")
     def favicon() -> tuple[str, int]:
         return "", 204  # browsers ask every origin for one
 
     @app.post("/sessions")
-    def sessions() -> Response:
+    def sessions() -> Response | tuple[str, int]:
         session = request.form.get("session", "")
         if request.form.get("action") == "stop":
             registry.close_session(session)
@@ -141,7 +145,8 @@ def create_app(registry: Registry | None = None) -> tuple[Flask, list[Listener]]
             try:
                 registry.listen(SessionPage, session=session, options={"session": session})
             except ValueError:
-                raise BadRequest() from None
+                # What the form's pattern says, for a browser that did not check it.
+                return refuse("A session id is 1 to 128 letters, digits, '_' or '-'.")
         return redirect(request.script_root + "/", code=303)
 
     listeners = [

@@ -207,7 +207,7 @@ def test_declared_app_without_sessions_or_starter(
 def test_single_session_app_cannot_serve_its_own_sessions_subpath(
     registry: Registry, make_client: MakeClient
 ) -> None:
-    """The app-session route is tried first, as in Livebook (documented in README)."""
+    """The app-session route is tried first, as in Livebook (docs/guides/handlers.md)."""
     recorder = Recorder()
     registry.listen(recorder, session="only", app="single")
     client = make_client()

@@ -217,9 +217,10 @@ def test_demo_index_lists_listeners_and_the_form_starts_and_stops() -> None:
     assert client.post("/sessions", data={"session": "nb1", "action": "stop"}).status_code == 303
     assert "nb1" not in client.get("/").get_data(as_text=True)
     assert client.get("/proxy/sessions/nb1/").status_code == 404
-    assert (
-        client.post("/sessions", data={"session": "bad id", "action": "start"}).status_code == 400
-    )
+    refused = client.post("/sessions", data={"session": "bad id", "action": "start"})
+    assert refused.status_code == 400
+    assert "A session id is 1 to 128 letters, digits, &#39;_&#39; or &#39;-&#39;." in refused.text
+    assert 'href="/proxy/sessions/clock/"' in refused.text, "the index, with the error"
 
 
 def test_demo_index_links_follow_script_name() -> None:

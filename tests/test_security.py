@@ -1,4 +1,4 @@
-"""What the README's Security section says about the order of middlewares: werkzeug's
+"""What the Security guide (docs/guides/security.md) says about the order of middlewares: werkzeug's
 ProxyFix belongs outside ProxyMiddleware, so that listeners build their links and redirects
 with the forwarded host, scheme and prefix, as the host does."""
 
@@ -65,7 +65,7 @@ def test_proxy_fix_outside_reaches_host_and_listeners_alike() -> None:
 
 
 def test_proxy_fix_inside_leaves_listeners_without_the_forwarded_url() -> None:
-    """The order the README warns against: the host sees the forwarded URL, listeners do
+    """The order the Security guide warns against: the host sees the forwarded URL, listeners do
     not (their links point at the internal host, without the public prefix)."""
     registry = Registry()
     registry.listen(listener_app(), session="s1")

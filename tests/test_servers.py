@@ -370,7 +370,7 @@ def test_a_sleeping_listener_blocks_nothing_else(name: str) -> None:
 
 
 def test_startup_listeners_exist_in_every_worker() -> None:
-    """The README recipe (examples/startup_listeners.py) under gunicorn -w 2: listeners
+    """The documented start-up recipe (examples/startup_listeners.py) under gunicorn -w 2: listeners
     registered in post_fork answer in every worker; a run-time listener answers only in its
     own worker, and each other worker that misses it logs the warning once."""
     with running("gunicorn-startup-example") as started:

@@ -40,7 +40,6 @@ __all__ = ["require_bearer"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
 
-Token = str | bytes
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
@@ -58,7 +57,7 @@ def _token_bytes(token: object) -> bytes | None:
 
 def require_bearer(
     listener: object,
-    token: Token | Callable[[], Token],
+    token: str | bytes | Callable[[], str | bytes],
     *,
     kind: str | None = None,
 ) -> WSGIApplication:
@@ -101,7 +100,7 @@ def require_bearer(
     return bearer_protected
 
 
-def _authorized(header: str | None, current: Callable[[], Token]) -> bool:
+def _authorized(header: str | None, current: Callable[[], str | bytes]) -> bool:
     if not header:
         return False
     authorization = Authorization.from_header(header)

@@ -32,15 +32,13 @@ from __future__ import annotations
 import typing as t
 
 import click
+from flask import Flask
 from flask.cli import with_appcontext
 
 from ._config import middleware_from_config
 from .cli import status
 from .middleware import ProxyMiddleware
 from .registry import Registry, default_registry
-
-if t.TYPE_CHECKING:
-    from flask import Flask
 
 __all__ = ["ProxyListen", "cli"]
 
@@ -59,6 +57,7 @@ class ProxyListen:
     serves several apps.
 
     :param app: an app to set up at once; or call :meth:`init_app` later.
+    :type app: ~flask.Flask | None
     :param registry: where listeners live; ``None`` means
         :data:`~wsgi_proxy_listen.default_registry`.
     """

@@ -68,7 +68,7 @@ class ProxyMiddleware:
         host's session and CSRF cookies, so that listeners still get their
         own. It keeps host cookies out of listener code that logs, echoes or
         forwards what it receives; it is no barrier to code that runs in the
-        host's process (see the README's Security section). Whatever it is,
+        host's process (see the Security guide). Whatever it is,
         a cookie a listener sets reaches only the listener's own path.
     :param max_concurrency: the most requests one listener serves at once,
         unless it has a limit of its own (``listen(..., max_concurrency=N)``);

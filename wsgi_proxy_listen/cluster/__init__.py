@@ -5,9 +5,9 @@ Listeners across processes and machines
 Two directories share the listeners that processes register at run time, so
 that every worker of a host, and every host, can reach them:
 
-- :class:`~.embedded.EmbeddedDirectory`, for the processes of one machine:
+- :class:`EmbeddedDirectory`, for the processes of one machine:
   SQLite and Unix sockets in a folder, nothing to install or run;
-- :class:`~.redis_directory.RedisDirectory`, for several machines, through a
+- :class:`RedisDirectory`, for several machines, through a
   Redis server (extra ``wsgi-proxy-listen[redis]``).
 
 Name one with a string wherever a directory is accepted

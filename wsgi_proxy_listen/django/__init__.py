@@ -55,7 +55,8 @@ def get_wsgi_application(*, registry: Registry | None = None) -> ProxyMiddleware
 
     :param registry: where listeners live; ``None`` means
         :data:`~wsgi_proxy_listen.default_registry`.
-    :raises ImproperlyConfigured: ``settings.WSGI_PROXY_LISTEN`` is wrong.
+    :raises django.core.exceptions.ImproperlyConfigured: ``settings.WSGI_PROXY_LISTEN``
+        is wrong.
     """
     handler = django_wsgi_application()
     return middleware_from_config(
