@@ -159,6 +159,32 @@ def test_a_start_whose_session_another_worker_registers_answers_the_first_reques
     assert (answer.status_code, answer.data) == (200, b"from b")
 
 
+def test_the_generic_path_starts_anew_while_the_owner_withdraws_a_closed_session(
+    workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner closed the app's session (an idle shutdown) and has not withdrawn it
+    yet: another worker's request on the generic path gets "not here" from the owner,
+    waits for the withdrawal, and starts a new session instead of answering 404."""
+    a_dir, a, _ = workers.worker()
+    _, b, b_client = workers.worker()
+    b.register_app("board", start=lambda: b.listen(text("new"), session="n1", app="board"))
+    old = a.listen(text("old"), session="o1", app="board")
+    assert b_client.get("/proxy/apps/board/", buffered=True).data == b"old"
+    removed = type(a_dir).removed
+
+    def slow_withdrawal(directory: t.Any, listener: t.Any) -> None:
+        time.sleep(0.3)
+        removed(directory, listener)
+
+    monkeypatch.setattr(type(a_dir), "removed", slow_withdrawal)
+    closing = threading.Thread(target=old.close)
+    closing.start()
+    time.sleep(0.05)  # closed locally, not yet withdrawn
+    answer = b_client.get("/proxy/apps/board/", buffered=True)
+    closing.join()
+    assert (answer.status_code, answer.data) == (200, b"new")
+
+
 def test_an_app_started_in_one_worker_answers_in_another(workers: Workers) -> None:
     _, a, a_client = workers.worker()
     _, b, b_client = workers.worker()

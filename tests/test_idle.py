@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import signal
 import threading
 import time
 import typing as t
@@ -16,6 +18,7 @@ from werkzeug.test import Client
 from werkzeug.wrappers import Request, Response
 
 from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry
+from wsgi_proxy_listen import registry as registry_module
 
 from .conftest import MakeClient, assert_plain_answer, checked
 
@@ -135,19 +138,106 @@ def test_only_members_of_apps_with_an_idle_timeout_are_closed(registry: Registry
     assert registry.close_idle(now=time.monotonic() + 3600) == [brief]
     assert not kept.closed
     assert not alone.closed
-    assert not kept.counted, "nothing counts requests that no limit or timeout needs"
+    assert kept.counted, "an app member's requests are counted: its app may get a timeout"
+    assert not alone.counted, "nothing counts requests that no limit or app needs"
 
 
 def test_a_declaration_with_a_timeout_applies_to_members_already_there(
     registry: Registry,
 ) -> None:
-    member = registry.listen(lambda request: "", session="m", app="late")
-    assert not member.counted
+    """Even to a stream that began before the app was declared: it keeps its session."""
+    client = Client(checked(ProxyMiddleware(lambda environ, start_response: [], registry)))
+    member = registry.listen(Board.answer("m"), session="m", app="late")
+    stream = client.get("/proxy/sessions/m/stream", buffered=False)
     registry.register_app("late", idle_timeout=5)
-    assert member.counted
-    registry.register_app("late")
-    assert not member.counted
-    assert registry.close_idle(now=time.monotonic() + 3600) == []
+    assert registry.close_idle(now=time.monotonic() + 3600) == [], "a stream in flight"
+    stream.close()
+    assert registry.close_idle(now=time.monotonic() + 3600) == [member]
+    assert closed_soon(member)
+
+
+def test_a_request_while_the_member_stops_is_refused_not_closed_under(
+    registry: Registry, make_client: MakeClient
+) -> None:
+    """Once a member is found idle it takes no request: one that comes while its stop()
+    runs gets 503 with Retry-After, and nothing is in flight when it is closed."""
+    stopping = threading.Event()
+    release = threading.Event()
+
+    def stop(session: str) -> None:
+        stopping.set()
+        release.wait(10)
+
+    registry.register_app("app", idle_timeout=1, stop=stop)
+    member = registry.listen(lambda request: "answered", session="s", app="app")
+    client = make_client()
+    assert registry.close_idle(now=time.monotonic() + 5) == [member]
+    assert stopping.wait(5)
+    refused = client.get("/proxy/sessions/s/")
+    assert (refused.status_code, refused.headers["Retry-After"]) == (503, "1")
+    assert member.active == 0
+    release.set()
+    assert closed_soon(member)
+    assert client.get("/proxy/sessions/s/").status_code == 404
+
+
+def test_a_retirement_that_fails_is_tried_again_and_spares_the_others(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch, errors: pytest.LogCaptureFixture
+) -> None:
+    registry.register_app("app", idle_timeout=1)
+    first = registry.listen(lambda request: "", session="a", app="app")
+    second = registry.listen(lambda request: "", session="b", app="app")
+    real = registry_module.retire
+    failures = [first]
+
+    def retire(listener: Listener, *arguments: t.Any) -> None:
+        if listener in failures:
+            failures.remove(listener)
+            raise RuntimeError("no thread to be had")
+        real(listener, *arguments)
+
+    monkeypatch.setattr(registry_module, "retire", retire)
+    assert registry.close_idle(now=time.monotonic() + 5) == [second]
+    assert second.closed
+    assert "could not close the idle session 'a'" in errors.text
+    assert not first.closed
+    assert not first.retiring, "it takes requests again, until the next look"
+    assert registry.close_idle(now=time.monotonic() + 5) == [first]
+    assert first.closed
+
+
+def test_a_forked_child_closes_its_idle_members_and_never_inherits_a_held_lock(
+    registry: Registry,
+) -> None:
+    """After a fork the parent's threads are gone: the child gets its own thread that
+    closes idle members, and fresh locks (one the parent's thread held stays held)."""
+    registry.register_app("app", idle_timeout=0.3)
+    member = registry.listen(lambda request: "", session="s", app="app")
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with registry._lock:  # as the parent's idle thread does while it looks
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            signal.alarm(10)
+            registry.listen(lambda request: "", session="t", app="app")  # takes the lock
+            if closed_soon(member):
+                code = 0
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_stop_that_raises_is_logged_and_the_member_closed_all_the_same(

@@ -327,6 +327,16 @@ def test_url(
             "/host/proxy/apps/sales/",
             id="script-name",
         ),
+        pytest.param(
+            {"app": "sales", "environ": {"SCRIPT_NAME": "/a?b#c d"}},
+            "/a%3Fb%23c%20d/proxy/apps/sales/",
+            id="script-name-with-what-a-url-means",
+        ),
+        pytest.param(
+            {"app": "sales", "environ": {"SCRIPT_NAME": "/100%41"}},
+            "/100%2541/proxy/apps/sales/",
+            id="script-name-with-a-percent",
+        ),
     ],
 )
 def test_url_before_listen(registry: Registry, arguments: dict[str, t.Any], expected: str) -> None:

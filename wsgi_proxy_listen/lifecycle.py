@@ -16,7 +16,6 @@ then the listener is closed.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import typing as t
 from collections.abc import Callable
@@ -52,20 +51,12 @@ def period_for(idle_timeout: float) -> float:
     return min(idle_timeout / 4, MAX_PERIOD)
 
 
-def retire(
-    listener: Listener,
-    stop: Callable[[str], object] | None,
-    timeout: float,
-    done: Callable[[Listener], None],
-) -> None:
+def retire(listener: Listener, stop: Callable[[str], object] | None, timeout: float) -> None:
     """Close an idle ``listener``: ``stop(session)`` first, in a thread of its own,
     then the listener, when ``stop`` returns or raises (logged), or after
-    ``timeout`` seconds if it does not; ``done(listener)`` last."""
+    ``timeout`` seconds if it does not."""
     if stop is None:
-        try:
-            listener.close()
-        finally:
-            done(listener)
+        listener.close()
         return
     stopper = threading.Thread(
         target=_stop,
@@ -75,20 +66,17 @@ def retire(
     )
 
     def close_after_stop() -> None:
-        try:
-            stopper.start()
-            stopper.join(timeout)
-            if stopper.is_alive():
-                logger.warning(
-                    "stop of session %r of app %r still runs after %.1f s: the session is"
-                    " closed all the same",
-                    listener.session,
-                    listener.app,
-                    timeout,
-                )
-            listener.close()
-        finally:
-            done(listener)
+        stopper.start()
+        stopper.join(timeout)
+        if stopper.is_alive():
+            logger.warning(
+                "stop of session %r of app %r still runs after %.1f s: the session is"
+                " closed all the same",
+                listener.session,
+                listener.app,
+                timeout,
+            )
+        listener.close()
 
     threading.Thread(
         target=close_after_stop, name=f"wsgi_proxy_listen retire {listener.session}", daemon=True
@@ -111,18 +99,16 @@ class Reaper:
     def __init__(self, sweep: Callable[[], float | None], name: str) -> None:
         self._sweep = sweep
         self.name = name
-        self._reset()
+        self.after_fork()
 
-    def _reset(self) -> None:
-        self._pid = os.getpid()
+    def after_fork(self) -> None:
+        """Start afresh (in a forked child, where the parent's thread is not)."""
         self._lock = threading.Lock()
         self._woken = threading.Event()
         self._thread: threading.Thread | None = None
 
     def wake(self) -> None:
         """Sweep now, and keep sweeping while something needs watching."""
-        if self._pid != os.getpid():
-            self._reset()  # a forked child: the parent's thread is not here
         with self._lock:
             self._woken.set()
             if self._thread is None:

@@ -30,9 +30,11 @@ import sys
 import threading
 import time
 import typing as t
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from urllib.parse import quote
 
 from werkzeug.urls import iri_to_uri
 
@@ -77,6 +79,9 @@ _SERVERS = (
     "twisted.web.wsgi",
 )
 
+# What a path segment may hold unquoted (RFC 3986's pchar), and "/".
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
+
 # The session the running code belongs to, bound by Registry.session(). It is
 # a property of the code's context, like the owner of a Livebook process, so
 # it is shared by every registry.
@@ -113,6 +118,7 @@ class Listener:
         "last_request",
         "listened",
         "max_concurrency",
+        "retiring",
         "session",
         "wsgi_app",
     )
@@ -134,9 +140,12 @@ class Listener:
     """The most requests it serves at once, or ``None`` for the middleware's limit."""
     counted: bool
     """Whether its requests are counted while they run (:attr:`active`): where a
-    concurrency limit applies to it, and where its app has an ``idle_timeout``."""
+    concurrency limit applies to it, and for a member of an app, whose app may
+    have an ``idle_timeout``."""
     active: int
     """Requests it serves now, where they are counted."""
+    retiring: bool
+    """Whether it is being closed for being idle: it takes no new request."""
 
     def __init__(
         self,
@@ -155,18 +164,20 @@ class Listener:
         self.listened = time.monotonic()
         self.last_request = None
         self.max_concurrency = max_concurrency
-        self.counted = max_concurrency is not None
+        self.counted = max_concurrency is not None or app is not None
         self.active = 0
+        self.retiring = False
         self._gate = threading.Lock()
 
     def admit(self, limit: int | None) -> bool:
-        """Count one more request in, unless ``limit`` requests are in already.
+        """Count one more request in, unless ``limit`` requests are in already or it
+        is being closed for being idle (:attr:`retiring`).
 
         The middleware calls it where requests are counted (:attr:`counted`),
         and :meth:`done` when the request ends (its answer closed).
         """
         with self._gate:
-            if limit is not None and self.active >= limit:
+            if self.retiring or (limit is not None and self.active >= limit):
                 return False
             self.active += 1
             return True
@@ -174,8 +185,17 @@ class Listener:
     def done(self) -> None:
         """Count one request out (see :meth:`admit`): its answer ended just now."""
         with self._gate:
-            self.active -= 1
             self.last_request = time.monotonic()
+            self.active -= 1
+
+    def retire_if_idle(self, now: float, timeout: float) -> bool:
+        """Mark it :attr:`retiring`, and say so, if it serves nothing and has served
+        nothing for ``timeout`` seconds at ``now``: from then on it admits no request."""
+        with self._gate:
+            if self.retiring or self.active or now - self.idle_since < timeout:
+                return False
+            self.retiring = True
+            return True
 
     @property
     def idle_since(self) -> float:
@@ -346,9 +366,8 @@ class Registry:
         self._current: dict[str, Listener] = {}
         # Running starts, by slug, so that a new declaration of an app joins its start.
         self._starts: dict[str, _Start] = {}
-        # Idle members being closed (their app's stop() may still run).
-        self._retiring: set[Listener] = set()
         self._reaper = Reaper(self._sweep, f"wsgi_proxy_listen idle sessions {id(self):#x}")
+        _registries.add(self)
         if directory is not None:
             self.connect(directory, secret=secret)
         elif secret is not None:
@@ -654,10 +673,10 @@ class Registry:
             route += f"/sessions/{_check_id('session id', session)}"
         script_name = ""
         if environ is not None:
-            # WSGI strings are bytes decoded as latin-1 (PEP 3333).
-            script_name = environ.get("SCRIPT_NAME", "")
-            script_name = script_name.encode("latin-1").decode("utf-8", "replace")
-        return iri_to_uri(script_name + self._prefix + route + path)
+            # WSGI strings are bytes decoded as latin-1 (PEP 3333), and SCRIPT_NAME is
+            # decoded: every character that means something in a URL is quoted.
+            script_name = quote(environ.get("SCRIPT_NAME", "").encode("latin-1"), safe=_PATH_SAFE)
+        return script_name + iri_to_uri(self._prefix + route + path)
 
     def close_session(self, session: str) -> bool:
         """Remove the listener of ``session`` and its app membership.
@@ -740,9 +759,10 @@ class Registry:
             member goes within 1.25 times the timeout. ``None`` keeps members
             until they are closed.
         :param stop: called as ``stop(session)`` for a member closed for being
-            idle, in a thread of its own, before the listener is closed (while it
-            still answers); the listener is closed when ``stop`` returns or
-            raises (logged), or after ``start_timeout`` seconds. Needs
+            idle, in a thread of its own, before the listener is closed; the
+            listener is closed when ``stop`` returns or raises (logged), or after
+            ``start_timeout`` seconds. From the moment a member is found idle it
+            takes no new request (503 with ``Retry-After``). Needs
             ``idle_timeout``.
         """
         _check_id("app slug", slug)
@@ -779,8 +799,6 @@ class Registry:
         )
         with self._lock:
             self._apps[slug] = declaration
-            for member in self._members.get(slug, {}).values():
-                self._count(member)
         if idle_timeout is not None:
             self._reaper.wake()
         return declaration
@@ -795,8 +813,6 @@ class Registry:
         with self._lock:
             if self._apps.pop(slug, None) is None:
                 raise LookupError(f"no app {slug!r} is registered: nothing to unregister")
-            for member in self._members.get(slug, {}).values():
-                self._count(member)
 
     def get_app(self, slug: str) -> App | None:
         """The declaration of ``slug``, or ``None``. Takes no lock."""
@@ -892,14 +908,6 @@ class Registry:
         members.pop(listener.session, None)
         members[listener.session] = listener
         self._current[app] = listener
-        self._count(listener)
-
-    def _count(self, listener: Listener) -> None:
-        """Count the listener's requests where a limit or its app's idle_timeout needs it."""
-        declaration = None if listener.app is None else self._apps.get(listener.app)
-        listener.counted = listener.max_concurrency is not None or (
-            declaration is not None and declaration.idle_timeout is not None
-        )
 
     # -- automatic shutdown ------------------------------------------------
 
@@ -918,13 +926,11 @@ class Registry:
                 if declaration is None or declaration.idle_timeout is None:
                     continue
                 for member in members.values():
-                    if (
-                        member.active == 0
-                        and now - member.idle_since >= declaration.idle_timeout
-                        and member not in self._retiring
-                    ):
-                        self._retiring.add(member)
+                    # Decided with the member's own lock, which admit() takes: a request
+                    # either came in first (and keeps it alive) or is refused.
+                    if member.retire_if_idle(now, declaration.idle_timeout):
                         idle.append((member, declaration))
+        retired = []
         for member, declaration in idle:
             logger.info(
                 "session %r of app %r served nothing for %.1f s: it is closed",
@@ -932,12 +938,15 @@ class Registry:
                 declaration.slug,
                 declaration.idle_timeout,
             )
-            retire(member, declaration.stop, declaration.start_timeout, self._retired)
-        return [member for member, _ in idle]
-
-    def _retired(self, listener: Listener) -> None:
-        with self._lock:
-            self._retiring.discard(listener)
+            try:
+                retire(member, declaration.stop, declaration.start_timeout)
+            except Exception:
+                # Nothing was stopped: the next look tries again.
+                logger.exception("could not close the idle session %r", member.session)
+                member.retiring = False
+            else:
+                retired.append(member)
+        return retired
 
     def _sweep(self) -> float | None:
         """Close what is idle now; the seconds until the next look, or ``None`` while no
@@ -971,6 +980,20 @@ class Registry:
         if self._directory is not None:
             self._directory.close()
 
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's threads are not here, and a lock one of them
+        held would stay held. Fresh locks; no start or retirement running; the thread
+        that closes idle members again, where an app has an idle_timeout."""
+        self._lock = threading.Lock()
+        self._connecting = threading.RLock()
+        self._starts.clear()
+        for listener in self._listeners.values():
+            listener._gate = threading.Lock()
+            listener.retiring = False
+        self._reaper.after_fork()
+        if any(app.idle_timeout is not None for app in self._apps.values()):
+            self._reaper.wake()
+
     # -- container protocol ------------------------------------------------
 
     def __contains__(self, session: object) -> bool:
@@ -987,6 +1010,17 @@ class Registry:
     def __repr__(self) -> str:
         return f"<Registry prefix={self._prefix!r} listeners={len(self._listeners)}>"
 
+
+# Every registry, for what a forked child must set right (see Registry._after_fork).
+_registries: weakref.WeakSet[Registry] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for registry in list(_registries):
+        registry._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 #: The registry used by the module-level functions and by a
 #: :class:`~wsgi_proxy_listen.ProxyMiddleware` created without one.

@@ -64,6 +64,9 @@ R = t.TypeVar("R")
 PROBE_INTERVAL = 0.25
 #: Seconds between two polls of an auto-start running in another process.
 START_POLL = 0.05
+#: Seconds a request on an app's generic path waits for the owner of a session it just
+#: closed to withdraw it, before the path starts a new one.
+WITHDRAWAL_WAIT = 1.0
 _FAILURE_STATUS = {
     Failure.GONE: 503,
     Failure.UNRESPONSIVE: 503,
@@ -355,14 +358,22 @@ class SharedDirectory(abc.ABC):
         cached: bool,
         environ: WSGIEnvironment,
         start_response: StartResponse,
+        app: str | None = None,
     ) -> Iterable[bytes]:
-        """Forward a request for ``session`` to ``owner``, answering for what went wrong."""
+        """Forward a request for ``session`` to ``owner``, answering for what went wrong.
+
+        ``app`` is the slug when the generic path of that app led here.
+        """
         prefix = t.cast("Host", self._registry).prefix
         result = self._client.forward(
             owner.owner, owner.address, session, prefix, environ, start_response
         )
         if result is Failure.MISS:
             self._forget_location(session)
+            if app is not None and _bodyless(environ):
+                # The app's session was closed meanwhile (an idle one, say): its generic
+                # path goes to the current session now, or starts a new one; once.
+                return self._again_for_app(app, session, owner, environ, start_response)
             if not cached:
                 return respond(start_response, 404)
             # The cached location was stale: ask the table, and go once more.
@@ -390,6 +401,34 @@ class SharedDirectory(abc.ABC):
             logger.warning("the owner at %s ended the connection without an answer", owner.address)
         return respond(start_response, _FAILURE_STATUS[result])
 
+    def _again_for_app(
+        self,
+        slug: str,
+        session: str,
+        owner: Owner,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        # The owner closed the session and withdraws its entry next: give it a moment.
+        deadline = time.monotonic() + WITHDRAWAL_WAIT
+        while True:
+            try:
+                found = self._find_app(slug)
+            except DirectoryUnavailable:
+                return respond(start_response, 503)
+            if not (
+                isinstance(found, _Forward) and (found.session, found.owner) == (session, owner)
+            ):
+                break
+            if time.monotonic() >= deadline:
+                return respond(start_response, 404)
+            time.sleep(START_POLL)
+        if isinstance(found, Answer):
+            return respond(start_response, found.status)
+        if isinstance(found, _Forward):
+            return self.forward(found.session, found.owner, False, environ, start_response)
+        return found.serve(environ, start_response)
+
     def serve_here(
         self, session: str, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
@@ -416,7 +455,7 @@ class SharedDirectory(abc.ABC):
             return None
         session, owner = found
         if owner.owner != self.owner:
-            return _Forward(self, session, owner, cached=False)
+            return _Forward(self, session, owner, cached=False, app=slug)
         # This process's own: registered by a start that another thread of this process
         # ran since this request looked here, or closed since.
         if t.cast("Host", self._registry).get(session) is None:
@@ -648,21 +687,28 @@ def _bodyless(environ: WSGIEnvironment) -> bool:
 
 
 class _Forward:
-    """A listener of another process, found in the table."""
+    """A listener of another process, found in the table (through the generic path of
+    ``app``, when it is given)."""
 
-    __slots__ = ("cached", "directory", "owner", "session")
+    __slots__ = ("app", "cached", "directory", "owner", "session")
 
     def __init__(
-        self, directory: SharedDirectory, session: str, owner: Owner, cached: bool
+        self,
+        directory: SharedDirectory,
+        session: str,
+        owner: Owner,
+        cached: bool,
+        app: str | None = None,
     ) -> None:
         self.directory = directory
         self.session = session
         self.owner = owner
         self.cached = cached
+        self.app = app
 
     def serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self.directory.forward(
-            self.session, self.owner, self.cached, environ, start_response
+            self.session, self.owner, self.cached, environ, start_response, self.app
         )
 
 
