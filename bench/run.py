@@ -301,6 +301,10 @@ def main(argv: list[str] | None = None) -> None:
         f"\nlisten()+close(): {small:.0f} ns at 1 listener, {large:.0f} ns at {largest:,}"
         " (budget: < 5000 ns)"
     )
+    print(
+        f"an app member's listen()+close(): {one_member:.0f} ns at 1 member,"
+        f" {many_members:.0f} ns at {members:,} (budget: < 5000 ns)"
+    )
     per_listener = memory_per_listener(10_000 if options.quick else 100_000)
     print(f"registry memory per listener: {per_listener:.0f} bytes (budget: < 1024)\n")
     print(f"{'ratio':58} {'value':>7}  budget")

@@ -17,7 +17,7 @@ import pytest
 from werkzeug.test import Client
 from werkzeug.wrappers import Request, Response
 
-from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry
+from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry, lifecycle
 from wsgi_proxy_listen import registry as registry_module
 
 from .conftest import MakeClient, assert_plain_answer, checked
@@ -140,6 +140,21 @@ def test_only_members_of_apps_with_an_idle_timeout_are_closed(registry: Registry
     assert not alone.closed
     assert kept.counted, "an app member's requests are counted: its app may get a timeout"
     assert not alone.counted, "nothing counts requests that no limit or app needs"
+
+
+def test_no_idle_thread_is_woken_for_apps_without_a_timeout(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member's listen() must not start a thread (it did, on every listen())."""
+    wakes = []
+    monkeypatch.setattr(lifecycle.Reaper, "wake", lambda reaper: wakes.append(reaper))
+    registry.register_app("kept")
+    registry.listen(lambda request: "", session="k", app="kept").close()
+    registry.listen(lambda request: "", session="u", app="undeclared").close()
+    assert wakes == []
+    registry.register_app("brief", idle_timeout=1)
+    registry.listen(lambda request: "", session="b", app="brief")
+    assert len(wakes) == 2, "by the declaration, then by its member"
 
 
 def test_a_declaration_with_a_timeout_applies_to_members_already_there(

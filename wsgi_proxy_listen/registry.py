@@ -618,8 +618,10 @@ class Registry:
             self._listeners[session] = listener
             if app is not None:
                 self._join(app, listener)
-        if app is not None and listener.counted:
-            self._reaper.wake()  # it may belong to an app with an idle_timeout
+        if app is not None:
+            declaration = self._apps.get(app)
+            if declaration is not None and declaration.idle_timeout is not None:
+                self._reaper.wake()  # register_app() wakes it for members before it
         directory = self._directory
         if directory is not None:
             if not directory.serving and self.runtime:
