@@ -5,6 +5,7 @@ workers published listeners, read by `python -m wsgi_proxy_listen status`, the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -129,8 +130,20 @@ def test_an_empty_directory_has_no_listeners_and_stays_empty() -> None:
         pytest.param(
             ["status", "redis://127.0.0.1:1/0", "--secret", "s"],
             {},
-            "the directory redis://127.0.0.1:1/0 cannot be reached",
+            "cannot read the directory redis://127.0.0.1:1/0: Error 111 connecting",
             id="redis-refused",
+        ),
+        pytest.param(
+            ["status", "/" + "a" * 100],
+            {},
+            "is too long for Unix sockets in it (at most 83 bytes)",
+            id="too-long",
+        ),
+        pytest.param(
+            ["status", sys.executable],
+            {},
+            f"no directory at {sys.executable}: it is not a folder",
+            id="a-file",
         ),
     ],
 )
@@ -151,7 +164,55 @@ def test_a_redis_server_that_stopped_is_exit_status_2(redis_server: RedisServer)
         WSGI_PROXY_LISTEN_SECRET=SECRET,
     )
     assert (result.returncode, result.stdout) == (2, "")
-    assert result.stderr == f"the directory {redis_server.url} cannot be reached\n"
+    assert result.stderr.startswith(f"cannot read the directory {redis_server.url}: Error 111")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_password_in_a_redis_url_is_never_printed() -> None:
+    url = "redis://:hunter2@127.0.0.1:1/0"
+    for secret in ([], ["--secret", "s"]):
+        result = run(sys.executable, "-m", "wsgi_proxy_listen", "status", url, *secret)
+        assert result.returncode == 2
+        assert "redis://:***@127.0.0.1:1/0" in result.stderr
+        assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_what_the_table_says_is_one_line(tmp_path: Path) -> None:
+    """Not only an outage: a folder whose table is no database, say."""
+    folder = tmp_path / "wpl"
+    folder.mkdir(mode=0o700)
+    (folder / "directory.sqlite3").write_bytes(b"not a database, at all\n" * 100)
+    result = run(sys.executable, "-m", "wsgi_proxy_listen", "status", str(folder))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"cannot read the directory {folder}: file is not a database\n"
+
+
+def test_status_leaves_the_packages_logging_as_it_was(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Flask command runs it inside the app's process: its logging must go on."""
+    from wsgi_proxy_listen.cli import status
+
+    logger = logging.getLogger("wsgi_proxy_listen")
+    handlers, level = list(logger.handlers), logger.level
+    with caplog.at_level(logging.INFO, logger="wsgi_proxy_listen"):
+        assert status("redis://127.0.0.1:1/0", secret="s") == 2
+        assert status("redis://127.0.0.1:1/0", secret="s") == 2
+        assert (logger.handlers, logger.propagate) == (handlers, True)
+        logger.info("still heard")
+    assert logger.level == level
+    assert [record.getMessage() for record in caplog.records] == ["still heard"]
+    assert capsys.readouterr().err.count("cannot read the directory") == 2
+
+
+def test_flask_status_with_a_setting_that_is_no_dict() -> None:
+    result = run(
+        *(str(BIN / "flask"), "--app", "tests.cli_flask_app", "wsgi-proxy-listen", "status"),
+        TEST_SETTING="['DIRECTORY', '/tmp/x']",
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith('app.config["WSGI_PROXY_LISTEN"]: must be a dict')
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_usage(capsys: pytest.CaptureFixture[str]) -> None:

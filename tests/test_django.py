@@ -220,7 +220,10 @@ def manage_check(setting: str, **environment: str) -> subprocess.CompletedProces
         ('{"MAX_CONCURRENCY": 0}', "wsgi_proxy_listen.E006"),
         ('{"DIRECTORY": "relative/folder"}', "wsgi_proxy_listen.E007"),
         ('{"DIRECTORY": "redis://127.0.0.1:6379/0"}', "wsgi_proxy_listen.E007"),
-        ('{"SECRET": "s3"}', "wsgi_proxy_listen.E008"),
+        (repr({"DIRECTORY": "/" + "a" * 100}), "wsgi_proxy_listen.E007"),
+        ('{"SECRET": 5, "DIRECTORY": "/tmp/x"}', "wsgi_proxy_listen.E008"),
+        ('{"SECRET": ["s3"]}', "wsgi_proxy_listen.E008"),
+        ('{None: 1, "PREFX": "/p", 2: 3}', "wsgi_proxy_listen.E002"),
     ],
 )
 def test_manage_check_reports_a_wrong_setting_with_its_id(setting: str, found: str) -> None:
@@ -228,6 +231,39 @@ def test_manage_check_reports_a_wrong_setting_with_its_id(setting: str, found: s
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"settings.WSGI_PROXY_LISTEN: ({found})" in result.stderr
     assert "HINT: " in result.stderr
+
+
+def test_a_secret_without_a_directory_is_a_warning_that_stops_no_command() -> None:
+    """Right where the server's environment names the directory, which CI may not set."""
+    result = manage_check('{"SECRET": "s3"}')
+    assert result.returncode == 0, result.stderr
+    assert "WARNINGS:" in result.stderr
+    assert "settings.WSGI_PROXY_LISTEN: (wsgi_proxy_listen.W001)" in result.stderr
+    with (
+        override_settings(WSGI_PROXY_LISTEN={"SECRET": "s3"}),
+        pytest.raises(ImproperlyConfigured, match="SECRET is set without DIRECTORY"),
+    ):
+        get_wsgi_application(registry=Registry())
+
+
+@pytest.mark.parametrize(
+    ("config", "found"),
+    [
+        ({"SECRET": 5}, "wsgi_proxy_listen.E008"),
+        ({"DIRECTORY": "/" + "a" * 100}, "wsgi_proxy_listen.E007"),
+    ],
+)
+def test_every_wrong_setting_that_start_up_raises_for_is_found_by_the_checks(
+    config: dict[str, object], found: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks found nothing where start-up then raised, for these."""
+    from wsgi_proxy_listen.django.checks import check_settings
+
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_DIRECTORY", "/tmp/wpl-never-made")
+    with override_settings(WSGI_PROXY_LISTEN=config):
+        with pytest.raises(ImproperlyConfigured):
+            get_wsgi_application(registry=Registry())
+        assert [error.id for error in check_settings()] == [found]
 
 
 def test_manage_check_reports_every_problem_at_once() -> None:

@@ -15,7 +15,8 @@ import pytest
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory, RedisDirectory
 from wsgi_proxy_listen.flask import ProxyListen
-from wsgi_proxy_listen.naming import open_directory
+from wsgi_proxy_listen.naming import check_name, open_directory
+from wsgi_proxy_listen.seam import shown_name
 
 from .cluster_support import short_folder
 
@@ -179,6 +180,19 @@ def test_a_registry_with_a_directory_and_another_directory_setting_conflict(fold
         shutil.rmtree(other)
 
 
+def test_a_secret_setting_completes_the_environments_directory_connected_already(
+    folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listen() connected the registry from the environment before the app was made."""
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_DIRECTORY", folder)
+    registry = Registry()
+    registry.connect(folder, secret="s3")
+    ProxyListen(flask_app({"SECRET": "s3"}), registry=registry)
+    assert registry.directory_name == folder
+    with pytest.raises(ValueError, match="same name and secret"):
+        ProxyListen(flask_app({"SECRET": "other"}), registry=registry)
+
+
 def test_the_environment_and_a_setting_may_name_the_same_directory(folder: str) -> None:
     registry = Registry(directory=folder)
     ProxyListen(flask_app({"DIRECTORY": folder}), registry=registry)
@@ -313,3 +327,26 @@ def test_the_embedded_directory_imports_no_redis(folder: str) -> None:
     )
     assert not [name for name in found if name.startswith(("redis", "urllib3", "waitress"))]
     assert "wsgi_proxy_listen.cluster.embedded" in found
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("/run/host/proxy", "/run/host/proxy"),
+        ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("rediss://app:hunter2@cache/1", "rediss://app:***@cache/1"),
+        ("redis://app@cache/1", "redis://app@cache/1"),
+        (
+            "unix:///run/redis.sock?db=2&password=hunter2",
+            "unix:///run/redis.sock?db=2&password=***",
+        ),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+    ],
+)
+def test_a_password_in_a_directorys_name_is_never_shown(name: str, shown: str) -> None:
+    assert shown_name(name) == shown
+    if "://" in name:
+        with pytest.raises(ValueError, match="needs a secret") as info:
+            check_name(name)
+        assert "hunter2" not in str(info.value)
+        assert "hunter2" not in repr(RedisDirectory(name, secret=b"s"))

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from .dispatch import Dispatcher, check_limit
 from .middleware import ProxyMiddleware
-from .naming import ENV_DIRECTORY, check_name
+from .naming import ENV_DIRECTORY, check_name, resolve_secret
 from .registry import Registry, default_registry
 from .routing import validate_prefix
 
@@ -56,12 +56,13 @@ def problems(config: object) -> list[Problem]:
             )
         ]
     found = []
-    unknown = sorted(set(config) - set(KEYS))
+    # Keys of any type (None, 1...) are shown, never compared.
+    unknown = sorted(map(repr, set(config) - set(KEYS)))
     if unknown:
         found.append(
             Problem(
                 "E002",
-                f"unknown key(s) {unknown}: the keys are {sorted(KEYS)}",
+                f"unknown key(s) [{', '.join(unknown)}]: the keys are {sorted(KEYS)}",
                 "check the spelling: the keys are upper case",
             )
         )
@@ -72,21 +73,28 @@ def problems(config: object) -> list[Problem]:
             except (TypeError, ValueError) as error:
                 found.append(Problem(problem_id, f"{key}: {error}", hint))
     directory, secret = config.get("DIRECTORY"), config.get("SECRET")
-    if directory is not None:
+    if any(problem.id == "E008" for problem in found):
+        pass  # the directory is checked with a secret of the right type
+    elif directory is not None:
         try:
             check_name(directory, secret=secret)
         except (TypeError, ValueError) as error:
             found.append(Problem("E007", f"DIRECTORY: {error}", _DIRECTORY_HINT))
     elif secret is not None and not os.environ.get(ENV_DIRECTORY):
-        found.append(
-            Problem(
-                "E008",
-                "SECRET is set without DIRECTORY: it signs the hop between processes",
-                f"name the directory in DIRECTORY (or give both as {ENV_DIRECTORY} and"
-                " WSGI_PROXY_LISTEN_SECRET)",
-            )
-        )
+        found.append(Problem("W001", SECRET_WITHOUT_DIRECTORY, _SECRET_HINT))
     return found
+
+
+#: Why start-up fails where ``SECRET`` is set and no directory is named.
+SECRET_WITHOUT_DIRECTORY = (
+    f"SECRET is set without DIRECTORY, and {ENV_DIRECTORY} is not set: the secret signs"
+    " the hop between processes, and start-up fails unless the environment names the"
+    " directory"
+)
+_SECRET_HINT = (
+    f"name the directory in DIRECTORY, or in {ENV_DIRECTORY} where the server starts"
+    " (with WSGI_PROXY_LISTEN_SECRET or the SECRET setting for the secret)"
+)
 
 
 _DIRECTORY_HINT = (
@@ -109,6 +117,11 @@ _CHECKS: dict[str, tuple[str, t.Callable[[t.Any], object], str]] = {
         "E006",
         lambda value: check_limit("max_concurrency", value),
         "a number of requests, or None for no limit",
+    ),
+    "SECRET": (
+        "E008",
+        resolve_secret,
+        "a str (or bytes), the same in every process; None to take WSGI_PROXY_LISTEN_SECRET",
     ),
 }
 
@@ -153,14 +166,11 @@ def _connect(registry: Registry, config: Mapping[str, t.Any]) -> None:
         if not registry.connected:
             registry.connect_from_environment()  # the middleware needs it at once
         return
-    if directory is None and not registry.connected:
-        directory = os.environ.get(ENV_DIRECTORY) or None
     if directory is None:
-        raise ValueError(
-            "SECRET is set without DIRECTORY: it signs the hop between processes;"
-            f" name the directory in DIRECTORY (or give both as {ENV_DIRECTORY} and"
-            " WSGI_PROXY_LISTEN_SECRET)"
-        )
+        # The environment's directory, which a listen() may have connected already.
+        directory = os.environ.get(ENV_DIRECTORY) or registry.directory_name
+    if directory is None:
+        raise ValueError(f"{SECRET_WITHOUT_DIRECTORY}: {_SECRET_HINT}")
     if registry.connected and directory != registry.directory_name:
         raise ValueError(
             f"DIRECTORY is {directory!r}, but {registry!r} has the directory"

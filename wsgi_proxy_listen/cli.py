@@ -18,12 +18,14 @@ directory's secret comes from ``--secret`` or ``WSGI_PROXY_LISTEN_SECRET``.
 
 Exit status: 0 with the listeners (none is no error), 2 with one line on
 standard error when the directory is not named, means nothing, or cannot be
-reached.
+read (with what the store said: refused, a wrong password, not a database...).
+A Redis URL's password is never printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -33,13 +35,14 @@ import typing as t
 
 from .exceptions import DirectoryUnavailable
 from .naming import ENV_DIRECTORY, ENV_SECRET, check_name, open_directory
+from .seam import shown_name
 
 if t.TYPE_CHECKING:
     from .seam import Entry
 
 __all__ = ["main", "run", "status"]
 
-#: The exit status when the directory is not named, means nothing, or cannot be reached.
+#: The exit status when the directory is not named, means nothing, or cannot be read.
 UNREACHABLE = 2
 
 
@@ -96,34 +99,47 @@ def status(
     except (TypeError, ValueError) as error:
         print(error, file=err)
         return UNREACHABLE
+    shown = shown_name(name)
     if kind == "embedded":
-        if not os.path.isdir(name):
+        if not os.path.exists(name):
             print(f"no directory at {name}: the folder does not exist", file=err)
+            return UNREACHABLE
+        if not os.path.isdir(name):
+            print(f"no directory at {name}: it is not a folder", file=err)
             return UNREACHABLE
         from .cluster.embedded import DATABASE
 
         if not os.path.exists(os.path.join(name, DATABASE)):
             # Nothing was ever published there: say so without writing the table.
-            _show([], name, as_json, out)
+            _show([], shown, as_json, out)
             return 0
-    # The package logs an outage for servers; here the one line below says it.
-    logger = logging.getLogger("wsgi_proxy_listen")
-    logger.addHandler(logging.NullHandler())
-    logger.propagate = False
     try:
-        directory = open_directory(name, secret=secret)
-    except (OSError, ValueError) as error:
-        print(f"cannot open the directory {name}: {error}", file=err)
+        with _quiet():
+            directory = open_directory(name, secret=secret)
+            try:
+                entries = directory.entries()
+            finally:
+                directory.close()
+    except Exception as error:  # noqa: BLE001 - whatever the store says, in one line
+        cause = error.__cause__ if isinstance(error, DirectoryUnavailable) else None
+        said = str(cause or error) or type(cause or error).__name__
+        print(f"cannot read the directory {shown}: {said}", file=err)
         return UNREACHABLE
-    try:
-        entries = directory.entries()
-    except DirectoryUnavailable:
-        print(f"the directory {name} cannot be reached", file=err)
-        return UNREACHABLE
-    finally:
-        directory.close()
-    _show(entries, name, as_json, out)
+    _show(entries, shown, as_json, out)
     return 0
+
+
+@contextlib.contextmanager
+def _quiet() -> t.Iterator[None]:
+    """The package logs an outage for servers; here the one line of :func:`status`
+    says it. The logger is as it was afterwards."""
+    logger = logging.getLogger("wsgi_proxy_listen")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _show(entries: list[Entry], name: str, as_json: bool, out: t.TextIO) -> None:

@@ -24,5 +24,6 @@ class DirectoryUnavailable(ConnectionError):
     """The shared directory cannot be reached (Redis down, the folder's database locked).
 
     Requests for listeners of other processes get 503 while it lasts; listeners
-    of this process keep answering.
+    of this process keep answering. Its ``__cause__`` is what the store raised,
+    where it raised something (not while the directory is known to be down).
     """

@@ -30,13 +30,14 @@ status``: :func:`wsgi_proxy_listen.cli.status` for the app's directory.
 from __future__ import annotations
 
 import typing as t
+from collections.abc import Mapping
 
 import click
 from flask import Flask
 from flask.cli import with_appcontext
 
-from ._config import middleware_from_config
-from .cli import status
+from ._config import middleware_from_config, problems
+from .cli import UNREACHABLE, status
 from .middleware import ProxyMiddleware
 from .registry import Registry, default_registry
 
@@ -109,6 +110,9 @@ def status_command(directory: str | None, secret: str | None, as_json: bool) -> 
     from flask import current_app
 
     config = current_app.config.get("WSGI_PROXY_LISTEN") or {}
+    if not isinstance(config, Mapping):
+        click.echo(f'app.config["WSGI_PROXY_LISTEN"]: {problems(config)[0].message}', err=True)
+        raise SystemExit(UNREACHABLE)
     code = status(
         directory or config.get("DIRECTORY"),
         secret=secret or config.get("SECRET"),

@@ -21,7 +21,7 @@ import typing as t
 from collections.abc import Callable
 
 if t.TYPE_CHECKING:
-    from .registry import Listener
+    from .seam import Registered
 
 __all__ = ["MAX_PERIOD", "Reaper", "check_idle_timeout", "period_for", "retire"]
 
@@ -51,7 +51,7 @@ def period_for(idle_timeout: float) -> float:
     return min(idle_timeout / 4, MAX_PERIOD)
 
 
-def retire(listener: Listener, stop: Callable[[str], object] | None, timeout: float) -> None:
+def retire(listener: Registered, stop: Callable[[str], object] | None, timeout: float) -> None:
     """Close an idle ``listener``: ``stop(session)`` first, in a thread of its own,
     then the listener, when ``stop`` returns or raises (logged), or after
     ``timeout`` seconds if it does not."""
@@ -83,7 +83,7 @@ def retire(listener: Listener, stop: Callable[[str], object] | None, timeout: fl
     ).start()
 
 
-def _stop(stop: Callable[[str], object], listener: Listener) -> None:
+def _stop(stop: Callable[[str], object], listener: Registered) -> None:
     try:
         stop(listener.session)
     except Exception:

@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 import typing as t
 
+from .seam import shown_name
+
 if t.TYPE_CHECKING:
     from .seam import Directory
 
@@ -78,8 +80,9 @@ def check_name(name: object, *, secret: str | bytes | None = None) -> str:
     """What :func:`open_directory` checks, without opening anything: ``"embedded"`` or
     ``"redis"``, the kind of directory ``name`` names.
 
-    :raises ValueError: ``name`` is neither an absolute path nor a Redis URL,
-        or a Redis URL comes without a secret.
+    :raises ValueError: ``name`` is neither an absolute path nor a Redis URL, a
+        path is too long for the sockets in it, or a Redis URL comes without a
+        secret.
     :raises TypeError: ``name`` or ``secret`` is not a string.
     """
     if not isinstance(name, str):
@@ -90,14 +93,18 @@ def check_name(name: object, *, secret: str | bytes | None = None) -> str:
     if name.lower().startswith(_REDIS_SCHEMES):
         if not resolved:
             raise ValueError(
-                f"the Redis directory {name!r} needs a secret, the same in every process:"
-                f" pass secret=..., set the SECRET setting, or set {ENV_SECRET}"
+                f"the Redis directory {shown_name(name)!r} needs a secret, the same in every"
+                f" process: pass secret=..., set the SECRET setting, or set {ENV_SECRET}"
+                " (--secret on the command line)"
             )
         return "redis"
     if "://" not in name and os.path.isabs(name):
+        from .cluster.embedded import check_folder
+
+        check_folder(name)
         return "embedded"
     raise ValueError(
-        f"unknown directory {name!r}: name a folder by its absolute path (such as"
+        f"unknown directory {shown_name(name)!r}: name a folder by its absolute path (such as"
         " '/run/myhost/proxy') for processes on one machine, or a Redis server by its URL"
         " (redis://, rediss:// or unix://) for several machines"
     )

@@ -22,6 +22,7 @@ embedded one (a folder on one machine) and Redis (several machines).
 from __future__ import annotations
 
 import typing as t
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ __all__ = [
     "Host",
     "Registered",
     "ServeForwarded",
+    "shown_name",
 ]
 
 #: How a directory hands a request forwarded from another process to this
@@ -49,6 +51,24 @@ __all__ = [
 ServeForwarded: t.TypeAlias = (
     "Callable[[WSGIEnvironment, StartResponse, str, str], Iterable[bytes] | None]"
 )
+
+
+def shown_name(name: str) -> str:
+    """A directory's name as messages and logs show it: a URL's password hidden,
+    in its user part or as a ``password`` parameter.
+
+    >>> shown_name("redis://:hunter2@cache:6379/0")
+    'redis://:***@cache:6379/0'
+    """
+    parts = urlsplit(name)
+    if parts.password is not None:
+        user, _, place = parts.netloc.rpartition("@")
+        name = name.replace(parts.netloc, f"{user.partition(':')[0]}:***@{place}", 1)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        hidden = [(key, "***" if key == "password" else value) for key, value in query]
+        name = name.replace(f"?{parts.query}", f"?{urlencode(hidden, safe='*')}", 1)
+    return name
 
 
 class Entry(t.NamedTuple):
@@ -67,7 +87,7 @@ class Entry(t.NamedTuple):
 
 
 class Registered(t.Protocol):
-    """A listener as a directory sees it."""
+    """A listener as a directory sees it (and the lifecycle, which closes idle ones)."""
 
     @property
     def session(self) -> str: ...

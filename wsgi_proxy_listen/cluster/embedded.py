@@ -39,7 +39,7 @@ import typing as t
 from ..seam import Entry
 from .shared import Owner, SharedDirectory
 
-__all__ = ["EmbeddedDirectory"]
+__all__ = ["EmbeddedDirectory", "check_folder"]
 
 DATABASE = "directory.sqlite3"
 #: Seconds between two looks at the take-over notices (take-over within a second).
@@ -79,6 +79,22 @@ _CURRENT = (
 )
 
 
+def check_folder(folder: object) -> str:
+    """``folder`` as the embedded directory uses it (normalised), without touching it.
+
+    :raises ValueError: a relative path, or one too long for Unix sockets in it.
+    """
+    if not isinstance(folder, str) or not os.path.isabs(folder):
+        raise ValueError(f"invalid folder {folder!r}: use an absolute path")
+    folder = os.path.normpath(folder)
+    if len(os.fsencode(folder)) + 1 + _LONGEST_NAME > _SOCKET_PATH_MAX:
+        raise ValueError(
+            f"the folder {folder!r} is too long for Unix sockets in it (at most"
+            f" {_SOCKET_PATH_MAX - 1 - _LONGEST_NAME} bytes): choose a shorter path"
+        )
+    return folder
+
+
 class EmbeddedDirectory(SharedDirectory):
     """A directory for the processes of one machine, in ``folder``.
 
@@ -100,14 +116,7 @@ class EmbeddedDirectory(SharedDirectory):
         lease: float = 10.0,
         read_timeout: float = 60.0,
     ) -> None:
-        if not isinstance(folder, str) or not os.path.isabs(folder):
-            raise ValueError(f"invalid folder {folder!r}: use an absolute path")
-        folder = os.path.normpath(folder)
-        if len(os.fsencode(folder)) + 1 + _LONGEST_NAME > _SOCKET_PATH_MAX:
-            raise ValueError(
-                f"the folder {folder!r} is too long for Unix sockets in it (at most"
-                f" {_SOCKET_PATH_MAX - 1 - _LONGEST_NAME} bytes): choose a shorter path"
-            )
+        folder = check_folder(folder)
         _prepare(folder)
         if isinstance(secret, str):
             secret = secret.encode()

@@ -35,7 +35,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..seam import Entry
+from ..seam import Entry, shown_name
 from .shared import PROBE_INTERVAL, Owner, SharedDirectory
 
 __all__ = ["RedisDirectory"]
@@ -147,12 +147,12 @@ class RedisDirectory(SharedDirectory):
                 url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
             )
         except ValueError as error:
-            raise ValueError(f"invalid Redis URL {url!r}: {error}") from None
+            raise ValueError(f"invalid Redis URL {shown_name(url)!r}: {error}") from None
         self._withdraw_script = self._redis.register_script(_WITHDRAW)
         self._renew_script = self._redis.register_script(_RENEW)
 
     def __repr__(self) -> str:
-        return f"<RedisDirectory url={self.url!r} owner={self.owner!r}>"
+        return f"<RedisDirectory url={shown_name(self.url)!r} owner={self.owner!r}>"
 
     def _key(self, session: str) -> str:
         return f"{self.namespace}:session:{session}"

@@ -566,9 +566,9 @@ class SharedDirectory(abc.ABC):
             raise DirectoryUnavailable(f"{self!r} cannot be reached")
         try:
             return call(*args, **kwargs)
-        except self.unreachable:
+        except self.unreachable as error:
             self._went_down()
-            raise DirectoryUnavailable(f"{self!r} cannot be reached") from None
+            raise DirectoryUnavailable(f"{self!r} cannot be reached") from error
 
     def _went_down(self) -> None:
         with self._lock:

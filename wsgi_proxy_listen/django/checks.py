@@ -3,9 +3,14 @@ Django system checks
 ====================
 
 ``manage.py check`` reports a wrong ``settings.WSGI_PROXY_LISTEN`` once
-``"wsgi_proxy_listen.django"`` is in ``INSTALLED_APPS``, each problem as an
-error with an id and a hint; the server's start still raises
-``ImproperlyConfigured`` for the first of them, as without the app.
+``"wsgi_proxy_listen.django"`` is in ``INSTALLED_APPS``, each problem with an
+id and a hint; the server's start still raises ``ImproperlyConfigured`` for
+the first of them, as without the app.
+
+The one warning depends on the environment, which a check in CI does not
+share with the server: a ``SECRET`` without ``DIRECTORY`` is right where the
+server's environment names the directory (``WSGI_PROXY_LISTEN_DIRECTORY``), so
+a management command run without it is not stopped.
 
 ========================  ==========================================================
 id                        problem
@@ -17,7 +22,8 @@ wsgi_proxy_listen.E004    ``MAX_CONTENT_LENGTH`` is not a number of bytes or ``N
 wsgi_proxy_listen.E005    ``FORWARD_COOKIES`` is not ``True``, ``False`` or cookie names
 wsgi_proxy_listen.E006    ``MAX_CONCURRENCY`` is not a number of requests or ``None``
 wsgi_proxy_listen.E007    ``DIRECTORY`` names no directory (or Redis without a secret)
-wsgi_proxy_listen.E008    ``SECRET`` without a directory
+wsgi_proxy_listen.E008    ``SECRET`` is not a string
+wsgi_proxy_listen.W001    ``SECRET`` without a directory, here
 ========================  ==========================================================
 """
 
@@ -26,7 +32,7 @@ from __future__ import annotations
 import typing as t
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
 from .._config import problems
 
@@ -37,7 +43,7 @@ __all__ = ["check_settings"]
 def check_settings(app_configs: t.Any = None, **kwargs: t.Any) -> list[CheckMessage]:
     """The problems of ``settings.WSGI_PROXY_LISTEN``, as Django's checks report them."""
     return [
-        Error(
+        (Warning if problem.id.startswith("W") else Error)(
             problem.message,
             hint=problem.hint,
             obj="settings.WSGI_PROXY_LISTEN",
