@@ -126,6 +126,20 @@ def test_forward_cookies(registry: Registry, make_client: MakeClient, host: Host
         pytest.param((Host(),), {"max_content_length": 1.5}, TypeError, "1.5", id="float"),
         pytest.param((Host(),), {"max_content_length": True}, TypeError, "True", id="bool"),
         pytest.param((Host(),), {"forward_cookies": "no"}, TypeError, "'no'", id="cookies"),
+        pytest.param(
+            (Host(),),
+            {"forward_cookies": {"session": False}},
+            TypeError,
+            "not {'session': False}",
+            id="cookies-as-a-dict",
+        ),
+        pytest.param(
+            (Host(),),
+            {"forward_cookies": [["session"]]},
+            ValueError,
+            "each a non-empty str",
+            id="cookie-names-in-a-list",
+        ),
     ],
 )
 def test_middleware_rejects_wrong_options(

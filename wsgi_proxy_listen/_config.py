@@ -12,7 +12,7 @@ import os
 import typing as t
 from collections.abc import Mapping
 
-from .dispatch import Dispatcher, check_limit
+from .dispatch import check_content_length, check_limit, withheld_cookies
 from .middleware import ProxyMiddleware
 from .naming import ENV_DIRECTORY, check_name, resolve_secret
 from .registry import Registry, default_registry
@@ -105,12 +105,12 @@ _CHECKS: dict[str, tuple[str, t.Callable[[t.Any], object], str]] = {
     "PREFIX": ("E003", validate_prefix, "a path such as '/proxy'"),
     "MAX_CONTENT_LENGTH": (
         "E004",
-        lambda value: Dispatcher(max_content_length=value),
+        check_content_length,
         "a number of bytes, or None for no limit",
     ),
     "FORWARD_COOKIES": (
         "E005",
-        lambda value: Dispatcher(forward_cookies=value),
+        withheld_cookies,
         "True, False, or the names of the host's cookies to withhold, such as ['sessionid']",
     ),
     "MAX_CONCURRENCY": (

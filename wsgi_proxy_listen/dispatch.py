@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import typing as t
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from time import monotonic
 
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -34,7 +34,14 @@ if t.TYPE_CHECKING:
 
     from .seam import Destination
 
-__all__ = ["Dispatchable", "Dispatcher", "check_limit", "serve_forwarded"]
+__all__ = [
+    "Dispatchable",
+    "Dispatcher",
+    "check_content_length",
+    "check_limit",
+    "serve_forwarded",
+    "withheld_cookies",
+]
 
 
 class Dispatchable(t.Protocol):
@@ -63,6 +70,45 @@ def check_limit(name: str, value: object, *, optional: bool = True) -> None:
         raise ValueError(f"invalid {name} {value!r}: use a number of requests, at least 1")
 
 
+def check_content_length(value: object) -> None:
+    """Raise unless ``value`` is a number of bytes or ``None`` (a ``max_content_length``)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"max_content_length must be a number of bytes (an int) or None, not {value!r}"
+        )
+    if value < 0:
+        raise ValueError(
+            f"invalid max_content_length {value!r}:"
+            " use a number of bytes (an int >= 0) or None for no limit"
+        )
+
+
+def withheld_cookies(forward_cookies: object) -> frozenset[str] | None:
+    """The host cookies that ``forward_cookies`` withholds (empty: all of them), or
+    ``None`` to forward all; raise for a value that means nothing."""
+    if forward_cookies is True:
+        return None
+    if forward_cookies is False:
+        return frozenset()
+    # A mapping ({"session": False}) reads as a choice per cookie, which it is not.
+    if isinstance(forward_cookies, (str, bytes, Mapping)) or not isinstance(
+        forward_cookies, Iterable
+    ):
+        raise TypeError(
+            "forward_cookies must be True, False, or a collection of cookie names to"
+            f" withhold such as ['session'], not {forward_cookies!r}"
+        )
+    names = list(forward_cookies)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(
+            f"invalid forward_cookies {forward_cookies!r}: name the cookies to withhold,"
+            " each a non-empty str (or pass True or False)"
+        )
+    return frozenset(names)
+
+
 class Dispatcher:
     """Calls listeners with the options of a middleware (see
     :class:`~wsgi_proxy_listen.ProxyMiddleware` for each)."""
@@ -74,22 +120,12 @@ class Dispatcher:
         forward_cookies: bool | Collection[str] = True,
         max_concurrency: int | None = None,
     ) -> None:
-        if max_content_length is not None:
-            if isinstance(max_content_length, bool) or not isinstance(max_content_length, int):
-                raise TypeError(
-                    f"max_content_length must be a number of bytes (an int) or None,"
-                    f" not {max_content_length!r}"
-                )
-            if max_content_length < 0:
-                raise ValueError(
-                    f"invalid max_content_length {max_content_length!r}:"
-                    " use a number of bytes (an int >= 0) or None for no limit"
-                )
+        check_content_length(max_content_length)
         check_limit("max_concurrency", max_concurrency)
         self.max_content_length = max_content_length
         self.forward_cookies = forward_cookies
         self.max_concurrency = max_concurrency
-        self._withheld = _withheld(forward_cookies)
+        self._withheld = withheld_cookies(forward_cookies)
         # Whether a request may need more than the plain dispatch (cookies or limits).
         self._options = self._withheld is not None or max_concurrency is not None
         # Requests on their way to a listener of another process, by session.
@@ -234,26 +270,6 @@ def serve_forwarded(
     ):
         return None
     return dispatcher.dispatch(listener, environ, start_response, path, route.split)
-
-
-def _withheld(forward_cookies: object) -> frozenset[str] | None:
-    """The cookie names to withhold (empty: all of them), or ``None`` to forward all."""
-    if forward_cookies is True:
-        return None
-    if forward_cookies is False:
-        return frozenset()
-    if isinstance(forward_cookies, (str, bytes)) or not isinstance(forward_cookies, Iterable):
-        raise TypeError(
-            "forward_cookies must be True, False, or a collection of cookie names to"
-            f" withhold such as ['session'], not {forward_cookies!r}"
-        )
-    names = frozenset(forward_cookies)
-    if not names or not all(isinstance(name, str) and name for name in names):
-        raise ValueError(
-            f"invalid forward_cookies {forward_cookies!r}: name the cookies to withhold,"
-            " each a non-empty str (or pass True or False)"
-        )
-    return names
 
 
 def _close(iterable: Iterable[bytes]) -> None:
