@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -168,11 +169,12 @@ def test_a_redis_server_that_stopped_is_exit_status_2(redis_server: RedisServer)
     assert len(result.stderr.splitlines()) == 1
 
 
-def test_a_password_in_a_redis_url_is_never_printed() -> None:
-    url = "redis://:hunter2@127.0.0.1:1/0"
+@pytest.mark.parametrize("password", ["hunter2", "hun/ter2=", "[hunter2"])
+def test_a_password_in_a_redis_url_is_never_printed(password: str) -> None:
+    url = f"redis://:{password}@127.0.0.1:1/0"
     for secret in ([], ["--secret", "s"]):
         result = run(sys.executable, "-m", "wsgi_proxy_listen", "status", url, *secret)
-        assert result.returncode == 2
+        assert (result.returncode, len(result.stderr.splitlines())) == (2, 1), result.stderr
         assert "redis://:***@127.0.0.1:1/0" in result.stderr
         assert "hunter2" not in result.stderr + result.stdout
 
@@ -197,12 +199,15 @@ def test_status_leaves_the_packages_logging_as_it_was(
     handlers, level = list(logger.handlers), logger.level
     with caplog.at_level(logging.INFO, logger="wsgi_proxy_listen"):
         assert status("redis://127.0.0.1:1/0", secret="s") == 2
-        assert status("redis://127.0.0.1:1/0", secret="s") == 2
-        assert (logger.handlers, logger.propagate) == (handlers, True)
+        # Calls that overlap, in threads of one process.
+        with ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(lambda _: status("redis://127.0.0.1:1/0", secret="s"), range(16)))
+        assert codes == [2] * 16
+        assert (logger.handlers, logger.filters, logger.propagate) == (handlers, [], True)
         logger.info("still heard")
     assert logger.level == level
     assert [record.getMessage() for record in caplog.records] == ["still heard"]
-    assert capsys.readouterr().err.count("cannot read the directory") == 2
+    assert capsys.readouterr().err.count("cannot read the directory") == 17
 
 
 def test_flask_status_with_a_setting_that_is_no_dict() -> None:

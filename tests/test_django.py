@@ -266,6 +266,16 @@ def test_every_wrong_setting_that_start_up_raises_for_is_found_by_the_checks(
         assert [error.id for error in check_settings()] == [found]
 
 
+def test_a_secret_of_the_wrong_type_hides_no_problem_of_the_directory() -> None:
+    from wsgi_proxy_listen.django.checks import check_settings
+
+    with override_settings(WSGI_PROXY_LISTEN={"DIRECTORY": "relative/dir", "SECRET": 12}):
+        assert [error.id for error in check_settings()] == [
+            "wsgi_proxy_listen.E008",
+            "wsgi_proxy_listen.E007",
+        ]
+
+
 def test_manage_check_reports_every_problem_at_once() -> None:
     result = manage_check('{"PREFX": 1, "MAX_CONCURRENCY": "4"}')
     assert result.returncode == 1

@@ -255,6 +255,52 @@ def test_a_forked_child_closes_its_idle_members_and_never_inherits_a_held_lock(
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_a_forked_child_never_stops_its_parents_sessions(registry: Registry) -> None:
+    """A child that inherited a member closes its copy without calling stop (the
+    parent serves the session on), starts no thread inside the fork, and does not
+    inherit the parent's requests in flight."""
+    stops: list[str] = []
+    registry.register_app("app", idle_timeout=0.3, stop=stops.append)
+    member = registry.listen(lambda request: "", session="s", app="app", max_concurrency=1)
+    assert member.admit(1)  # a request of the parent, in flight at the fork
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            signal.alarm(10)
+            threads = threading.active_count()
+            free = member.active == 0
+            own = registry.listen(lambda request: "", session="t", app="app")
+            if threads == 1 and free and closed_soon(member) and closed_soon(own):
+                time.sleep(0.1)  # the child's own stop runs just before its close
+                code = 0 if stops == ["t"] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not member.closed
+    member.done()
+
+
+def test_a_stop_that_cannot_get_a_thread_still_closes_the_member(
+    registry: Registry, errors: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else the member stayed registered, refusing every request, for good."""
+    registry.register_app("app", idle_timeout=1, stop=lambda session: None)
+    member = registry.listen(lambda request: "", session="s", app="app")
+    start = threading.Thread.start
+
+    def no_thread_for_stop(thread: threading.Thread) -> None:
+        if thread.name.startswith("wsgi_proxy_listen stop"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread_for_stop)
+    assert registry.close_idle(now=time.monotonic() + 60) == [member]
+    assert closed_soon(member)
+    assert "could not run" in errors.text
+
+
 def test_a_stop_that_raises_is_logged_and_the_member_closed_all_the_same(
     registry: Registry, errors: pytest.LogCaptureFixture
 ) -> None:

@@ -191,6 +191,9 @@ def test_a_secret_setting_completes_the_environments_directory_connected_already
     assert registry.directory_name == folder
     with pytest.raises(ValueError, match="same name and secret"):
         ProxyListen(flask_app({"SECRET": "other"}), registry=registry)
+    # Connected in code, with no environment: the setting's secret goes with it too.
+    monkeypatch.delenv("WSGI_PROXY_LISTEN_DIRECTORY")
+    ProxyListen(flask_app({"SECRET": "s3"}), registry=registry)
 
 
 def test_the_environment_and_a_setting_may_name_the_same_directory(folder: str) -> None:
@@ -341,6 +344,14 @@ def test_the_embedded_directory_imports_no_redis(folder: str) -> None:
             "unix:///run/redis.sock?db=2&password=***",
         ),
         ("redis://cache:6379/0", "redis://cache:6379/0"),
+        # Passwords that a URL parser reads as the path, a fragment, a query or IPv6.
+        ("redis://:hunter2/x+y=@cache/0", "redis://:***@cache/0"),
+        ("redis://:hunter2#x@cache/0", "redis://:***@cache/0"),
+        ("redis://app:hunter2?x@cache/0", "redis://app:***@cache/0"),
+        ("redis://:[hunter2@cache/0", "redis://:***@cache/0"),
+        ("redis://app:hunter2@x@cache/0", "redis://app:***@cache/0"),
+        ("redis://cache/0?PASSWORD=hunter2;x=1&y=%20", "redis://cache/0?PASSWORD=***;x=1&y=%20"),
+        ("/srv/a@b:c/proxy?password=x", "/srv/a@b:c/proxy?password=x"),
     ],
 )
 def test_a_password_in_a_directorys_name_is_never_shown(name: str, shown: str) -> None:
@@ -349,4 +360,8 @@ def test_a_password_in_a_directorys_name_is_never_shown(name: str, shown: str) -
         with pytest.raises(ValueError, match="needs a secret") as info:
             check_name(name)
         assert "hunter2" not in str(info.value)
-        assert "hunter2" not in repr(RedisDirectory(name, secret=b"s"))
+        try:
+            said = repr(RedisDirectory(name, secret=b"s"))
+        except ValueError as error:  # the URL does not parse
+            said = str(error)
+        assert "hunter2" not in said

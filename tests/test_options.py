@@ -117,6 +117,12 @@ def test_forward_cookies(registry: Registry, make_client: MakeClient, host: Host
     assert host.environs[0]["HTTP_COOKIE"] == "session=host-secret"
 
 
+def test_cookie_names_given_as_an_iterator_are_kept(registry: Registry) -> None:
+    middleware = ProxyMiddleware(Host(), registry, forward_cookies=iter(["session", "csrf"]))
+    assert middleware.forward_cookies == frozenset({"session", "csrf"})
+    assert ProxyMiddleware(Host(), registry, forward_cookies=False).forward_cookies is False
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "message"),
     [

@@ -337,6 +337,21 @@ def test_url(
             "/100%2541/proxy/apps/sales/",
             id="script-name-with-a-percent",
         ),
+        pytest.param(
+            {"app": "sales", "environ": {"SCRIPT_NAME": "/"}},
+            "/proxy/apps/sales/",
+            id="script-name-of-the-root",  # not //proxy/..., a link to a host named proxy
+        ),
+        pytest.param(
+            {"app": "sales", "environ": {"SCRIPT_NAME": "/host/"}},
+            "/host/proxy/apps/sales/",
+            id="script-name-ending-with-a-slash",
+        ),
+        pytest.param(
+            {"app": "sales", "environ": {"SCRIPT_NAME": "/h\u00e9\u20ac"}},
+            "/h%C3%A9%E2%82%AC/proxy/apps/sales/",
+            id="script-name-as-text",  # outside latin-1: not a WSGI string, taken as text
+        ),
     ],
 )
 def test_url_before_listen(registry: Registry, arguments: dict[str, t.Any], expected: str) -> None:

@@ -36,7 +36,9 @@ class Problem(t.NamedTuple):
     """Something wrong with a settings dict."""
 
     id: str
-    """``E001``...: which check found it (Django reports ``wsgi_proxy_listen.E001``)."""
+    """``E001``...: which check found it (Django reports ``wsgi_proxy_listen.E001``);
+    ``W001``, a warning, depends on what start-up finds (the environment, a
+    registry connected already) and is left to it."""
     message: str
     hint: str
 
@@ -73,14 +75,15 @@ def problems(config: object) -> list[Problem]:
             except (TypeError, ValueError) as error:
                 found.append(Problem(problem_id, f"{key}: {error}", hint))
     directory, secret = config.get("DIRECTORY"), config.get("SECRET")
-    if any(problem.id == "E008" for problem in found):
-        pass  # the directory is checked with a secret of the right type
-    elif directory is not None:
+    if directory is not None:
+        if any(problem.id == "E008" for problem in found):
+            secret = "reported above"  # the name is checked as if the secret were right
         try:
             check_name(directory, secret=secret)
         except (TypeError, ValueError) as error:
             found.append(Problem("E007", f"DIRECTORY: {error}", _DIRECTORY_HINT))
     elif secret is not None and not os.environ.get(ENV_DIRECTORY):
+        # Start-up raises for it unless the registry has a directory already.
         found.append(Problem("W001", SECRET_WITHOUT_DIRECTORY, _SECRET_HINT))
     return found
 
@@ -134,7 +137,7 @@ def middleware_from_config(
     error: type[Exception] = ValueError,
 ) -> ProxyMiddleware:
     """Wrap ``app`` as ``config`` says; raise ``error`` naming ``where`` if it is wrong."""
-    found = problems(config)
+    found = [problem for problem in problems(config) if not problem.id.startswith("W")]
     if found:
         raise error(f"{where}: {found[0].message}")
     config = t.cast("Mapping[str, t.Any]", config or {})

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import typing as t
 
@@ -114,7 +115,7 @@ def status(
             _show([], shown, as_json, out)
             return 0
     try:
-        with _quiet():
+        with _quiet.running():
             directory = open_directory(name, secret=secret)
             try:
                 entries = directory.entries()
@@ -129,17 +130,36 @@ def status(
     return 0
 
 
-@contextlib.contextmanager
-def _quiet() -> t.Iterator[None]:
-    """The package logs an outage for servers; here the one line of :func:`status`
-    says it. The logger is as it was afterwards."""
-    logger = logging.getLogger("wsgi_proxy_listen")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+class _Quiet(logging.Filter):
+    """Drops the package's records while a :func:`status` runs: it logs an outage for
+    servers, and the one line of :func:`status` says it here. Calls may overlap (in
+    threads of a Flask app): the filter is on the logger while any of them runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @contextlib.contextmanager
+    def running(self) -> t.Iterator[None]:
+        logger = logging.getLogger("wsgi_proxy_listen")
+        with self._lock:
+            self._running += 1
+            if self._running == 1:
+                logger.addFilter(self)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    logger.removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+_quiet = _Quiet()
 
 
 def _show(entries: list[Entry], name: str, as_json: bool, out: t.TextIO) -> None:

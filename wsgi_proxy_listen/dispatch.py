@@ -122,10 +122,15 @@ class Dispatcher:
     ) -> None:
         check_content_length(max_content_length)
         check_limit("max_concurrency", max_concurrency)
-        self.max_content_length = max_content_length
-        self.forward_cookies = forward_cookies
-        self.max_concurrency = max_concurrency
         self._withheld = withheld_cookies(forward_cookies)
+        self.max_content_length = max_content_length
+        # As given, but an iterator, read once above, is kept as the names it gave.
+        self.forward_cookies: bool | Collection[str] = (
+            forward_cookies
+            if isinstance(forward_cookies, (bool, Collection))
+            else t.cast(frozenset[str], self._withheld)
+        )
+        self.max_concurrency = max_concurrency
         # Whether a request may need more than the plain dispatch (cookies or limits).
         self._options = self._withheld is not None or max_concurrency is not None
         # Requests on their way to a listener of another process, by session.

@@ -66,17 +66,25 @@ def retire(listener: Registered, stop: Callable[[str], object] | None, timeout: 
     )
 
     def close_after_stop() -> None:
-        stopper.start()
-        stopper.join(timeout)
-        if stopper.is_alive():
-            logger.warning(
-                "stop of session %r of app %r still runs after %.1f s: the session is"
-                " closed all the same",
+        try:
+            stopper.start()
+            stopper.join(timeout)
+            if stopper.is_alive():
+                logger.warning(
+                    "stop of session %r of app %r still runs after %.1f s: the session is"
+                    " closed all the same",
+                    listener.session,
+                    listener.app,
+                    timeout,
+                )
+        except Exception:  # no thread for stop (the process has too many, say)
+            logger.exception(
+                "stop of session %r of app %r could not run: the session is closed all the same",
                 listener.session,
                 listener.app,
-                timeout,
             )
-        listener.close()
+        finally:
+            listener.close()
 
     threading.Thread(
         target=close_after_stop, name=f"wsgi_proxy_listen retire {listener.session}", daemon=True

@@ -102,7 +102,7 @@ class ProxyMiddleware:
         self.app = app
         self.registry = registry
         self.max_content_length = max_content_length
-        self.forward_cookies = forward_cookies
+        self.forward_cookies = dispatcher.forward_cookies
         self.max_concurrency = max_concurrency
         self._dispatcher = dispatcher
         self._dispatch = dispatcher.dispatch

@@ -367,6 +367,8 @@ class Registry:
         # Running starts, by slug, so that a new declaration of an app joins its start.
         self._starts: dict[str, _Start] = {}
         self._reaper = Reaper(self._sweep, f"wsgi_proxy_listen idle sessions {id(self):#x}")
+        # When this process was forked from the one that made the registry (see _after_fork).
+        self._forked_at = float("-inf")
         _registries.add(self)
         if directory is not None:
             self.connect(directory, secret=secret)
@@ -676,8 +678,14 @@ class Registry:
         script_name = ""
         if environ is not None:
             # WSGI strings are bytes decoded as latin-1 (PEP 3333), and SCRIPT_NAME is
-            # decoded: every character that means something in a URL is quoted.
-            script_name = quote(environ.get("SCRIPT_NAME", "").encode("latin-1"), safe=_PATH_SAFE)
+            # decoded: every character that means something in a URL is quoted. A
+            # server's "/" for the root must not make the URL "//proxy" (another host).
+            script_name = environ.get("SCRIPT_NAME", "").rstrip("/")
+            try:
+                raw = script_name.encode("latin-1")
+            except UnicodeEncodeError:  # not a WSGI string: text, as a framework has it
+                raw = script_name.encode("utf-8")
+            script_name = quote(raw, safe=_PATH_SAFE)
         return script_name + iri_to_uri(self._prefix + route + path)
 
     def close_session(self, session: str) -> bool:
@@ -940,8 +948,10 @@ class Registry:
                 declaration.slug,
                 declaration.idle_timeout,
             )
+            # A copy that a forked child inherited: the session is the parent's to stop.
+            stop = declaration.stop if member.listened > self._forked_at else None
             try:
-                retire(member, declaration.stop, declaration.start_timeout)
+                retire(member, stop, declaration.start_timeout)
             except Exception:
                 # Nothing was stopped: the next look tries again.
                 logger.exception("could not close the idle session %r", member.session)
@@ -984,17 +994,19 @@ class Registry:
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's threads are not here, and a lock one of them
-        held would stay held. Fresh locks; no start or retirement running; the thread
-        that closes idle members again, where an app has an idle_timeout."""
+        held would stay held. Fresh locks; no start, retirement or request running.
+        The thread that closes idle members starts again when the child registers one
+        or declares an app (no thread starts inside a fork); the copies it inherited
+        are closed without their app's ``stop``, which is the parent's to call."""
         self._lock = threading.Lock()
         self._connecting = threading.RLock()
         self._starts.clear()
+        self._forked_at = time.monotonic()
         for listener in self._listeners.values():
             listener._gate = threading.Lock()
             listener.retiring = False
+            listener.active = 0
         self._reaper.after_fork()
-        if any(app.idle_timeout is not None for app in self._apps.values()):
-            self._reaper.wake()
 
     # -- container protocol ------------------------------------------------
 

@@ -21,8 +21,8 @@ embedded one (a folder on one machine) and Redis (several machines).
 
 from __future__ import annotations
 
+import re
 import typing as t
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -55,20 +55,24 @@ ServeForwarded: t.TypeAlias = (
 
 def shown_name(name: str) -> str:
     """A directory's name as messages and logs show it: a URL's password hidden,
-    in its user part or as a ``password`` parameter.
+    in its user part or as a ``password`` parameter. Read as text, not parsed: a
+    password holding ``/``, ``#``, ``?`` or ``[`` is hidden too, and it never raises.
 
     >>> shown_name("redis://:hunter2@cache:6379/0")
     'redis://:***@cache:6379/0'
     """
-    parts = urlsplit(name)
-    if parts.password is not None:
-        user, _, place = parts.netloc.rpartition("@")
-        name = name.replace(parts.netloc, f"{user.partition(':')[0]}:***@{place}", 1)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(key == "password" for key, _ in query):
-        hidden = [(key, "***" if key == "password" else value) for key, value in query]
-        name = name.replace(f"?{parts.query}", f"?{urlencode(hidden, safe='*')}", 1)
-    return name
+    scheme, found, rest = name.partition("://")
+    if not found:
+        return name  # a folder path
+    if not rest.startswith("/"):  # an authority, which may hold user:password@
+        userinfo, at, place = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        if at and colon:
+            rest = f"{user}:***@{place}"
+    return scheme + "://" + _PASSWORD_PARAMETER.sub(r"\1***", rest)
+
+
+_PASSWORD_PARAMETER = re.compile(r"([?&;]password=)[^&;#]*", re.IGNORECASE)
 
 
 class Entry(t.NamedTuple):

@@ -147,7 +147,14 @@ class RedisDirectory(SharedDirectory):
                 url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
             )
         except ValueError as error:
-            raise ValueError(f"invalid Redis URL {shown_name(url)!r}: {error}") from None
+            shown = shown_name(url)
+            # What the parser says of a URL with a password may quote a piece of it.
+            why = (
+                str(error)
+                if shown == url
+                else "it does not parse (percent-encode any / # ? @ [ in the password)"
+            )
+            raise ValueError(f"invalid Redis URL {shown!r}: {why}") from None
         self._withdraw_script = self._redis.register_script(_WITHDRAW)
         self._renew_script = self._redis.register_script(_RENEW)
 
