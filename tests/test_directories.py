@@ -185,6 +185,26 @@ def test_the_generic_path_starts_anew_while_the_owner_withdraws_a_closed_session
     assert (answer.status_code, answer.data) == (200, b"new")
 
 
+def test_another_worker_starts_a_new_session_while_an_idle_one_stops(workers: Workers) -> None:
+    """The owner withdraws a member found idle before its stop() runs: the generic path
+    of every worker starts a new session instead of answering 503 while it stops."""
+    _, a, _ = workers.worker()
+    _, b, b_client = workers.worker()
+    release = threading.Event()
+    a.register_app("board", idle_timeout=1, stop=lambda session: release.wait(10))
+    b.register_app("board", start=lambda: b.listen(text("new"), session="n1", app="board"))
+    old = a.listen(text("old"), session="o1", app="board")
+    assert b_client.get("/proxy/apps/board/", buffered=True).data == b"old"
+    try:
+        assert a.close_idle(now=time.monotonic() + 5) == [old]
+        assert not old.closed, "its stop() runs"
+        answer = b_client.get("/proxy/apps/board/", buffered=True)
+        assert (answer.status_code, answer.data) == (200, b"new")
+        assert b_client.get("/proxy/sessions/o1/", buffered=True).status_code == 404
+    finally:
+        release.set()
+
+
 def test_an_app_started_in_one_worker_answers_in_another(workers: Workers) -> None:
     _, a, a_client = workers.worker()
     _, b, b_client = workers.worker()

@@ -33,6 +33,7 @@ class Board:
         self.numbers = itertools.count(1)
         self.stopped: list[str] = []
         self.stop_called = threading.Event()
+        self.hold: threading.Event | None = None  # stop() returns once it is set
         self.app = registry.register_app(
             "board", start=self.start, stop=self.stop, start_timeout=5, **options
         )
@@ -53,6 +54,8 @@ class Board:
     def stop(self, session: str) -> None:
         self.stopped.append(session)
         self.stop_called.set()
+        if self.hold is not None:
+            self.hold.wait(10)
 
     def member(self) -> Listener:
         listener = self.registry.current_listener("board")
@@ -194,6 +197,27 @@ def test_a_request_while_the_member_stops_is_refused_not_closed_under(
     release.set()
     assert closed_soon(member)
     assert client.get("/proxy/sessions/s/").status_code == 404
+
+
+def test_while_a_member_stops_the_generic_path_starts_a_new_session(
+    registry: Registry, make_client: MakeClient
+) -> None:
+    """It leaves its app when it is found idle: the generic path does not wait for its
+    stop() (up to start_timeout) with 503s."""
+    board = Board(registry, idle_timeout=1)
+    board.hold = release = threading.Event()
+    client = make_client()
+    assert client.get("/proxy/apps/board/").text == "board-1"
+    first = board.member()
+    assert registry.close_idle(now=time.monotonic() + 5) == [first]
+    assert board.stop_called.wait(5)
+    assert not first.closed, "its stop() runs"
+    assert client.get("/proxy/apps/board/").text == "board-2"
+    assert client.get("/proxy/apps/board/sessions/board-1/").status_code == 503
+    release.set()
+    assert closed_soon(first)
+    assert client.get("/proxy/apps/board/").text == "board-2"
+    assert [listener.session for listener in registry] == ["board-2"]
 
 
 def test_a_retirement_that_fails_is_tried_again_and_spares_the_others(

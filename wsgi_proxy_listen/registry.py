@@ -615,8 +615,8 @@ class Registry:
             # Lookups take no lock, so every intermediate state must be one they can
             # read: leave an app the session quits before the new listener shows,
             # and stay in an app it keeps (its _current entry never goes missing).
-            if replaced is not None and replaced.app is not None and replaced.app != app:
-                self._leave(replaced.app, session)
+            if replaced is not None and replaced.app != app:
+                self._leave(replaced)
             self._listeners[session] = listener
             if app is not None:
                 self._join(app, listener)
@@ -710,8 +710,7 @@ class Registry:
             if self._listeners.get(listener.session) is not listener:
                 return False
             del self._listeners[listener.session]
-            if listener.app is not None:
-                self._leave(listener.app, listener.session)
+            self._leave(listener)
         if self._directory is not None:
             self._directory.removed(listener)
         return True
@@ -772,7 +771,8 @@ class Registry:
             idle, in a thread of its own, before the listener is closed; the
             listener is closed when ``stop`` returns or raises (logged), or after
             ``start_timeout`` seconds. From the moment a member is found idle it
-            takes no new request (503 with ``Retry-After``). Needs
+            leaves the app (the generic path starts a new session) and takes no
+            new request (503 with ``Retry-After`` on its session routes). Needs
             ``idle_timeout``.
         """
         _check_id("app slug", slug)
@@ -956,8 +956,14 @@ class Registry:
                 # Nothing was stopped: the next look tries again.
                 logger.exception("could not close the idle session %r", member.session)
                 member.retiring = False
-            else:
-                retired.append(member)
+                continue
+            retired.append(member)
+            # While stop() runs, the app's generic path goes to another member or starts
+            # a new session, here and in every process.
+            with self._lock:
+                self._leave(member)
+            if self._directory is not None:
+                self._directory.removed(member)
         return retired
 
     def _sweep(self) -> float | None:
@@ -972,11 +978,17 @@ class Registry:
             ]
         return period_for(min(timeouts)) if timeouts else None
 
-    def _leave(self, app: str, session: str) -> None:
+    def _leave(self, listener: Listener) -> None:
+        """Take ``listener`` out of its app, if it is still a member (one found idle
+        left it already)."""
+        app = listener.app
+        members = None if app is None else self._members.get(app)
+        if members is None or members.get(listener.session) is not listener:
+            return
+        app = t.cast(str, app)
         # OrderedDict: deleting a member and finding the newest one left are O(1),
         # however many members came and went.
-        members = self._members[app]
-        del members[session]
+        del members[listener.session]
         if members:
             self._current[app] = next(reversed(members.values()))
         else:
