@@ -148,11 +148,8 @@ class Dispatcher:
         """Call the listener with a copy of the environ, its start_response checked."""
         limit = self.max_content_length
         inner = environ.copy()
-        if limit is not None:
-            declared = get_content_length(environ)
-            if declared is not None and declared > limit:
-                return respond(start_response, 413)
-            inner["wsgi.input"] = _bounded_input(environ["wsgi.input"], declared, limit)
+        if limit is not None and not _bound_body(inner, limit):
+            return respond(start_response, 413)
         inner["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + path[:split]
         inner["PATH_INFO"] = path[split:]
         counted = False
@@ -203,11 +200,8 @@ class Dispatcher:
         limit = self.max_content_length
         if limit is not None or self._withheld is not None:
             environ = environ.copy()
-            if limit is not None:
-                declared = get_content_length(environ)
-                if declared is not None and declared > limit:
-                    return respond(start_response, 413)
-                environ["wsgi.input"] = _bounded_input(environ["wsgi.input"], declared, limit)
+            if limit is not None and not _bound_body(environ, limit):
+                return respond(start_response, 413)
             if self._withheld is not None:
                 self._withhold(environ)
         concurrency = self.max_concurrency
@@ -341,10 +335,18 @@ class _BodyLimit(LimitedStream):
         return count
 
 
-def _bounded_input(stream: t.IO[bytes], declared: int | None, limit: int) -> t.IO[bytes]:
-    # With a limit, the body is bounded whatever the listener does: by the declared
-    # length (what follows on the connection is the next request), or, without one,
-    # by the limit itself.
-    if declared is None:
-        return t.cast(t.IO[bytes], _BodyLimit(stream, limit))
-    return t.cast(t.IO[bytes], LimitedStream(stream, declared))
+def _bound_body(environ: WSGIEnvironment, limit: int) -> bool:
+    """Bound the body of ``environ`` (a copy) to ``limit`` bytes; ``False``, and nothing
+    changed, when it declares more (a 413).
+
+    The body is bounded whatever the listener does: by the declared length (what
+    follows on the connection is the next request), or, without one, by the limit.
+    """
+    declared = get_content_length(environ)
+    if declared is not None and declared > limit:
+        return False
+    stream = environ["wsgi.input"]
+    environ["wsgi.input"] = (
+        _BodyLimit(stream, limit) if declared is None else LimitedStream(stream, declared)
+    )
+    return True
