@@ -69,8 +69,8 @@ def browser() -> Iterator[Browser]:
 
 class Watched:
     """A page that records every console error, page error, failed request and answer of
-    400 or more, and every URL it requests; :meth:`check` fails the test on a problem,
-    or on a request outside ``under``."""
+    400 or more, each with the URL of the page it happened on, and every URL it requests;
+    :meth:`check` fails the test on a problem, or on a request outside ``under``."""
 
     def __init__(self, page: Page, under: str | None = None) -> None:
         self.page = page
@@ -80,25 +80,30 @@ class Watched:
         page.on(
             "console",
             lambda message: (
-                self.problems.append(f"console {message.type}: {message.text}")
+                self.note(f"console {message.type}: {message.text}")
                 if message.type == "error"
                 else None
             ),
         )
-        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        page.on("pageerror", lambda error: self.note(f"page error: {error}"))
         page.on("request", lambda request: self.requested.append(request.url))
         page.on(
             "requestfailed",
-            lambda request: self.problems.append(f"failed: {request.method} {request.url}"),
+            lambda request: self.note(
+                f"request failed ({request.failure}): {request.method} {request.url}"
+            ),
         )
         page.on(
             "response",
             lambda response: (
-                self.problems.append(f"{response.status}: {response.url}")
+                self.note(f"answer {response.status}: {response.request.method} {response.url}")
                 if response.status >= 400
                 else None
             ),
         )
+
+    def note(self, problem: str) -> None:
+        self.problems.append(f"{problem} (on page {self.page.url})")
 
     def outside(self) -> list[str]:
         """The requested URLs whose path is not under ``under`` (data: URLs aside)."""
@@ -111,8 +116,13 @@ class Watched:
         ]
 
     def check(self) -> None:
-        assert self.problems == []
-        assert self.outside() == [], f"requests outside {self.under}"
+        problems = "\n  ".join(self.problems)
+        assert not self.problems, (
+            "expected no console error, page error, failed request or answer of 400 or more;"
+            f" the browser saw {len(self.problems)}:\n  {problems}"
+        )
+        outside = "\n  ".join(self.outside())
+        assert not outside, f"expected every request under {self.under}; outside:\n  {outside}"
 
 
 @contextlib.contextmanager

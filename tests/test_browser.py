@@ -57,9 +57,13 @@ def browser_host(kind: str) -> t.ContextManager[str]:
 
 
 def log_in(page: Page, url: str, user: str) -> None:
+    """Log in through the form at ``url``, and wait for the page the login leads to: a
+    test that goes on at once would abort the login's POST (slow under load) and test
+    without the login."""
     page.goto(url)
     page.fill("input[name=user]", user)
-    page.click("button")
+    with page.expect_navigation():
+        page.click("button")
 
 
 def user_on(page: Page, url: str) -> str | None:

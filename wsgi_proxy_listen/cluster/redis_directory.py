@@ -71,6 +71,38 @@ _DELETE_IF = (
 )
 
 
+class _Commands(t.Protocol):
+    """What the directory uses of a redis-py client, typed as the directory reads it.
+
+    redis-py's own annotations changed between releases (8.x typed what 5.x did not);
+    checking against this instead keeps ``mypy --strict`` independent of the release.
+    """
+
+    connection_pool: t.Any
+
+    def get(self, name: str) -> bytes | None: ...
+    def set(self, name: str, value: str, **options: t.Any) -> t.Any: ...
+    def mget(self, keys: t.Sequence[str | bytes]) -> list[bytes | None]: ...
+    def zadd(self, name: str, mapping: dict[str, float]) -> t.Any: ...
+    def zrem(self, name: str, *values: str) -> t.Any: ...
+    def zrevrange(self, name: str, start: int, end: int) -> list[bytes]: ...
+    def publish(self, channel: str, message: str) -> t.Any: ...
+    def ping(self) -> t.Any: ...
+    def eval(self, script: str, numkeys: int, *keys_and_args: str) -> t.Any: ...
+    def scan_iter(self, match: str, count: int) -> t.Iterator[bytes]: ...
+    def pipeline(self, transaction: bool) -> t.Any: ...
+    def pubsub(self, ignore_subscribe_messages: bool) -> t.Any: ...
+    def register_script(self, script: str) -> t.Callable[..., t.Any]: ...
+    def close(self) -> None: ...
+
+
+def _client(url: str, timeout: float, retry: Retry) -> _Commands:
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=retry
+    )
+    return t.cast(_Commands, client)
+
+
 def _identity(entry: Owner) -> str:
     """What tells one entry from another: all of its value but the time."""
     return f"{entry.owner} {entry.address} {entry.app or ''} "
@@ -140,12 +172,8 @@ class RedisDirectory(SharedDirectory):
         # timeout; one on a broken connection, the pool's socket to a Redis that restarted.
         retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
         try:
-            self._redis = redis.Redis.from_url(
-                url, socket_connect_timeout=1.0, socket_timeout=1.0, retry=retry
-            )
-            self._probe_client = redis.Redis.from_url(
-                url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
-            )
+            self._redis = _client(url, 1.0, retry)
+            self._probe_client = _client(url, 0.5, Retry(NoBackoff(), 0))
         except ValueError as error:
             shown = shown_name(url)
             # What the parser says of a URL with a password may quote a piece of it.
@@ -197,11 +225,7 @@ class RedisDirectory(SharedDirectory):
 
     def _store_publish(self, session: str, entry: Owner) -> None:
         key = self._key(session)
-        previous = _decode(
-            t.cast(
-                "bytes | None", self._redis.set(key, _encode(entry), px=self._lease_ms, get=True)
-            )
-        )
+        previous = _decode(self._redis.set(key, _encode(entry), px=self._lease_ms, get=True))
         if entry.app is not None:
             self._redis.zadd(self._app_key(entry.app), {session: time.time()})
         if previous is not None and previous.app not in (None, entry.app):
@@ -268,7 +292,7 @@ class RedisDirectory(SharedDirectory):
     # -- reads -----------------------------------------------------------------------------
 
     def _store_locate(self, session: str) -> Owner | None:
-        return _decode(t.cast("bytes | None", self._redis.get(self._key(session))))
+        return _decode(self._redis.get(self._key(session)))
 
     def _store_changed(self) -> bool:
         return False  # every change is announced on the channel (see _watch)
@@ -289,7 +313,7 @@ class RedisDirectory(SharedDirectory):
 
     def _store_current(self, slug: str) -> tuple[str, Owner] | None:
         key = self._app_key(slug)
-        members = [m.decode() for m in t.cast("list[bytes]", self._redis.zrevrange(key, 0, 15))]
+        members = [member.decode() for member in self._redis.zrevrange(key, 0, 15)]
         if not members:
             return None
         values = self._redis.mget([self._key(member) for member in members])
@@ -310,7 +334,7 @@ class RedisDirectory(SharedDirectory):
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self._channel)
                 # Changes announced before the subscription were missed.
