@@ -427,3 +427,16 @@ def test_the_registrys_thread_ends_when_nothing_is_watched(registry: Registry) -
         time.sleep(0.05)
     again = registry.listen(lambda request: "", session="t", app="app")
     assert closed_soon(again), "a new member wakes it again"
+
+
+def test_a_member_is_idle_at_exactly_its_timeout_whatever_the_clock_reads(
+    registry: Registry, board: Board
+) -> None:
+    """The boundary holds for any reading of the clock: at some readings ``(a + 60) - a``
+    is a little less than 60 in floating point, which kept a member idle for exactly its
+    timeout open (this test's reading is one of them)."""
+    board.start()
+    member = board.member()
+    member.last_request = served = 65488.198063366035
+    assert (served + 60) - served < 60
+    assert registry.close_idle(now=served + 60) == [member]

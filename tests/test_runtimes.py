@@ -34,6 +34,10 @@ class Runtime(t.NamedTuple):
     pid: int
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def runtime(shared: Shared, session: str, mode: str = "serve-forever") -> Iterator[Runtime]:
     """tests/runtime_app.py in a process of its own, configured by the environment only."""
@@ -47,6 +51,9 @@ def runtime(shared: Shared, session: str, mode: str = "serve-forever") -> Iterat
         env=env,
         stdout=subprocess.PIPE,
         text=True,
+        # SIGINT stands for a terminal's Ctrl-C: a suite started in the background
+        # (make test &) ignores it, and its children would inherit that.
+        preexec_fn=_default_sigint,
     )
     try:
         line = t.cast(t.IO[str], process.stdout).readline()

@@ -192,7 +192,7 @@ class Listener:
         """Mark it :attr:`retiring`, and say so, if it serves nothing and has served
         nothing for ``timeout`` seconds at ``now``: from then on it admits no request."""
         with self._gate:
-            if self.retiring or self.active or now - self.idle_since < timeout:
+            if self.retiring or self.active or now < self.idle_since + timeout:
                 return False
             self.retiring = True
             return True
