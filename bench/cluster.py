@@ -33,7 +33,7 @@ import time
 import timeit
 import typing as t
 
-from tests.cluster_support import (
+from tests.support.cluster import (
     REDIS,
     SECRET,
     RedisServer,
@@ -112,7 +112,7 @@ def runtime(directory: str) -> t.Iterator[None]:
     env = {**os.environ, "WSGI_PROXY_LISTEN_DIRECTORY": directory}
     env.pop("WSGI_PROXY_LISTEN_SECRET", None)
     if not directory.startswith("/"):
-        env["WSGI_PROXY_LISTEN_SECRET"] = SECRET  # as tests.cluster_support.gunicorn does
+        env["WSGI_PROXY_LISTEN_SECRET"] = SECRET  # as tests.support.cluster.gunicorn does
     process = subprocess.Popen(
         [sys.executable, "-c", _RUNTIME], env=env, stdout=subprocess.PIPE, text=True
     )
@@ -187,7 +187,7 @@ def piece_timings() -> list[tuple[str, float]]:
 def lookup_timings(folder: str) -> list[tuple[str, float]]:
     """Finding a listener of another process in the embedded directory (the owner runs
     in a process of its own): from the cached location, and from the table."""
-    from wsgi_proxy_listen import ProxyMiddleware, Registry, routing
+    from wsgi_proxy_listen import ProxyMiddleware, Registry
 
     owner = subprocess.Popen(
         [sys.executable, "-c", _OWNER, folder], stdout=subprocess.PIPE, text=True
@@ -196,18 +196,18 @@ def lookup_timings(folder: str) -> list[tuple[str, float]]:
         t.cast(t.IO[str], owner.stdout).readline()
         registry = Registry(directory=folder)
         ProxyMiddleware(lambda environ, start_response: [], registry)
-        directory = t.cast(t.Any, registry.directory)
-        route = t.cast(routing.Route, routing.parse("/proxy/sessions/remote/", "/proxy"))
+        directory = registry.directory
+        assert directory is not None
         bodiless = environ_of_a_request()
         with_body = {**bodiless, "CONTENT_LENGTH": "5"}  # always asks the table
         rows = [
             (
                 "embedded: find it, cached location (data_version + dict)",
-                best_us(lambda: directory.find(route, bodiless)),
+                best_us(lambda: directory.locate("remote", bodiless)),
             ),
             (
                 "embedded: find it in the table (SELECT)",
-                best_us(lambda: directory.find(route, with_body)),
+                best_us(lambda: directory.locate("remote", with_body)),
             ),
         ]
         directory.close()

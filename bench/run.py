@@ -157,7 +157,8 @@ def timing_cases(quick: bool) -> dict[str, Callable[[], None]]:
 
 
 def breakdown_cases() -> dict[str, Callable[[], None]]:
-    """The pieces of a dispatch that SPEC requires and DispatcherMiddleware does not do."""
+    """The pieces of a dispatch that the middleware promises (checks, the guard, cookies) and
+    DispatcherMiddleware does not do."""
     from wsgi_proxy_listen.guard import Guard
 
     environ = server_environ("/proxy/sessions/target/x")

@@ -1,5 +1,7 @@
-"""The test suite. The helpers beside the tests get pytest's assertion messages too."""
+"""The test suite: test files named after the module or feature they test, their helpers
+in tests/support/ (which get pytest's assertion messages too), and the fixtures in
+conftest.py."""
 
 import pytest
 
-pytest.register_assert_rewrite("tests.browser_support", "tests.cluster_support", "tests.wire")
+pytest.register_assert_rewrite("tests.support")

@@ -15,7 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
-from .conftest import (
+from .support.wsgi import (
     BufferedClient,
     Host,
     MakeClient,
@@ -161,7 +161,7 @@ def test_max_waiting_must_be_a_positive_int(
         registry.register_app("app", start=lambda: None, max_waiting=t.cast(int, value))
 
 
-# -- apps through the middleware (SPEC §4) ----------------------------------------------------
+# -- apps through the middleware --------------------------------------------------------------
 
 
 def test_app_session_route(registry: Registry, make_client: MakeClient) -> None:

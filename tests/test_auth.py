@@ -12,7 +12,7 @@ from werkzeug.wrappers import Request
 from wsgi_proxy_listen import Registry
 from wsgi_proxy_listen.auth import require_bearer
 
-from .conftest import assert_plain_answer
+from .support.wsgi import assert_plain_answer
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -1,5 +1,5 @@
 """Real browsers: headless Chromium, driven by Playwright, against real servers. Every page a
-test opens is watched (tests/browser_support.py): a console error, a page error, a failed
+test opens is watched (tests/support/browser.py): a console error, a page error, a failed
 request or an answer of 400 or more fails the test, whatever it asserts."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from examples import demo
 from wsgi_proxy_listen import Registry
 
-from .browser_support import Browser, Page, browser, served, watched
-from .conftest import running_server
+from .support.browser import Browser, Page, browser, served, watched
+from .support.wsgi import running_server
 
 __all__ = ["browser"]  # the fixture, imported for the tests here
 
@@ -52,8 +52,8 @@ def test_demo_page_in_chromium(browser: Browser) -> None:
 
 
 def browser_host(kind: str) -> t.ContextManager[str]:
-    """tests/browser_hosts.py in a process of its own; yields its base URL."""
-    return served("tests.browser_hosts", kind)
+    """tests/support/browser_hosts.py in a process of its own; yields its base URL."""
+    return served("tests.support.browser_hosts", kind)
 
 
 def log_in(page: Page, url: str, user: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .cluster_support import (
+from .support.cluster import (
     ROOT,
     SECRET,
     RedisServer,
@@ -89,7 +89,7 @@ def test_flask_status_reads_the_apps_directory(shared: Shared) -> None:
         result = run(
             str(BIN / "flask"),
             "--app",
-            "tests.cli_flask_app",
+            "tests.support.cli_flask_app",
             "wsgi-proxy-listen",
             "status",
             "--json",
@@ -212,7 +212,13 @@ def test_status_leaves_the_packages_logging_as_it_was(
 
 def test_flask_status_with_a_setting_that_is_no_dict() -> None:
     result = run(
-        *(str(BIN / "flask"), "--app", "tests.cli_flask_app", "wsgi-proxy-listen", "status"),
+        *(
+            str(BIN / "flask"),
+            "--app",
+            "tests.support.cli_flask_app",
+            "wsgi-proxy-listen",
+            "status",
+        ),
         TEST_SETTING="['DIRECTORY', '/tmp/x']",
     )
     assert (result.returncode, result.stdout) == (2, "")

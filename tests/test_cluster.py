@@ -17,7 +17,7 @@ from collections import Counter
 
 import pytest
 
-from .cluster_support import (
+from .support.cluster import (
     NO_REDIS,
     REDIS,
     SECRET,
@@ -33,7 +33,7 @@ from .cluster_support import (
     start_session,
     stop_session,
 )
-from .wire import Answer, exchange, peak_rss_growth_mib, upload_arrives_whole
+from .support.wire import Answer, exchange, peak_rss_growth_mib, upload_arrives_whole
 
 pytestmark = pytest.mark.timeout(180)
 

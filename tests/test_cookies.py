@@ -11,7 +11,7 @@ import pytest
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen.cookies import confine, withhold
 
-from .conftest import BufferedClient, checked
+from .support.wsgi import BufferedClient, checked
 
 
 def raw_client(middleware: ProxyMiddleware) -> BufferedClient:

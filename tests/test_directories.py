@@ -22,11 +22,11 @@ from collections.abc import Iterator
 import pytest
 from werkzeug.test import Client
 
-from wsgi_proxy_listen import ProxyMiddleware, Registry
+from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory, Owner
 
-from .cluster_support import NO_REDIS, REDIS, SECRET, RedisServer, short_folder
-from .conftest import Host
+from .support.cluster import NO_REDIS, REDIS, SECRET, RedisServer, short_folder
+from .support.wsgi import Host
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -583,21 +583,23 @@ def test_a_listener_closed_while_the_heartbeat_runs_is_not_written_back(
     """close() between the heartbeat's snapshot and its renewal: the renewal writes the
     entry again, and the heartbeat must take it back out."""
     directory = workers.directory()
+    renew = type(directory)._store_renew
+    closed = threading.Event()
+    handles: list[Listener] = []
+
+    def close_first(self: t.Any, entries: dict[str, t.Any]) -> list[str]:
+        if self is directory and "s1" in entries and not closed.is_set():
+            handles[0].close()  # as if another thread closed it just now
+            closed.set()
+        return renew(self, entries)
+
+    # Before the registry attaches: the directory's parts take its store's methods then.
+    monkeypatch.setattr(type(directory), "_store_renew", close_first)
     a = Registry(directory=directory)
     Client(ProxyMiddleware(Host(), a)).get("/")
     _, b, b_client = workers.worker()
     b.register_app("nb", start=lambda: b.listen(text("started in b"), session="fresh", app="nb"))
-    handle = a.listen(text("old"), session="s1", app="nb")
-    renew = type(directory)._store_renew
-    closed = threading.Event()
-
-    def close_first(self: t.Any, entries: dict[str, t.Any]) -> list[str]:
-        if self is directory and "s1" in entries and not closed.is_set():
-            handle.close()  # as if another thread closed it just now
-            closed.set()
-        return renew(self, entries)
-
-    monkeypatch.setattr(type(directory), "_store_renew", close_first)
+    handles.append(a.listen(text("old"), session="s1", app="nb"))
     assert closed.wait(5)
     time.sleep(1.5)  # the heartbeat ended its round
     answer = b_client.get("/proxy/apps/nb/", buffered=True)
@@ -636,20 +638,17 @@ def test_a_locked_table_costs_a_fresh_worker_nothing() -> None:
 def test_a_child_forked_after_using_the_table_takes_its_own_file_locks() -> None:
     """SQLite connections must not cross a fork: the child would believe it holds the
     parent's file locks and take none. A fresh process and a forked child hold the same."""
-    from wsgi_proxy_listen import routing
-
     folder = short_folder()
     made = Workers("embedded", folder)
     try:
         directory, registry, _ = made.worker()
         registry.listen(text("x"), session="x")
-        route = t.cast(routing.Route, routing.parse("/proxy/sessions/y/", "/proxy"))
         probe = {"CONTENT_LENGTH": "1"}  # a lookup in the table itself
-        directory.find(route, probe)
+        directory.locate("y", probe)
         read, write = os.pipe()
         child = os.fork()
         if child == 0:
-            directory.find(route, probe)
+            directory.locate("y", probe)
             os.write(write, str(len(_file_locks(os.getpid()))).encode())
             os._exit(0)
         os.waitpid(child, 0)
@@ -657,10 +656,9 @@ def test_a_child_forked_after_using_the_table_takes_its_own_file_locks() -> None
         os.close(read)
         os.close(write)
         code = (
-            "import os, sys; from wsgi_proxy_listen import Registry, ProxyMiddleware, routing\n"
+            "import os, sys; from wsgi_proxy_listen import Registry, ProxyMiddleware\n"
             f"r = Registry(directory={folder!r}); ProxyMiddleware(lambda e, s: [], r)\n"
-            "route = routing.parse('/proxy/sessions/y/', '/proxy')\n"
-            "r.directory.find(route, {'CONTENT_LENGTH': '1'})\n"
+            "r.directory.locate('y', {'CONTENT_LENGTH': '1'})\n"
             "print(sum(l.split()[4] == str(os.getpid()) for l in open('/proc/locks')))\n"
         )
         fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,6 +1,7 @@
 """ProxyMiddleware passes host requests through untouched and dispatches to listeners with
-a copy of the environ (SPEC §2); frameworks as host and listener; threads and churn; the
-once-per-process warning of a multi-process server."""
+a copy of the environ (SCRIPT_NAME + the routing prefix, PATH_INFO the rest); frameworks as
+host and listener; threads and churn; the once-per-process warning of a multi-process
+server."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from werkzeug.wrappers import Request
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry, default_registry
 
-from .conftest import (
+from .support.wsgi import (
     Host,
     MakeClient,
     Recorder,
@@ -29,7 +30,7 @@ from .conftest import (
 if t.TYPE_CHECKING:
     pass
 
-# -- §2 pass-through ---------------------------------------------------------------
+# -- pass-through -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_host_routes_pass_through_checked_stack(
     assert response.get_data() == b"host"
 
 
-# -- §2 dispatch and the environ copy ---------------------------------------------------
+# -- dispatch and the environ copy ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -197,7 +198,7 @@ def test_default_registry_is_used_without_one() -> None:
         listener.close()
 
 
-# -- frameworks ---------------------------------------------------------------------------------
+# -- frameworks -------------------------------------------------------------------------------
 
 
 def test_flask_host_and_flask_listener(registry: Registry) -> None:

@@ -24,8 +24,8 @@ from wsgi_proxy_listen import ProxyMiddleware, Registry, default_registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory
 from wsgi_proxy_listen.django import get_wsgi_application
 
-from .cluster_support import short_folder
-from .conftest import BufferedClient, checked, running_server
+from .support.cluster import short_folder
+from .support.wsgi import BufferedClient, checked, running_server
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_host.settings")
 django.setup()
@@ -198,7 +198,7 @@ def manage_check(setting: str, **environment: str) -> subprocess.CompletedProces
         env={
             **os.environ,
             "PYTHONPATH": str(ROOT),
-            "DJANGO_SETTINGS_MODULE": "tests.django_bad_settings",
+            "DJANGO_SETTINGS_MODULE": "tests.support.django_bad_settings",
             "TEST_WSGI_PROXY_LISTEN": setting,
             **environment,
         },

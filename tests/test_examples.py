@@ -28,8 +28,8 @@ from examples import (
 )
 from wsgi_proxy_listen import ProxyMiddleware, Registry, default_registry
 
-from .conftest import BufferedClient, checked
-from .wire import free_port, get, wait_until_listening
+from .support.wire import free_port, get, wait_until_listening
+from .support.wsgi import BufferedClient, checked
 
 ROOT = Path(__file__).resolve().parent.parent
 

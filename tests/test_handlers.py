@@ -14,7 +14,7 @@ from werkzeug.wrappers import Request, Response
 
 from wsgi_proxy_listen.handlers import to_wsgi
 
-from .conftest import BufferedClient, checked
+from .support.wsgi import BufferedClient, checked
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -310,7 +310,8 @@ def generate() -> Iterator[str | bytes]:
     ],
 )
 def test_return_values(returned: object, status: int, content_type: str, body: bytes) -> None:
-    """What a request handler returns is turned into a response as SPEC §5 lists."""
+    """What a request handler returns is turned into a response as the handlers guide
+    lists (docs/guides/handlers.md)."""
     response = call(to_wsgi(lambda request: returned))
     assert response.status_code == status
     assert response.content_type == content_type

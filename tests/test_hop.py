@@ -17,11 +17,12 @@ from email.message import Message
 
 import pytest
 
+from wsgi_proxy_listen import Registry
+from wsgi_proxy_listen.answers import Failure
 from wsgi_proxy_listen.cluster import hop
 from wsgi_proxy_listen.cluster.endpoint import InternalEndpoint
 from wsgi_proxy_listen.cluster.hop import (
     HOP_PATH,
-    Failure,
     HopClient,
     Verifier,
     pack,
@@ -29,7 +30,7 @@ from wsgi_proxy_listen.cluster.hop import (
     unpack,
 )
 
-from .cluster_support import short_folder
+from .support.cluster import short_folder
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -208,7 +209,7 @@ def endpoint(request: pytest.FixtureRequest) -> Iterator[tuple[InternalEndpoint,
     folder = short_folder()
     address = os.path.join(folder, "e.sock") if request.param == "unix" else "127.0.0.1"
     verify = None if request.param == "unix" else Verifier(SECRET, OWNER)
-    started = InternalEndpoint(address, lambda: owner, verify)
+    started = InternalEndpoint(address, owner, verify)
     started.start()
     try:
         yield started, owner
@@ -383,8 +384,8 @@ def test_an_owner_that_is_gone_is_told_apart_from_a_slow_one() -> None:
         shutil.rmtree(folder)
 
 
-def forward_to(client: HopClient, address: str) -> Failure | bytes:
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO()}
+def forward_to(client: HopClient, address: str, path: str = "/") -> Failure | bytes:
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.input": io.BytesIO()}
     answer = client.forward(OWNER, address, "s", "/proxy", environ, Started())
     if isinstance(answer, Failure):
         return answer
@@ -427,7 +428,7 @@ def hop_bytes(meta: str, extra: dict[str, str]) -> bytes:
 
 def test_a_connection_is_trusted_after_its_signed_first_request() -> None:
     owner = Owner()
-    server = InternalEndpoint("127.0.0.1", lambda: owner, Verifier(SECRET, OWNER))
+    server = InternalEndpoint("127.0.0.1", owner, Verifier(SECRET, OWNER))
     server.start()
     try:
         meta = pack({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, "s", "/proxy")
@@ -457,7 +458,7 @@ def test_a_unix_socket_endpoint_is_private_and_removed_on_close() -> None:
     folder = short_folder()
     try:
         path = os.path.join(folder, "e.sock")
-        server = InternalEndpoint(path, lambda: None, None)
+        server = InternalEndpoint(path, Registry().serve_forwarded, None)
         server.start()
         assert os.stat(path).st_mode & 0o777 == 0o600
         server.close()
@@ -466,16 +467,17 @@ def test_a_unix_socket_endpoint_is_private_and_removed_on_close() -> None:
         shutil.rmtree(folder)
 
 
-def test_no_serve_callable_yet_is_a_miss() -> None:
-    """Before a middleware is set up in the owner, a forwarded request is a miss."""
+def test_a_process_without_the_listener_answers_a_miss() -> None:
+    """A process that serves nothing for the session (no listener, no middleware yet):
+    a forwarded request is a miss, which the sender can look up again."""
     folder = short_folder()
     try:
-        server = InternalEndpoint(os.path.join(folder, "e.sock"), lambda: None, None)
+        server = InternalEndpoint(os.path.join(folder, "e.sock"), Registry().serve_forwarded, None)
         server.start()
         try:
             client = HopClient(None, 2.0)
             CLIENTS.append(client)
-            assert forward_to(client, server.address) is Failure.MISS
+            assert forward_to(client, server.address, "/proxy/sessions/s/") is Failure.MISS
         finally:
             server.close()
     finally:
@@ -485,7 +487,7 @@ def test_no_serve_callable_yet_is_a_miss() -> None:
 def test_many_connections_at_once() -> None:
     folder = short_folder()
     owner = Owner()
-    server = InternalEndpoint(os.path.join(folder, "e.sock"), lambda: owner, None)
+    server = InternalEndpoint(os.path.join(folder, "e.sock"), owner, None)
     server.start()
     client = HopClient(None, read_timeout=10.0)
     CLIENTS.append(client)
@@ -523,7 +525,7 @@ def test_an_endpoint_with_every_slot_taken_refuses_at_once(
     monkeypatch.setattr(endpoint_module, "MAX_CONNECTIONS", 1)
     folder = short_folder()
     owner = Owner()
-    server = InternalEndpoint(os.path.join(folder, "e.sock"), lambda: owner, None)
+    server = InternalEndpoint(os.path.join(folder, "e.sock"), owner, None)
     server.start()
     holder = socket.socket(socket.AF_UNIX)
     try:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import jupyter_client
 import pytest
 
-from .cluster_support import ROOT, Shared, get, gunicorn, short_folder
+from .support.cluster import ROOT, Shared, get, gunicorn, short_folder
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from .server_app import CHURNED, STABLE
-from .test_servers import running
+from .support.server_app import CHURNED, STABLE
+from .support.servers import running
 
 CLIENTS = 32
 REQUESTS = 20_000

@@ -18,7 +18,7 @@ from wsgi_proxy_listen.flask import ProxyListen
 from wsgi_proxy_listen.naming import check_name, open_directory
 from wsgi_proxy_listen.seam import shown_name
 
-from .cluster_support import short_folder
+from .support.cluster import short_folder
 
 
 @pytest.fixture

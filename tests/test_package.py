@@ -1,4 +1,5 @@
-"""The package's public face (SPEC §8)."""
+"""The package's public face: what it exports, what importing it imports (never webob, Flask
+or Django), the metadata and the typing marker."""
 
 from __future__ import annotations
 

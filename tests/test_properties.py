@@ -15,7 +15,7 @@ from werkzeug.wrappers import Response
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
-from .conftest import Host
+from .support.wsgi import Host
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

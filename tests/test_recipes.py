@@ -1,6 +1,6 @@
 """The recipes of examples/recipes/, each served by its own process on a real server: pages
 in headless Chromium, where every request the page makes must stay under the listener's
-prefix and answer below 400 with no console error (tests/browser_support.py); pip
+prefix and answer below 400 with no console error (tests/support/browser.py); pip
 installing through pypiserver."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .browser_support import Browser, browser, served, watched
+from .support.browser import Browser, browser, served, watched
 
 __all__ = ["browser"]  # the fixture, imported for the tests here
 

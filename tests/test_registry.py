@@ -138,7 +138,7 @@ def test_explicit_session_ignores_bound_app(registry: Registry) -> None:
 
 
 def test_module_level_listen_uses_the_bound_session() -> None:
-    """SPEC §4: with registry.session(...): listen(handler) uses the bound session."""
+    """With registry.session(...): listen(handler) uses the bound session."""
     with wsgi_proxy_listen.session("module-s1"):
         listener = wsgi_proxy_listen.listen(hello)
     try:

@@ -23,8 +23,8 @@ from werkzeug.test import Client
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
-from .cluster_support import ROOT, SECRET, Shared, concurrently, get, gunicorn
-from .wire import exchange
+from .support.cluster import ROOT, SECRET, Shared, concurrently, get, gunicorn
+from .support.wire import exchange
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -40,13 +40,13 @@ def _default_sigint() -> None:
 
 @contextlib.contextmanager
 def runtime(shared: Shared, session: str, mode: str = "serve-forever") -> Iterator[Runtime]:
-    """tests/runtime_app.py in a process of its own, configured by the environment only."""
+    """tests/support/runtime_app.py in a process of its own, configured by the environment only."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WSGI_PROXY_LISTEN_DIRECTORY": shared.name}
     env.pop("WSGI_PROXY_LISTEN_SECRET", None)
     if shared.kind == "redis":
         env["WSGI_PROXY_LISTEN_SECRET"] = SECRET
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.runtime_app", session, mode],
+        [sys.executable, "-m", "tests.support.runtime_app", session, mode],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -285,7 +285,13 @@ def test_an_app_session_in_a_runtime_is_shut_down_when_idle(shared: Shared) -> N
 
     def launch() -> None:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.runtime_app", f"nb-{len(launched)}", "app-member"],
+            [
+                sys.executable,
+                "-m",
+                "tests.support.runtime_app",
+                f"nb-{len(launched)}",
+                "app-member",
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

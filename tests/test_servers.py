@@ -10,97 +10,29 @@ which and why.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import typing as t
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from .test_bad_input import HOST, REQUESTS
-from .wire import (
+from .support.corpus import HOST, REQUESTS
+from .support.servers import SERVERS, STYLE, THREADED, Server, running
+from .support.wire import (
     Answer,
     exchange,
-    free_port,
     get,
     peak_rss_growth_mib,
-    stop,
     upload_arrives_whole,
-    wait_until_listening,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ["gunicorn-sync", "gunicorn-gthread", "waitress", "werkzeug"]
-THREADED = ["gunicorn-gthread", "waitress", "werkzeug"]
-# Which environ style of the bad-input table each server matches.
-STYLE = {
-    "gunicorn-sync": "gunicorn",
-    "gunicorn-gthread": "gunicorn",
-    "waitress": "waitress",
-    "werkzeug": "gunicorn",
-}
-
 pytestmark = pytest.mark.timeout(120)
-
-
-def command(server: str, port: int) -> list[str]:
-    bind = f"127.0.0.1:{port}"
-    app = "tests.server_app:application"
-    # --limit-request-line 0 lets the long-path cases reach the app: gunicorn's default
-    # refuses request lines over 4094 bytes with its own 414.
-    gunicorn = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", bind]
-    gunicorn += ["--limit-request-line", "0"]
-    if server == "gunicorn-sync":
-        return [*gunicorn, "-k", "sync", app]
-    if server == "gunicorn-gthread":
-        return [*gunicorn, "-k", "gthread", "--threads", "8", app]
-    if server == "gunicorn-startup-example":
-        config = "examples/startup_listeners.py"
-        return [*gunicorn[:3], "-w", "2", "-b", bind, "-c", config, config_app(config)]
-    if server == "waitress":
-        return [sys.executable, "-m", "waitress", f"--listen={bind}", "--threads=8", app]
-    return [sys.executable, "-m", "tests.server_app", str(port)]
-
-
-def config_app(config: str) -> str:
-    return config.removesuffix(".py").replace("/", ".") + ":application"
-
-
-class Server(t.NamedTuple):
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: t.IO[bytes]
-
-
-@contextlib.contextmanager
-def running(server: str, **env: str) -> Iterator[Server]:
-    """Start ``server`` on a free port, wait until it accepts, stop it afterwards."""
-    port = free_port()
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command(server, port),
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until_listening(process, port, log)
-            yield Server(server, port, process, log)
-        finally:
-            stop(process)
 
 
 @pytest.fixture(scope="module", params=SERVERS)

@@ -2,13 +2,21 @@
 Answers
 =======
 
-The short plain-text answers that the middleware gives itself (SPEC §3).
-They never echo the path, an id or a registered name, so nothing a stranger
-sends is reflected back.
+The short plain-text answers that the middleware gives itself: 400 for a
+malformed path, 404 where no listener answers, 413 for a body too large, 500
+for a listener that failed, 503 while a listener is not available, 504 for
+one that did not answer in time. Each is ``text/plain; charset=utf-8`` with
+``X-Content-Type-Options: nosniff`` and a ``Content-Length``, and its body
+never echoes the path, an id or a registered name, so nothing a stranger sends
+is reflected back.
+
+:data:`FAILURE_STATUS` is the one table from why a forwarded request got no
+answer of its listener's (:class:`Failure`) to the status it gets instead.
 """
 
 from __future__ import annotations
 
+import enum
 import typing as t
 from http import HTTPStatus
 
@@ -20,9 +28,11 @@ if t.TYPE_CHECKING:
 
 __all__ = [
     "BAD_REQUEST",
+    "FAILURE_STATUS",
     "NOT_FOUND",
     "UNAVAILABLE",
     "Answer",
+    "Failure",
     "answer_app",
     "respond",
 ]
@@ -67,6 +77,32 @@ class Answer(t.NamedTuple):
 NOT_FOUND = Answer(404)
 BAD_REQUEST = Answer(400)
 UNAVAILABLE = Answer(503)
+
+
+class Failure(enum.Enum):
+    """Why a request forwarded to the process that owns its listener got no answer of
+    the listener's."""
+
+    MISS = "the owner does not serve the session"
+    GONE = "the owner's endpoint refused the connection: the owner is gone"
+    UNRESPONSIVE = "the owner did not accept the connection in time"
+    BROKEN = "the owner closed the connection without an answer"
+    TIMEOUT = "the owner did not answer in time"
+    ABORTED = "the client went away while sending its body"
+    TOO_LARGE = "the body was longer than max_content_length"
+
+
+#: The status each :class:`Failure` is answered with. A miss is a 404 unless the
+#: directory finds the session elsewhere, or the app's generic path another member.
+FAILURE_STATUS: dict[Failure, int] = {
+    Failure.MISS: 404,
+    Failure.GONE: 503,
+    Failure.UNRESPONSIVE: 503,
+    Failure.BROKEN: 503,
+    Failure.TIMEOUT: 504,
+    Failure.ABORTED: 400,
+    Failure.TOO_LARGE: 413,
+}
 
 
 def respond(

@@ -4,14 +4,13 @@ Dispatch
 
 Calling one listener: a copy of the environ with the routing part of the path
 moved into ``SCRIPT_NAME``, the body limit, withheld host cookies, the
-concurrency limit, and the guard (:mod:`.guard`) around what it answers.
+concurrency limit, and the guard (the guard (``guard.py``)) around what it answers.
 
 A :class:`Dispatcher` holds these options, and applies them also to a request
 that leaves for a listener of another process (:meth:`Dispatcher.forward`).
-The middleware has one; so does a registry on its own, which answers the
-requests that other processes forward to it when no middleware runs in its
-process (a notebook kernel, a job worker, a script): :func:`serve_forwarded` is
-that answer.
+The middleware has one; a request that another process forwards here is
+dispatched with it too (:func:`serve_forwarded`), or with the defaults where
+no middleware runs in this process (a notebook kernel, a job worker, a script).
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ __all__ = [
     "Dispatcher",
     "check_content_length",
     "check_limit",
+    "is_bodyless",
     "serve_forwarded",
     "withheld_cookies",
 ]
@@ -190,13 +190,15 @@ class Dispatcher:
 
     def forward(
         self, destination: Destination, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        """Hand a request to where the directory found its listener, in another process
-        (or in this one, after an auto-start), within the body limit (checked here, so
-        that a body too large never takes the hop), without the withheld cookies (the
-        other process may not withhold them), and within ``max_concurrency``, counted
-        per session in this process: a listener that hangs elsewhere cannot hold every
-        thread of this one either."""
+    ) -> Iterable[bytes] | None:
+        """Hand a request to where the directory found its listener, in another process,
+        within the body limit (checked here, so that a body too large never takes the
+        hop), without the withheld cookies (the other process may not withhold them),
+        and within ``max_concurrency``, counted per session in this process: a
+        listener that hangs elsewhere cannot hold every thread of this one either.
+
+        ``None``, with nothing sent, when the owner does not serve the session (any
+        more): see :meth:`~wsgi_proxy_listen.seam.Destination.serve`."""
         limit = self.max_content_length
         if limit is not None or self._withheld is not None:
             environ = environ.copy()
@@ -219,6 +221,9 @@ class Dispatcher:
         except BaseException:
             done()
             raise
+        if iterable is None:
+            done()
+            return None
         return _Counted(iterable, done)
 
     def _withhold(self, inner: WSGIEnvironment) -> None:
@@ -269,6 +274,13 @@ def serve_forwarded(
     ):
         return None
     return dispatcher.dispatch(listener, environ, start_response, path, route.split)
+
+
+def is_bodyless(environ: WSGIEnvironment) -> bool:
+    """Whether a request declares no body: such a request may be sent twice."""
+    return environ.get("CONTENT_LENGTH") in (None, "", "0") and not environ.get(
+        "HTTP_TRANSFER_ENCODING"
+    )
 
 
 def _close(iterable: Iterable[bytes]) -> None:

@@ -19,6 +19,11 @@ hosts answer 404 for them at once rather than 503 until their lease runs out.
   meanwhile, and a second SIGTERM ends the process at once.
 - A handler the application or the server installed is left alone: gunicorn's
   workers, for one, exit through :mod:`atexit` on SIGTERM.
+- :func:`~wsgi_proxy_listen.serve_forever` waits here for SIGTERM or SIGINT
+  (:func:`until_stopped`), and withdraws the same way before it returns.
+
+Every path withdraws through :func:`withdraw`, one call per directory for all
+its listeners.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import threading
 import typing as t
 import weakref
 
-__all__ = ["Leaving", "install", "on_sigterm", "watch"]
+__all__ = ["Leaving", "install", "on_sigterm", "until_stopped", "watch", "withdraw"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
 
@@ -66,10 +71,48 @@ def on_sigterm(signum: int, frame: object) -> None:
     threading.Thread(target=_withdraw_then_end, name="wsgi_proxy_listen exit").start()
 
 
-def _withdraw_then_end() -> None:
+def withdraw() -> None:
+    """Withdraw the listeners of every directory of this process, and refuse hops: it
+    ends."""
     for directory in list(_directories):
         try:
             directory.leave()
         except Exception:
-            logger.exception("could not withdraw the listeners of %r on SIGTERM", directory)
+            logger.exception("could not withdraw the listeners of %r", directory)
+
+
+def _withdraw_then_end() -> None:
+    withdraw()
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def until_stopped() -> tuple[int, t.Any]:
+    """Wait for SIGTERM or SIGINT, then :func:`withdraw`; return the signal and the
+    handler that was installed for it before. Both handlers are put back first.
+
+    :raises RuntimeError: not called in the main thread, the only one that can
+        handle signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "serve_forever() waits for SIGTERM or SIGINT, which only the main thread"
+            " can handle: call it there"
+        )
+    stop = threading.Event()
+    received: list[int] = []
+
+    def handle(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous: dict[int, t.Any] = {
+        signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        withdraw()
+    return received[0], previous[received[0]]

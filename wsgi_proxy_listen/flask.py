@@ -36,7 +36,7 @@ import click
 from flask import Flask
 from flask.cli import with_appcontext
 
-from ._config import middleware_from_config, problems
+from .settings import middleware_from_config, problems
 from .cli import UNREACHABLE, status
 from .middleware import ProxyMiddleware
 from .registry import Registry, default_registry

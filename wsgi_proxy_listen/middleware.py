@@ -30,8 +30,8 @@ import typing as t
 from collections.abc import Collection, Iterable
 
 from . import routing
-from .answers import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, Answer, respond
-from .dispatch import Dispatcher, serve_forwarded
+from .answers import NOT_FOUND, Answer, respond
+from .dispatch import Dispatcher, is_bodyless
 from .registry import Listener, Registry, default_registry
 from .routing import plain_session_route
 
@@ -106,14 +106,12 @@ class ProxyMiddleware:
         self.max_concurrency = max_concurrency
         self._dispatcher = dispatcher
         self._dispatch = dispatcher.dispatch
-        self._prefix = prefix = registry.use_prefix()
+        self._prefix = prefix = registry.use_prefix(dispatcher)
         self._base = prefix + "/"
         self._sessions = prefix + "/sessions/"
         self._owned = (self._sessions, prefix + "/apps/")
         self._local = registry.get
         self._directory = registry.directory
-        if self._directory is not None:
-            self._directory.serve_with(self.serve_forwarded)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         directory = self._directory
@@ -139,21 +137,16 @@ class ProxyMiddleware:
         self, environ: WSGIEnvironment, start_response: StartResponse, session: str, prefix: str
     ) -> Iterable[bytes] | None:
         """Answer a request that another process, routing with ``prefix``, forwarded
-        here for ``session``.
-
-        Only the proxy routes are served, with every check of a direct request,
-        and only from the listener of ``session`` in this process: a host route
-        gets 404, and ``None`` is returned (nothing sent) when this process does
-        not serve ``session``. The directory's internal endpoint calls it.
-        """
-        return serve_forwarded(
-            self._dispatcher, prefix, self._local, environ, start_response, session
-        )
+        here for ``session``: :meth:`Registry.serve_forwarded
+        <wsgi_proxy_listen.Registry.serve_forwarded>`, which uses this middleware's
+        options."""
+        return self.registry.serve_forwarded(environ, start_response, session, prefix)
 
     def _checked(
         self, environ: WSGIEnvironment, start_response: StartResponse, path: str
     ) -> Iterable[bytes]:
-        """Every check, in the order SPEC §2 gives, with the answer for each failure."""
+        """Every check, in order: dot segments (400), routing segments and ids (404),
+        the raw URI (404), the lookup (404, 400, 503), then the body limit (413)."""
         route = self._route(environ, path)
         if isinstance(route, Answer):
             return respond(start_response, route.status)
@@ -164,7 +157,17 @@ class ProxyMiddleware:
             if found is NOT_FOUND and self._directory is None and environ.get("wsgi.multiprocess"):
                 _warn_once_per_process()
             return respond(start_response, found.status)
-        return self._dispatcher.forward(found, environ, start_response)
+        answered = self._dispatcher.forward(found, environ, start_response)
+        if answered is None and route.kind == routing.APP and is_bodyless(environ):
+            # The app's member was closed meanwhile (an idle one, say): once more, to the
+            # member after it or a new one. A request with a body is never sent twice.
+            again = self.registry.apps.after_miss(t.cast(str, route.app), found)
+            if isinstance(again, Listener):
+                return self._dispatch(again, environ, start_response, path, route.split)
+            if isinstance(again, Answer):
+                return respond(start_response, again.status)
+            answered = self._dispatcher.forward(again, environ, start_response)
+        return respond(start_response, 404) if answered is None else answered
 
     def _route(self, environ: WSGIEnvironment, path: str) -> routing.Route | Answer:
         """The route of a path under the prefix, or the answer for a malformed one."""
@@ -178,29 +181,21 @@ class ProxyMiddleware:
     def _find(
         self, route: routing.Route, environ: WSGIEnvironment
     ) -> Listener | Answer | Destination:
-        """The listener of this process for ``route``, where the directory found
-        one, or the answer."""
-        registry = self.registry
-        if route.kind != routing.APP:
-            listener = registry.get(t.cast(str, route.session))
-            if listener is not None:
-                # A session has one owner: a listener here is the one, in the app or not.
-                return listener if route.app in (None, listener.app) else NOT_FOUND
-        else:
-            slug = t.cast(str, route.app)
-            declaration = registry.get_app(slug)
-            if declaration is not None and declaration.multi_session:
-                return BAD_REQUEST
-            listener = registry.current_listener(slug)
-            if listener is not None:
-                return listener
+        """The listener for ``route``, in this process or another, or the answer."""
+        if route.kind == routing.APP:
+            return self.registry.apps.find(t.cast(str, route.app))
+        session = t.cast(str, route.session)
+        found: Listener | Destination | None = self._local(session)
+        if found is None:
             if self._directory is None:
-                if declaration is None or declaration.start is None:
-                    return NOT_FOUND
-                return registry.start_app(slug) or UNAVAILABLE
-        if self._directory is None:
-            return NOT_FOUND
-        return self._directory.find(route, environ)
+                return NOT_FOUND
+            located = self._directory.locate(session, environ)
+            if isinstance(located, Answer):
+                return located
+            found = located
+        # A session has one owner: its listener, here or elsewhere, is the one, in the
+        # app or not.
+        return found if route.app in (None, found.app) else NOT_FOUND
 
     def __repr__(self) -> str:
         return f"<ProxyMiddleware app={self.app!r} registry={self.registry!r}>"

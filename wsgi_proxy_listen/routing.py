@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from typing import NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from werkzeug.urls import iri_to_uri
 
@@ -29,11 +29,13 @@ from .answers import BAD_REQUEST, NOT_FOUND, Answer
 __all__ = [
     "ID_PATTERN",
     "Route",
+    "check_id",
     "has_dot_segment",
     "has_encoded_dot_segment",
     "is_valid_id",
     "parse",
     "plain_session_route",
+    "public_path",
     "raw_path_spells",
     "raw_uri_path",
     "route",
@@ -48,6 +50,8 @@ _ID = re.compile(ID_PATTERN)
 # the request URI is the same as its decoded spelling in ``PATH_INFO``.
 _PREFIX = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
 _DOT_SEGMENTS = frozenset({".", ".."})
+# What a path segment may hold unquoted (RFC 3986's pchar), and "/".
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
 
 SESSION = "session"
 APP_SESSION = "app_session"
@@ -208,6 +212,34 @@ def plain_session_route(path: str, sessions: str, raw_uri: str | None) -> tuple[
     return path[start:end], end
 
 
+def check_id(what: str, value: object) -> str:
+    """``value``, a session id or an app slug (``what``); raise for anything else."""
+    if not isinstance(value, str):
+        raise TypeError(f"a {what} must be a str, not {type(value).__name__!r}")
+    if not is_valid_id(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1 to 128 characters from A-Z, a-z, 0-9, '_' and '-'"
+        )
+    return value
+
+
+def public_path(script_name: str, path: str) -> str:
+    """The URL path of ``path`` (the prefix, a route and more) under a host's
+    ``script_name``, percent-encoded where a URL needs it.
+
+    ``script_name`` is a WSGI string (bytes decoded as latin-1, PEP 3333, or text
+    as a framework has it): every character that means something in a URL is
+    quoted. A server's ``/`` for the root does not make it ``//proxy`` (another
+    host). In ``path``, existing ``%`` escapes are kept.
+    """
+    script_name = script_name.rstrip("/")
+    try:
+        raw = script_name.encode("latin-1")
+    except UnicodeEncodeError:  # not a WSGI string: text, as a framework has it
+        raw = script_name.encode("utf-8")
+    return quote(raw, safe=_PATH_SAFE) + iri_to_uri(path)
+
+
 def url_path(script_name: str) -> str:
     """A WSGI ``SCRIPT_NAME`` (or path) as it appears in a URL.
 
@@ -218,7 +250,7 @@ def url_path(script_name: str) -> str:
 
 
 def route(path: str, prefix: str, script_name: str, raw_uri: str | None) -> Route | Answer:
-    """Every check of a path under the prefix, in the order SPEC §2 gives: the
+    """Every check of a path under the prefix, in the middleware's order: the
     :class:`Route`, or the answer for a malformed path (dot segments 400, routing
     segments and ids 404, a raw URI that does not spell the routing part 404).
 

@@ -26,7 +26,6 @@ runtime where it cannot be told (see :attr:`~wsgi_proxy_listen.Registry.runtime`
 from __future__ import annotations
 
 import signal
-import threading
 import typing as t
 
 from . import exits
@@ -52,8 +51,9 @@ def connect(
 
 
 def serve_forever(registry: Registry | None = None) -> None:
-    """Keep this process serving its listeners until SIGTERM or SIGINT, then close
-    the registry (its listeners are withdrawn from every other process) and return.
+    """Keep this process serving its listeners until SIGTERM or SIGINT, then withdraw
+    this process's listeners from every other process (as SIGTERM does without it:
+    :mod:`wsgi_proxy_listen.exits`), close the registry, and return.
 
     The signal handlers it installs are put back when it returns; a handler that
     the application had installed for the signal received is then called.
@@ -62,30 +62,9 @@ def serve_forever(registry: Registry | None = None) -> None:
         handle signals.
     """
     registry = default_registry if registry is None else registry
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError(
-            "serve_forever() waits for SIGTERM or SIGINT, which only the main thread"
-            " can handle: call it there"
-        )
-    stop = threading.Event()
-    received: list[int] = []
-
-    def handle(signum: int, frame: object) -> None:
-        received.append(signum)
-        stop.set()
-
-    previous: dict[int, t.Any] = {
-        signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)
-    }
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        registry.close()
-    handler = previous[received[0]]
+    signum, handler = exits.until_stopped()
+    registry.close()
     # The application's own handler still hears of the signal; Python's default ones
     # (KeyboardInterrupt, and ending the process) and this package's are not called.
     if callable(handler) and handler not in (signal.default_int_handler, exits.on_sigterm):
-        handler(received[0], None)
+        handler(signum, None)

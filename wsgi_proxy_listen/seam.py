@@ -8,10 +8,10 @@ with the other processes of the host (and with other hosts), and requests for
 a listener of another process are forwarded to it. This module is the whole
 contract between the two sides, typed:
 
-- :class:`Directory` is everything the registry and the middleware call on a
-  directory;
-- :class:`Host`, :class:`Registered` and :class:`Declared` are everything a
-  directory may ask of the registry, its listeners and its app declarations;
+- :class:`Directory` is everything the registry, the middleware and the app
+  rules call on a directory;
+- :class:`Host` and :class:`Registered` are everything a directory may ask of
+  the registry and its listeners;
 - :class:`Destination` is what a directory finds for a request that no
   listener of this process serves.
 
@@ -30,10 +30,8 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .answers import Answer
-    from .routing import Route
 
 __all__ = [
-    "Declared",
     "Destination",
     "Directory",
     "Entry",
@@ -44,10 +42,11 @@ __all__ = [
 ]
 
 #: How a directory hands a request forwarded from another process to this
-#: process's middleware: ``serve(environ, start_response, session, prefix)``
-#: answers it from the local listener of ``session``, routing with ``prefix`` (the
-#: one of the process that received the request), or returns ``None`` when this
-#: process does not serve ``session`` (any more) and nothing was sent.
+#: process's listeners (:meth:`Host.serve_forwarded`): ``serve(environ,
+#: start_response, session, prefix)`` answers it from the local listener of
+#: ``session``, routing with ``prefix`` (the one of the process that received the
+#: request), or returns ``None`` when this process does not serve ``session`` (any
+#: more) and nothing was sent.
 ServeForwarded: t.TypeAlias = (
     "Callable[[WSGIEnvironment, StartResponse, str, str], Iterable[bytes] | None]"
 )
@@ -91,7 +90,7 @@ class Entry(t.NamedTuple):
 
 
 class Registered(t.Protocol):
-    """A listener as a directory sees it (and the lifecycle, which closes idle ones)."""
+    """A listener as a directory sees it."""
 
     @property
     def session(self) -> str: ...
@@ -104,25 +103,6 @@ class Registered(t.Protocol):
         process took the session over)."""
 
 
-class Declared(t.Protocol):
-    """An app declaration as a directory sees it."""
-
-    @property
-    def slug(self) -> str: ...
-
-    @property
-    def start(self) -> Callable[[], object] | None: ...
-
-    @property
-    def start_timeout(self) -> float: ...
-
-    @property
-    def max_waiting(self) -> int: ...
-
-    @property
-    def starting(self) -> bool: ...
-
-
 class Host(t.Protocol):
     """What a directory may ask of the registry that uses it."""
 
@@ -131,31 +111,46 @@ class Host(t.Protocol):
 
     def get(self, session: str, /) -> Registered | None: ...
 
-    def get_app(self, slug: str) -> Declared | None: ...
-
-    def start_app(self, slug: str) -> Registered | None: ...
+    def serve_forwarded(
+        self, environ: WSGIEnvironment, start_response: StartResponse, session: str, prefix: str
+    ) -> Iterable[bytes] | None:
+        """Answer a request that another process forwarded here (see
+        :data:`ServeForwarded`)."""
 
 
 class Destination(t.Protocol):
-    """Where a directory found the listener for a request: another process, or this
-    one after an auto-start. Serving it forwards or dispatches the request."""
+    """A listener of another process that a directory found for a request."""
 
     @property
     def session(self) -> str:
         """The session whose listener it is."""
 
-    def serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]: ...
+    @property
+    def app(self) -> str | None:
+        """The app the session belongs to, as the directory says."""
+
+    @property
+    def owner(self) -> str:
+        """The process that owns it."""
+
+    def serve(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes] | None:
+        """Forward the request and return the owner's answer, or answer for what went
+        wrong; ``None``, with nothing sent, when the owner does not serve the session
+        (any more) and the directory knows of no other owner."""
 
 
 @t.runtime_checkable
 class Directory(t.Protocol):
-    """Everything the registry and the middleware call on a directory.
+    """Everything the registry, the middleware and the apps call on a directory.
 
     The registry calls :meth:`attach` once, then :meth:`listened` and
-    :meth:`removed` as listeners come and go. Each middleware calls
-    :meth:`serve_with` once, :meth:`start_serving` with the first request of
-    the process (while :attr:`serving` is false), and :meth:`find` when no
-    listener of this process serves a request.
+    :meth:`removed` as listeners come and go. The middleware calls
+    :meth:`start_serving` with the first request of the process (while
+    :attr:`serving` is false) and :meth:`locate` when no listener of this
+    process serves a session; the app rules (:mod:`wsgi_proxy_listen.apps`)
+    call :meth:`current`, :meth:`lock_start` and :meth:`unlock_start`.
     """
 
     @property
@@ -163,13 +158,8 @@ class Directory(t.Protocol):
         """Whether this process publishes its run-time listeners and accepts forwarded
         requests (set by :meth:`start_serving`, false again after a fork)."""
 
-    def attach(self, registry: Host) -> None:
+    def attach(self, host: Host) -> None:
         """Called once by the registry that uses this directory."""
-
-    def serve_with(self, serve: ServeForwarded) -> None:
-        """How requests forwarded to this process reach its listeners: called by the
-        registry when it connects, then by each middleware that routes with it (the
-        latest call wins, so that a middleware's options apply)."""
 
     def start_serving(self) -> None:
         """Start publishing and accepting forwarded requests; idempotent."""
@@ -180,11 +170,26 @@ class Directory(t.Protocol):
     def removed(self, listener: Registered) -> None:
         """Called after ``listener`` was closed or replaced in this process."""
 
-    def find(self, route: Route, environ: WSGIEnvironment) -> Destination | Answer:
-        """Where the listener for ``route`` is, when this process has none.
+    def locate(self, session: str, environ: WSGIEnvironment) -> Destination | Answer:
+        """Where the listener of ``session`` is, when this process has none: a 404
+        answer when no other process has it, a 503 while the directory cannot be
+        reached. Never raises for an unreachable directory."""
 
-        Never raises for an unreachable directory: that is a 503 answer.
+    def current(self, slug: str) -> Destination | Answer | None:
+        """The newest member of app ``slug`` in another process; ``None`` when there is
+        none (a member of this process is not looked for here), a 503 answer while the
+        directory cannot be reached."""
+
+    def lock_start(self, slug: str, seconds: float) -> bool:
+        """Take the lock that lets one process of all start app ``slug``, for at most
+        ``seconds``; ``False`` while another process holds it.
+
+        :raises DirectoryUnavailable: the directory cannot be reached.
         """
+
+    def unlock_start(self, slug: str) -> None:
+        """Release the start lock of ``slug``, if this process holds it; an unreachable
+        directory is no error (the lock expires by itself)."""
 
     def entries(self) -> list[Entry]:
         """Every live listener of every process, oldest first.

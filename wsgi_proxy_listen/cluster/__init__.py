@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import typing as t
 
+from .directory import SharedDirectory
 from .embedded import EmbeddedDirectory
-from .shared import Owner, SharedDirectory
+from .store import Owner
 
 if t.TYPE_CHECKING:
     from .redis_directory import RedisDirectory

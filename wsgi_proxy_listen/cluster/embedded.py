@@ -37,7 +37,8 @@ import time
 import typing as t
 
 from ..seam import Entry
-from .shared import Owner, SharedDirectory
+from .directory import SharedDirectory
+from .store import Owner
 
 __all__ = ["EmbeddedDirectory", "check_folder"]
 
@@ -384,7 +385,7 @@ class EmbeddedDirectory(SharedDirectory):
             finally:
                 writer.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
 
-    def _watch(self) -> None:
+    def _store_watch(self) -> None:
         while not self._stop.wait(WATCH_INTERVAL):
             if self._down:
                 continue

@@ -59,8 +59,8 @@ class InternalEndpoint:
 
     :param address: an absolute path for a Unix socket (created ``0600``), or
         a host to bind a free TCP port on.
-    :param serve: the middleware's :meth:`~wsgi_proxy_listen.ProxyMiddleware.serve_forwarded`,
-        through the directory (it may not exist yet when the endpoint starts).
+    :param serve: how a forwarded request reaches this process's listeners:
+        :meth:`Registry.serve_forwarded <wsgi_proxy_listen.Registry.serve_forwarded>`.
     :param verify: ``verify(method, environ header, headers)`` says whether the
         first request of a connection may be served (the connection is then
         trusted until it closes), or ``None`` to serve every request that
@@ -70,7 +70,7 @@ class InternalEndpoint:
     def __init__(
         self,
         address: str,
-        serve: Callable[[], ServeForwarded | None],
+        serve: ServeForwarded,
         verify: Callable[[str, str, Message], bool] | None,
     ) -> None:
         self.serve = serve
@@ -251,9 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "wsgi.run_once": False,
             }
         )
-        serve = endpoint.serve()
         _Response(self, environ["REQUEST_METHOD"] == "HEAD", body_pending).run(
-            serve, environ, session, prefix
+            endpoint.serve, environ, session, prefix
         )
 
     def _plain(self, status: int, *headers: tuple[str, str], close: bool = True) -> None:
@@ -299,13 +298,12 @@ class _Response:
         return self.write
 
     def run(
-        self, serve: ServeForwarded | None, environ: WSGIEnvironment, session: str, prefix: str
+        self, serve: ServeForwarded, environ: WSGIEnvironment, session: str, prefix: str
     ) -> None:
         handler = self.handler
         iterable: Iterable[bytes] | None = None
         try:
-            if serve is not None:
-                iterable = serve(environ, self.start_response, session, prefix)
+            iterable = serve(environ, self.start_response, session, prefix)
             if iterable is None:
                 handler._plain(404, (MISS_HEADER, "1"), close=self.body_pending())
                 return

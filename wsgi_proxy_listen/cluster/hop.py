@@ -29,7 +29,6 @@ once per connection, not once per request.
 from __future__ import annotations
 
 import collections
-import enum
 import functools
 import hashlib
 import hmac
@@ -44,6 +43,7 @@ from collections.abc import Iterable, Iterator
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..answers import Failure
 from ..headers import is_hop_by_hop, is_hop_by_hop_key
 from ..routing import validate_prefix
 
@@ -56,7 +56,6 @@ __all__ = [
     "HOP_PATH",
     "MISS_HEADER",
     "Connection",
-    "Failure",
     "HopClient",
     "Verifier",
     "pack",
@@ -206,18 +205,6 @@ class Verifier:
     def remembered(self) -> int:
         """How many nonces are remembered now."""
         return len(self._nonces)
-
-
-class Failure(enum.Enum):
-    """Why a hop gave no answer of the owner's."""
-
-    MISS = "the owner does not serve the session"
-    GONE = "the owner's endpoint refused the connection: the owner is gone"
-    UNRESPONSIVE = "the owner did not accept the connection in time"
-    BROKEN = "the owner closed the connection without an answer"
-    TIMEOUT = "the owner did not answer in time"
-    ABORTED = "the client went away while sending its body"
-    TOO_LARGE = "the body was longer than max_content_length"
 
 
 class Connection(http.client.HTTPConnection):

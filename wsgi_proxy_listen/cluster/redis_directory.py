@@ -36,7 +36,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..seam import Entry, shown_name
-from .shared import PROBE_INTERVAL, Owner, SharedDirectory
+from .directory import SharedDirectory
+from .health import PROBE_INTERVAL
+from .store import Owner
 
 __all__ = ["RedisDirectory"]
 
@@ -332,7 +334,7 @@ class RedisDirectory(SharedDirectory):
     def _store_probe(self) -> None:
         self._probe_client.ping()
 
-    def _watch(self) -> None:
+    def _store_watch(self) -> None:
         while not self._stop.is_set():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:

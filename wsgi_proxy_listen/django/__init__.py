@@ -40,7 +40,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application as django_wsgi_application
 
-from .._config import middleware_from_config
+from ..settings import middleware_from_config
 from ..middleware import ProxyMiddleware
 from ..registry import Registry
 

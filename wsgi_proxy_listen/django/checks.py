@@ -34,7 +34,7 @@ import typing as t
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .._config import problems
+from ..settings import problems
 
 __all__ = ["check_settings"]
 

@@ -1,4 +1,4 @@
-"""URLs of the Django admin that tests/browser_hosts.py serves as a listener: the admin,
+"""URLs of the Django admin that tests/support/browser_hosts.py serves as a listener: the admin,
 and its static files under the listener's own path (the listener has no web server of its
 own to serve them)."""
 

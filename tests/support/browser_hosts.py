@@ -1,7 +1,7 @@
 """Hosts that tests/test_browser.py drives in Chromium, each in a process of its own:
 
-    python -m tests.browser_hosts shared PORT     # host cookies forwarded to listeners
-    python -m tests.browser_hosts withheld PORT   # the host's session cookie withheld
+    python -m tests.support.browser_hosts shared PORT     # host cookies forwarded to listeners
+    python -m tests.support.browser_hosts withheld PORT   # the host's session cookie withheld
 
 Both are Flask hosts with a login (``session`` cookie, Path=/). The first serves a Flask
 listener whose own session cookie has the same name; the second a Trac-like listener that
@@ -115,7 +115,7 @@ def django_admin() -> t.Any:
         DEBUG=False,
         SECRET_KEY="django-listener-secret",
         ALLOWED_HOSTS=["127.0.0.1", "localhost"],
-        ROOT_URLCONF="tests.browser_django_urls",
+        ROOT_URLCONF="tests.support.browser_django_urls",
         INSTALLED_APPS=[
             "django.contrib.admin",
             "django.contrib.auth",

@@ -1,7 +1,7 @@
 """The app that tests/test_servers.py and tests/test_load.py serve with real servers.
 
-Run in a subprocess by gunicorn (``tests.server_app:application``), waitress, or
-werkzeug's dev server (``python -m tests.server_app PORT``). The host app
+Run in a subprocess by gunicorn (``tests.support.server_app:application``), waitress, or
+werkzeug's dev server (``python -m tests.support.server_app PORT``). The host app
 answers ``/host/...`` with facts the tests need (its pid, what was closed);
 the listeners cover the cases of the tests. With ``WSGI_PROXY_LISTEN_CHURN=1``
 the first request starts threads that listen, replace and close the

@@ -9,7 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
-from .conftest import BufferedClient
+from .support.wsgi import BufferedClient
 
 FORWARDED = {
     "X-Forwarded-For": "203.0.113.9",

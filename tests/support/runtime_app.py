@@ -1,17 +1,17 @@
 """A runtime for tests/test_runtimes.py: a plain Python process, configured only through
 the environment (WSGI_PROXY_LISTEN_DIRECTORY, and WSGI_PROXY_LISTEN_SECRET for Redis).
 
-    python -m tests.runtime_app SESSION serve-forever   # serve_forever()
-    python -m tests.runtime_app SESSION sleep           # sleeps; SIGTERM ends it all the same
-    python -m tests.runtime_app SESSION fork            # forks a child that listens too
-    python -m tests.runtime_app SESSION churn           # listens and closes in a loop
-    python -m tests.runtime_app SESSION stubborn        # a loop that catches BaseException
-    python -m tests.runtime_app SESSION thread          # listens from another thread
-    python -m tests.runtime_app SESSION app-handler     # its own SIGTERM handler, then
-                                                        # serve_forever()
-    python -m tests.runtime_app SESSION app-member      # a member of the app "notebook-app"
-                                                        # with idle_timeout=TEST_IDLE_TIMEOUT,
-                                                        # ends when its stop() is called
+    python -m tests.support.runtime_app SESSION MODE
+
+    serve-forever   serve_forever()
+    sleep           sleeps; SIGTERM ends it all the same
+    fork            forks a child that listens too
+    churn           listens and closes in a loop
+    stubborn        a loop that catches BaseException
+    thread          listens from another thread
+    app-handler     its own SIGTERM handler, then serve_forever()
+    app-member      a member of the app "notebook-app" with idle_timeout=TEST_IDLE_TIMEOUT,
+                    ends when its stop() is called
 
 ``?sleep=SECONDS`` makes the listener take that long to answer.
 """

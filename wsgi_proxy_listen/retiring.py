@@ -1,16 +1,12 @@
 """
-Lifecycle
-=========
+Retiring idle members
+=====================
 
-Automatic shutdown of app sessions, as Livebook's apps have it: a member of an
-app declared with ``idle_timeout`` that has served no request for that long is
-closed, and the next request on the app's generic path starts a new one.
-
-The registry decides which members are idle (:meth:`Registry.close_idle
-<wsgi_proxy_listen.Registry.close_idle>`); this module runs that decision from
-a thread of its own (:class:`Reaper`) and retires each idle member
-(:func:`retire`): the app's ``stop(session)`` first, in a thread of its own,
-then the listener is closed.
+How automatic shutdown is carried out, once :mod:`wsgi_proxy_listen.apps`
+has decided that a member of an app is idle: :func:`retire` runs the app's
+``stop(session)`` in a thread of its own and closes the listener when it
+returns, raises or overruns; :class:`Reaper` is the thread that looks for
+idle members, which runs only while there is something to look at.
 """
 
 from __future__ import annotations
@@ -18,12 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import typing as t
-from collections.abc import Callable
 
 if t.TYPE_CHECKING:
-    from .seam import Registered
+    from collections.abc import Callable
 
-__all__ = ["MAX_PERIOD", "Reaper", "check_idle_timeout", "period_for", "retire"]
+    from .listener import Listener
+
+__all__ = ["MAX_PERIOD", "Reaper", "retire"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
 
@@ -31,27 +28,7 @@ logger = logging.getLogger("wsgi_proxy_listen")
 MAX_PERIOD = 1.0
 
 
-def check_idle_timeout(value: object) -> float | None:
-    """``value`` as seconds, or ``None``; raise for anything else."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"idle_timeout must be a number of seconds or None, not {type(value).__name__!r}"
-        )
-    if not 0 < value < float("inf"):
-        raise ValueError(f"invalid idle_timeout {value!r}: use a positive number of seconds")
-    return float(value)
-
-
-def period_for(idle_timeout: float) -> float:
-    """How often to look for members idle for ``idle_timeout``: a quarter of it, so
-    that a member is closed within 1.25 times its timeout, but at least every
-    :data:`MAX_PERIOD` seconds."""
-    return min(idle_timeout / 4, MAX_PERIOD)
-
-
-def retire(listener: Registered, stop: Callable[[str], object] | None, timeout: float) -> None:
+def retire(listener: Listener, stop: Callable[[str], object] | None, timeout: float) -> None:
     """Close an idle ``listener``: ``stop(session)`` first, in a thread of its own,
     then the listener, when ``stop`` returns or raises (logged), or after
     ``timeout`` seconds if it does not."""
@@ -91,7 +68,7 @@ def retire(listener: Registered, stop: Callable[[str], object] | None, timeout: 
     ).start()
 
 
-def _stop(stop: Callable[[str], object], listener: Registered) -> None:
+def _stop(stop: Callable[[str], object], listener: Listener) -> None:
     try:
         stop(listener.session)
     except Exception:

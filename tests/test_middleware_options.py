@@ -1,5 +1,5 @@
-"""The options of ProxyMiddleware (SPEC §7): the body limit (413), forwarded cookies, wrong
-options, repr."""
+"""The options of ProxyMiddleware (docs/guides/middleware.md): the body limit (413),
+forwarded cookies, wrong options, repr."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from werkzeug.wrappers import Response
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
-from .conftest import (
+from .support.wsgi import (
     Host,
     MakeClient,
     Recorder,
@@ -27,7 +27,7 @@ from .conftest import (
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-# -- §7 options --------------------------------------------------------------------------------
+# -- options ----------------------------------------------------------------------------------
 
 
 def test_declared_length_above_the_limit_gives_413(

@@ -17,10 +17,10 @@ import pytest
 from werkzeug.test import Client
 from werkzeug.wrappers import Request, Response
 
-from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry, lifecycle
-from wsgi_proxy_listen import registry as registry_module
+from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry, retiring
+from wsgi_proxy_listen import apps as apps_module
 
-from .conftest import MakeClient, assert_plain_answer, checked
+from .support.wsgi import MakeClient, assert_plain_answer, checked
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,7 +150,7 @@ def test_no_idle_thread_is_woken_for_apps_without_a_timeout(
 ) -> None:
     """A member's listen() must not start a thread (it did, on every listen())."""
     wakes = []
-    monkeypatch.setattr(lifecycle.Reaper, "wake", lambda reaper: wakes.append(reaper))
+    monkeypatch.setattr(retiring.Reaper, "wake", lambda reaper: wakes.append(reaper))
     registry.register_app("kept")
     registry.listen(lambda request: "", session="k", app="kept").close()
     registry.listen(lambda request: "", session="u", app="undeclared").close()
@@ -226,7 +226,7 @@ def test_a_retirement_that_fails_is_tried_again_and_spares_the_others(
     registry.register_app("app", idle_timeout=1)
     first = registry.listen(lambda request: "", session="a", app="app")
     second = registry.listen(lambda request: "", session="b", app="app")
-    real = registry_module.retire
+    real = apps_module.retire
     failures = [first]
 
     def retire(listener: Listener, *arguments: t.Any) -> None:
@@ -235,7 +235,7 @@ def test_a_retirement_that_fails_is_tried_again_and_spares_the_others(
             raise RuntimeError("no thread to be had")
         real(listener, *arguments)
 
-    monkeypatch.setattr(registry_module, "retire", retire)
+    monkeypatch.setattr(apps_module, "retire", retire)
     assert registry.close_idle(now=time.monotonic() + 5) == [second]
     assert second.closed
     assert "could not close the idle session 'a'" in errors.text
@@ -256,7 +256,7 @@ def test_a_forked_child_closes_its_idle_members_and_never_inherits_a_held_lock(
     release = threading.Event()
 
     def hold() -> None:
-        with registry._lock:  # as the parent's idle thread does while it looks
+        with registry.apps._lock:  # as the parent's idle thread does while it looks
             held.set()
             release.wait(10)
 

@@ -15,7 +15,7 @@ from werkzeug.wrappers import Request
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
-from .conftest import (
+from .support.wsgi import (
     Host,
     MakeClient,
     Recorder,
@@ -29,7 +29,7 @@ from .conftest import (
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-# -- §6 WSGI correctness ------------------------------------------------------------------------
+# -- WSGI correctness (PEP 3333) --------------------------------------------------------------
 
 
 def test_listener_iterable_is_returned_as_is(registry: Registry) -> None:
@@ -291,7 +291,7 @@ def test_host_close_propagates(registry: Registry) -> None:
     assert closed == [1]
 
 
-# -- the held start_response ---------------------------------------------------------------------
+# -- the held start_response ------------------------------------------------------------------
 
 
 def test_a_start_response_from_inside_the_generator_is_forwarded_then(registry: Registry) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .wire import Answer, exchange, free_port, get, stop, wait_until_listening
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REDIS = shutil.which("redis-server")
 SECRET = "tests-secret"
 NO_REDIS = (
@@ -166,7 +166,7 @@ def gunicorn(
     with open(os.devnull, "rb") as stdin, tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             [
-                *(sys.executable, "-m", "gunicorn", "-c", "tests/cluster_gunicorn.py"),
+                *(sys.executable, "-m", "gunicorn", "-c", "tests/support/cluster_gunicorn.py"),
                 *("-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", worker_class),
                 "examples.cluster.app:app",
             ],

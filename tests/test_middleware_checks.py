@@ -1,5 +1,6 @@
-"""The checks of a path under the prefix and their order (SPEC §2), and the plain answers the
-middleware gives itself (SPEC §3)."""
+"""The checks of a path under the prefix and their order (dot segments 400, routing segments
+and ids 404, the raw URI 404, the lookup, the body limit 413), and the plain answers the
+middleware gives itself (wsgi_proxy_listen.answers)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from werkzeug.wrappers import Request, Response
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
-from .conftest import (
+from .support.wsgi import (
     Host,
     MakeClient,
     Recorder,
@@ -25,7 +26,7 @@ if t.TYPE_CHECKING:
 ANSWER_STATUSES = {400, 404, 413, 500, 503}
 
 
-# -- §2 ids, dots, raw URI, check order ------------------------------------------------------
+# -- ids, dots, raw URI, check order ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -157,7 +158,7 @@ def test_check_order_with_an_oversized_body(
     assert recorder.environs == []
 
 
-# -- §3 answers -------------------------------------------------------------------------------
+# -- the plain answers ------------------------------------------------------------------------
 
 
 def test_every_answer_is_plain_and_echoes_nothing(

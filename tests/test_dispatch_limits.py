@@ -13,7 +13,7 @@ import pytest
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen.flask import ProxyListen
 
-from .conftest import BufferedClient, assert_plain_answer, checked, environ_for
+from .support.wsgi import BufferedClient, assert_plain_answer, checked, environ_for
 
 
 class Gate:

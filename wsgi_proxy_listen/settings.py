@@ -1,4 +1,8 @@
-"""Building a ProxyMiddleware from a framework's settings dict.
+"""
+Settings
+========
+
+Building a ProxyMiddleware from a framework's settings dict.
 
 Shared by the Flask and Django integrations, so that
 ``app.config["WSGI_PROXY_LISTEN"]`` and ``settings.WSGI_PROXY_LISTEN`` take the

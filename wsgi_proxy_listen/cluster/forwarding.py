@@ -1,0 +1,152 @@
+"""
+Forwarding to the owner
+=======================
+
+A request for a listener of another process goes to its owner over the hop
+(:mod:`.hop`), and the owner's answer streams back. What went wrong is
+answered by the one table, :data:`~wsgi_proxy_listen.answers.FAILURE_STATUS`,
+and acted on here:
+
+- the owner no longer serves the session: a cached location is looked up
+  again and the request goes once more; otherwise the caller decides (404, or
+  the next member of an app);
+- the owner refused the connection (nobody listens there any more): its
+  entries are removed from the store, compare-and-delete on the owner;
+- the owner was slow, paused or broke the connection: nothing is removed (it
+  may be alive; its lease decides), the location is looked up again next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import typing as t
+
+from ..answers import FAILURE_STATUS, Failure, respond
+from ..dispatch import is_bodyless
+from ..exceptions import DirectoryUnavailable
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from ..seam import Host
+    from .health import Health
+    from .hop import HopClient
+    from .locations import Locations
+    from .store import Owner
+
+__all__ = ["Forwarder", "Remote"]
+
+logger = logging.getLogger("wsgi_proxy_listen")
+
+
+class Forwarder:
+    """Forwards requests from this process (``owner``, once it serves) to others.
+
+    :param forget: the store's removal of an owner that cannot be reached.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        client: HopClient,
+        health: Health,
+        locations: Locations,
+        *,
+        forget: Callable[[str, Owner], None],
+    ) -> None:
+        self._host = host
+        self._client = client
+        self._health = health
+        self._locations = locations
+        self._forget = forget
+        self.owner = ""
+
+    def find(self, session: str, environ: WSGIEnvironment) -> Remote | None:
+        """Where another process serves ``session``, or ``None``.
+
+        :raises DirectoryUnavailable: the store cannot be reached.
+        """
+        # A request without a body can go again if a cached location is stale; one with
+        # a body is sent once, to where the store says now.
+        cached = is_bodyless(environ)
+        owner = self._locations.locate(session, cached=cached)
+        if owner is None or owner.owner == self.owner:
+            return None
+        return Remote(self, session, owner, cached)
+
+    def forward(
+        self,
+        session: str,
+        owner: Owner,
+        cached: bool,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> Iterable[bytes] | None:
+        """Forward a request for ``session`` to ``owner``, answering for what went
+        wrong; ``None`` when the owner does not serve the session and the store
+        names no other."""
+        result = self._client.forward(
+            owner.owner, owner.address, session, self._host.prefix, environ, start_response
+        )
+        if result is Failure.MISS:
+            self._locations.forget(session)
+            if not cached:
+                return None
+            # The cached location was stale: ask the store, and go once more.
+            try:
+                fresh = self._locations.locate(session, cached=False)
+            except DirectoryUnavailable:
+                return respond(start_response, 503)
+            if fresh is None or fresh.owner == self.owner or fresh == owner:
+                return None
+            return self.forward(session, fresh, False, environ, start_response)
+        if not isinstance(result, Failure):
+            return result
+        # Look again next time: an owner that fails may have lost the session by now
+        # (its lease expired), and the store says nothing when a lease expires.
+        self._locations.forget(session)
+        if result is Failure.GONE:
+            # Only a refused connection proves that nobody listens there any more: a
+            # broken or slow one may be a live owner's, whose lease decides.
+            logger.warning("the owner of session %r at %s is gone", session, owner.address)
+            with contextlib.suppress(DirectoryUnavailable):
+                self._health.call(self._forget, session, owner)
+        elif result in (Failure.TIMEOUT, Failure.UNRESPONSIVE):
+            logger.warning("the owner at %s did not answer in time", owner.address)
+        elif result is Failure.BROKEN:
+            logger.warning("the owner at %s ended the connection without an answer", owner.address)
+        return respond(start_response, FAILURE_STATUS[result])
+
+
+class Remote:
+    """A listener of another process, found in the store: a
+    :class:`~wsgi_proxy_listen.seam.Destination`."""
+
+    __slots__ = ("cached", "forwarder", "location", "session")
+
+    def __init__(self, forwarder: Forwarder, session: str, location: Owner, cached: bool) -> None:
+        self.forwarder = forwarder
+        self.session = session
+        self.location = location
+        self.cached = cached
+
+    @property
+    def app(self) -> str | None:
+        return self.location.app
+
+    @property
+    def owner(self) -> str:
+        return self.location.owner
+
+    def serve(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes] | None:
+        return self.forwarder.forward(
+            self.session, self.location, self.cached, environ, start_response
+        )
+
+    def __repr__(self) -> str:
+        return f"<Remote session={self.session!r} owner={self.owner!r}>"

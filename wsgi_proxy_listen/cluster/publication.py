@@ -1,0 +1,218 @@
+"""
+Publication, lease and take-over
+================================
+
+What this process tells the store about its own listeners:
+
+- a listener registered while the process serves is *published*
+  (``session -> owner, address, app``); closing or replacing it withdraws it
+  (compare-and-delete: only the entry this process wrote);
+- a heartbeat renews the lease of every published entry every ``lease / 3``
+  seconds, writes again what an outage let expire, and publishes what was
+  registered while the store was down;
+- ``listen()`` for a session that another process owns takes it over: the old
+  owner hears of it (a notice, or its next renewal) and closes its listener;
+- at exit every entry is withdrawn at once, and nothing is published after.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import typing as t
+
+from ..exceptions import DirectoryUnavailable
+from .store import Owner
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..seam import Host, Registered
+    from .health import Health
+    from .locations import Locations
+
+__all__ = ["Publication"]
+
+logger = logging.getLogger("wsgi_proxy_listen")
+
+
+class Publication:
+    """The entries of this process (``owner``, reached at ``address``) in the store.
+
+    The ``publish``, ``withdraw``, ``renew``, ``withdraw_all`` and ``locate``
+    arguments are the store's operations of those names (:class:`.store.Store`).
+
+    :param lease: seconds an entry outlives a silent owner; renewed every third.
+    :param wake: set to renew at once (the store is back).
+    :param stop: set when the directory stops.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        health: Health,
+        locations: Locations,
+        *,
+        lease: float,
+        publish: Callable[[str, Owner], None],
+        withdraw: Callable[[str, Owner], None],
+        renew: Callable[[dict[str, Owner]], list[str]],
+        withdraw_all: Callable[[dict[str, Owner]], None],
+        locate: Callable[[str], Owner | None],
+        wake: threading.Event,
+        stop: threading.Event,
+    ) -> None:
+        self._host = host
+        self._health = health
+        self._locations = locations
+        self._lease = lease
+        self._publish = publish
+        self._withdraw_entry = withdraw
+        self._renew = renew
+        self._withdraw_all = withdraw_all
+        self._locate = locate
+        self._wake = wake
+        self._stop = stop
+        self.owner = ""
+        self.address = ""
+        self._lock = threading.Lock()
+        # Held while this process writes entries of its own (listened(), the heartbeat),
+        # so that withdraw_all() knows that nothing is written after it.
+        self._writing = threading.Lock()
+        self._leaving = False
+        self._published: dict[str, Registered] = {}
+        self._pending: set[str] = set()  # registered while the store was down
+        self._unpublished: dict[str, Owner] = {}  # closed while the store was down
+
+    def begin(self, owner: str, address: str) -> None:
+        """This process serves from now on, as ``owner`` at ``address``."""
+        self.owner, self.address = owner, address
+        self._leaving = False
+
+    def published(self, session: str) -> Registered | None:
+        """The listener of ``session`` that this process published, if any."""
+        return self._published.get(session)
+
+    def listened(self, listener: Registered) -> None:
+        """Publish ``listener``, taking its session over from any other owner."""
+        session = listener.session
+        with self._writing:
+            if self._leaving:
+                return  # the process ends: nothing more is published
+            # The store first: a take-over notice handled in between then finds this
+            # owner's name there, or only the listener this one replaced.
+            try:
+                self._health.call(self._publish, session, self._entry(listener))
+                published = True
+            except DirectoryUnavailable:
+                published = False
+            with self._lock:
+                current = self._host.get(session)
+                if current is listener:
+                    self._published[session] = listener
+                    self._unpublished.pop(session, None)
+                    if not published:
+                        self._pending.add(session)
+        # Replaced meanwhile by another listen() here: that one publishes itself (and the
+        # heartbeat writes the entry again). Closed meanwhile: undo it.
+        if current is None and published:
+            self._withdraw(session, self._entry(listener))
+
+    def removed(self, listener: Registered) -> None:
+        """Withdraw ``listener``, if it is the one this process published."""
+        session = listener.session
+        with self._lock:
+            if self._published.get(session) is not listener:
+                return
+            del self._published[session]
+            self._pending.discard(session)
+        self._withdraw(session, self._entry(listener))
+
+    def withdraw_all(self, serving: bool) -> None:
+        """Delete this process's entries, and publish nothing more (at exit). Another
+        thread may be publishing: it is waited for."""
+        with self._writing:
+            with self._lock:
+                self._leaving = True
+                entries = {s: self._entry(item) for s, item in self._published.items()}
+                self._published.clear()
+                self._pending.clear()
+            if not serving or self._health.down:
+                return
+            try:
+                self._withdraw_all(entries)
+            except self._health.unreachable:
+                logger.warning("could not withdraw this process's listeners (%s)", self.owner)
+
+    def notice(self, session: str, owner: str | None) -> None:
+        """The store announced that ``session`` now belongs to ``owner`` (or nobody)."""
+        self._locations.forget(session)
+        listener = self._published.get(session)
+        if listener is not None and owner != self.owner:
+            # The notice may be older than this process taking the session back: the
+            # store decides.
+            try:
+                current = self._health.call(self._locate, session)
+            except DirectoryUnavailable:
+                return
+            if current is None or current.owner != self.owner:
+                self._give_up(listener)
+
+    def heartbeat(self) -> None:
+        """Renew the lease every third of it, until the directory stops: runs in a
+        thread of its own."""
+        while not self._stop.is_set():
+            self._wake.wait(self._lease / 3)
+            self._wake.clear()
+            if self._stop.is_set() or self._health.down:
+                continue
+            with self._writing:
+                if self._leaving:
+                    return
+                with self._lock:
+                    published = dict(self._published)
+                    pending, self._pending = self._pending, set()
+                    unpublished, self._unpublished = self._unpublished, {}
+                try:
+                    for session in pending & set(published):
+                        # Registered while the store was down: the newest, so it takes over.
+                        entry = self._entry(published[session])
+                        self._health.call(self._publish, session, entry)
+                    for session, entry in unpublished.items():
+                        self._health.call(self._withdraw_entry, session, entry)
+                    entries = {session: self._entry(item) for session, item in published.items()}
+                    taken = self._health.call(self._renew, entries)
+                except DirectoryUnavailable:
+                    with self._lock:
+                        self._pending |= {s for s in pending if s in self._published}
+                        for session, entry in unpublished.items():
+                            self._unpublished.setdefault(session, entry)
+                    continue
+            for session in taken:
+                listener = published[session]
+                if self._published.get(session) is listener:
+                    self._give_up(listener)
+            # Closed while the heartbeat ran: the renewal may have written it again.
+            for session in published.keys() - self._published.keys():
+                if session not in taken:
+                    self._withdraw(session, entries[session])
+
+    def _give_up(self, listener: Registered) -> None:
+        with self._lock:
+            if self._published.get(listener.session) is not listener:
+                return
+            del self._published[listener.session]
+        listener.close()  # removed() finds it unpublished and leaves the store alone
+        logger.info("session %r was taken over by another process", listener.session)
+
+    def _withdraw(self, session: str, entry: Owner) -> None:
+        self._locations.forget(session)
+        try:
+            self._health.call(self._withdraw_entry, session, entry)
+        except DirectoryUnavailable:
+            with self._lock:
+                if session not in self._published:
+                    self._unpublished[session] = entry
+
+    def _entry(self, listener: Registered) -> Owner:
+        return Owner(self.owner, self.address, listener.app)
