@@ -36,10 +36,10 @@ import click
 from flask import Flask
 from flask.cli import with_appcontext
 
-from .settings import middleware_from_config, problems
 from .cli import UNREACHABLE, status
 from .middleware import ProxyMiddleware
 from .registry import Registry, default_registry
+from .settings import middleware_from_config, problems
 
 __all__ = ["ProxyListen", "cli"]
 

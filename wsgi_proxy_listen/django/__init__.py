@@ -40,9 +40,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application as django_wsgi_application
 
-from ..settings import middleware_from_config
 from ..middleware import ProxyMiddleware
 from ..registry import Registry
+from ..settings import middleware_from_config
 
 __all__ = ["get_wsgi_application"]
 
