@@ -180,15 +180,17 @@ class _Start(threading.Event):
 class Apps:
     """The apps of one registry: declarations, members, starts and idle shutdown.
 
-    Its lookups take no lock and read one dict; changes are serialised by a lock
-    of its own, which the registry's lock may hold (never the other way round).
+    Its lookups take no lock and read one dict; changes are serialised by the
+    registry's lock (``lock``), so that a listener and its membership change at once.
 
     :param sharing: the registry's directory, for the rules across processes.
     :param url: the registry's :meth:`~wsgi_proxy_listen.Registry.url`.
     :param name: what the thread that closes idle members is called.
     """
 
-    def __init__(self, sharing: Sharing, url: Callable[..., str], name: str) -> None:
+    def __init__(
+        self, sharing: Sharing, url: Callable[..., str], name: str, lock: threading.Lock
+    ) -> None:
         self._sharing = sharing
         self.url = url
         self._declared: dict[str, App] = {}
@@ -198,24 +200,24 @@ class Apps:
         self._members: dict[str, OrderedDict[str, Listener]] = {}
         self._current: dict[str, Listener] = {}
         self._reaper = Reaper(self._sweep, name)
-        self._start_afresh()
+        self._start_afresh(lock)
         # Members registered before this moment were inherited by a forked child.
         self._forked_at = float("-inf")
 
-    def _start_afresh(self) -> None:
-        self._lock = threading.Lock()
+    def _start_afresh(self, lock: threading.Lock) -> None:
+        self._lock = lock
         # Running starts, by slug, so that a new declaration of an app joins its start.
         self._starts: dict[str, _Start] = {}
         # Requests waiting for a start that runs in another process, by slug.
         self._waiting: dict[str, int] = {}
 
-    def after_fork(self) -> None:
-        """In a forked child: the parent's threads are not here, and a lock one of them
-        held would stay held. Fresh locks; no start or wait running. The thread that
-        closes idle members starts again when the child registers one or declares an
-        app (no thread starts inside a fork); the members it inherited are closed
-        without their app's ``stop``, which is the parent's to call."""
-        self._start_afresh()
+    def after_fork(self, lock: threading.Lock) -> None:
+        """In a forked child, with the registry's fresh ``lock``: the parent's threads
+        are not here, no start or wait runs. The thread that closes idle members starts
+        again when the child registers one or declares an app (no thread starts inside
+        a fork); the members it inherited are closed without their app's ``stop``,
+        which is the parent's to call."""
+        self._start_afresh(lock)
         self._forked_at = time.monotonic()
         self._reaper.after_fork()
 
@@ -292,26 +294,22 @@ class Apps:
         return self._current.get(slug)
 
     def join(self, listener: Listener) -> None:
-        """``listener`` is its app's newest member (``listen(..., app=...)``)."""
+        """``listener`` is its app's newest member (``listen(..., app=...)``). The
+        caller holds the registry's lock."""
         app = t.cast(str, listener.app)
-        with self._lock:
-            members = self._members.get(app)
-            if members is None:
-                members = self._members[app] = OrderedDict()
-            members.pop(listener.session, None)
-            members[listener.session] = listener
-            self._current[app] = listener
+        members = self._members.get(app)
+        if members is None:
+            members = self._members[app] = OrderedDict()
+        members.pop(listener.session, None)
+        members[listener.session] = listener
+        self._current[app] = listener
         declaration = self._declared.get(app)
         if declaration is not None and declaration.idle_timeout is not None:
             self._reaper.wake()  # declare() wakes it for members that joined before
 
     def leave(self, listener: Listener) -> None:
         """Take ``listener`` out of its app, if it is still a member (one found idle
-        left it already)."""
-        with self._lock:
-            self._leave(listener)
-
-    def _leave(self, listener: Listener) -> None:
+        left it already). The caller holds the registry's lock."""
         app = listener.app
         members = None if app is None else self._members.get(app)
         if members is None or members.get(listener.session) is not listener:
@@ -533,7 +531,8 @@ class Apps:
             retired.append(member)
             # While stop() runs, the app's generic path goes to another member or starts
             # a new session, here and in every process.
-            self.leave(member)
+            with self._lock:
+                self.leave(member)
             self._sharing.removed(member)
         return retired
 

@@ -105,7 +105,9 @@ class Registry:
         self._listeners: dict[str, Listener] = {}
         self.get = self._listeners.get
         self._sharing = Sharing(self, self._listeners.get, runtime)
-        self.apps = Apps(self._sharing, self.url, f"wsgi_proxy_listen idle sessions {id(self):#x}")
+        self.apps = Apps(
+            self._sharing, self.url, f"wsgi_proxy_listen idle sessions {id(self):#x}", self._lock
+        )
         _registries.add(self)
         self._sharing.join(directory, secret)
 
@@ -257,7 +259,9 @@ class Registry:
             check_id("app slug", app)
         check_limit("max_concurrency", max_concurrency)
         wsgi_app = to_wsgi(handler, kind=kind, request_class=request_class, options=options)
-        self._sharing.before_listen()  # before the listener shows: it may raise
+        sharing = self._sharing
+        if sharing.active:
+            sharing.before_listen()  # before the listener shows: it may raise
         listener = Listener(self, session, app, handler, wsgi_app, max_concurrency)
         with self._lock:
             replaced = self._listeners.get(session)
@@ -269,7 +273,8 @@ class Registry:
             self._listeners[session] = listener
             if app is not None:
                 self.apps.join(listener)
-        self._sharing.listened(listener)
+        if sharing.active:
+            sharing.listened(listener)
         return listener
 
     def url(
@@ -337,8 +342,10 @@ class Registry:
             if self._listeners.get(listener.session) is not listener:
                 return False
             del self._listeners[listener.session]
-            self.apps.leave(listener)
-        self._sharing.removed(listener)
+            if listener.app is not None:
+                self.apps.leave(listener)
+        if self._sharing.active:
+            self._sharing.removed(listener)
         return True
 
     @contextmanager
@@ -444,7 +451,7 @@ class Registry:
         held would stay held; the child serves none of the parent's requests."""
         self._lock = threading.Lock()
         self._sharing.after_fork()
-        self.apps.after_fork()
+        self.apps.after_fork(self._lock)
         for listener in self._listeners.values():
             listener.after_fork()
 

@@ -73,6 +73,10 @@ class Sharing:
     """The name the directory was given by (a folder path or a URL), if any."""
     routed: bool
     """Whether a :class:`~wsgi_proxy_listen.ProxyMiddleware` routes with the registry."""
+    active: bool
+    """Whether there is a directory, or the environment may name one: without, every
+    listener stays in this process and the registry need not call here (an attribute,
+    read on every ``listen()`` and ``close()``)."""
 
     def __init__(
         self, host: Host, lookup: Callable[[str], Dispatchable | None], runtime: bool | None
@@ -83,6 +87,7 @@ class Sharing:
         self.directory_name = None
         self._secret: bytes | None = None  # what a directory named by a string was opened with
         self._from_environment = False
+        self.active = False
         self._connecting = threading.RLock()
         self.routed = False
         self.runtime = runtime
@@ -182,7 +187,7 @@ class Sharing:
         """See :meth:`wsgi_proxy_listen.Registry.connect_from_environment`."""
         with self._connecting:
             if self._directory is None:
-                self._from_environment = True
+                self._from_environment = self.active = True
         if os.environ.get(ENV_DIRECTORY):
             exits.install()  # from the main thread, where the package is imported
 
@@ -197,6 +202,7 @@ class Sharing:
             except ValueError as error:
                 raise ValueError(f"{ENV_DIRECTORY}: {error}") from None
             self._from_environment = False
+            self.active = self._directory is not None
 
     def _open(
         self, directory: Directory | str, secret: str | bytes | None, runtime: bool | None
@@ -219,12 +225,14 @@ class Sharing:
         directory.attach(self._host)
         self.directory_name = name
         self._directory = directory
+        self.active = True
 
     # -- listeners come and go ----------------------------------------------------------------
 
     def before_listen(self) -> None:
         """In a runtime, connect the environment's directory before a listener shows:
-        a wrong name raises there, for the ``listen()`` that needs it."""
+        a wrong name raises there, for the ``listen()`` that needs it. Only while
+        :attr:`active`, as are :meth:`listened` and :meth:`removed`."""
         if self._from_environment and self.runtime:
             self._connect_environment()
 
