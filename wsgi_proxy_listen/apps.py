@@ -140,11 +140,32 @@ class App:
         idle_timeout: float | None,
         stop: t.Callable[[str], object] | None,
     ) -> None:
+        if not isinstance(multi_session, bool):
+            raise TypeError(f"multi_session must be True or False, not {multi_session!r}")
+        if start is not None and not callable(start):
+            raise TypeError(f"start must be a callable taking no arguments or None, not {start!r}")
+        if isinstance(start_timeout, bool) or not isinstance(start_timeout, (int, float)):
+            raise TypeError(
+                f"start_timeout must be a number of seconds, not {type(start_timeout).__name__!r}"
+            )
+        if not 0 < start_timeout < float("inf"):
+            raise ValueError(
+                f"invalid start_timeout {start_timeout!r}: use a positive number of seconds"
+            )
+        check_limit("max_waiting", max_waiting, optional=False)
+        idle_timeout = check_idle_timeout(idle_timeout)
+        if stop is not None and not callable(stop):
+            raise TypeError(f"stop must be a callable taking the session id or None, not {stop!r}")
+        if stop is not None and idle_timeout is None:
+            raise ValueError(
+                "stop= is called when a session is closed for being idle: give idle_timeout="
+                " too, or close sessions yourself"
+            )
         self._apps = apps
         self.slug = slug
         self.multi_session = multi_session
         self.start = start
-        self.start_timeout = start_timeout
+        self.start_timeout = float(start_timeout)
         self.max_waiting = max_waiting
         self.idle_timeout = idle_timeout
         self.stop = stop
@@ -223,52 +244,11 @@ class Apps:
 
     # -- declaration ----------------------------------------------------------------------
 
-    def declare(
-        self,
-        slug: str,
-        *,
-        multi_session: bool,
-        start: t.Callable[[], object] | None,
-        start_timeout: float,
-        max_waiting: int,
-        idle_timeout: float | None,
-        stop: t.Callable[[str], object] | None,
-    ) -> App:
-        """See :meth:`wsgi_proxy_listen.Registry.register_app` (``slug`` is checked)."""
-        if not isinstance(multi_session, bool):
-            raise TypeError(f"multi_session must be True or False, not {multi_session!r}")
-        if start is not None and not callable(start):
-            raise TypeError(f"start must be a callable taking no arguments or None, not {start!r}")
-        if isinstance(start_timeout, bool) or not isinstance(start_timeout, (int, float)):
-            raise TypeError(
-                f"start_timeout must be a number of seconds, not {type(start_timeout).__name__!r}"
-            )
-        if not 0 < start_timeout < float("inf"):
-            raise ValueError(
-                f"invalid start_timeout {start_timeout!r}: use a positive number of seconds"
-            )
-        check_limit("max_waiting", max_waiting, optional=False)
-        idle_timeout = check_idle_timeout(idle_timeout)
-        if stop is not None and not callable(stop):
-            raise TypeError(f"stop must be a callable taking the session id or None, not {stop!r}")
-        if stop is not None and idle_timeout is None:
-            raise ValueError(
-                "stop= is called when a session is closed for being idle: give idle_timeout="
-                " too, or close sessions yourself"
-            )
-        declaration = App(
-            self,
-            slug,
-            multi_session=multi_session,
-            start=start,
-            start_timeout=float(start_timeout),
-            max_waiting=max_waiting,
-            idle_timeout=idle_timeout,
-            stop=stop,
-        )
+    def declare(self, declaration: App) -> App:
+        """Declare an app (``register_app``), replacing any declaration of its slug."""
         with self._lock:
-            self._declared[slug] = declaration
-        if idle_timeout is not None:
+            self._declared[declaration.slug] = declaration
+        if declaration.idle_timeout is not None:
             self._reaper.wake()
         return declaration
 
@@ -285,12 +265,7 @@ class Apps:
     # -- membership -------------------------------------------------------------------------
 
     def current(self, slug: str) -> Listener | None:
-        """The listener of the newest member of ``slug`` in this process, or ``None``.
-
-        Takes no lock and reads one dict: while members come and go, a request
-        sees a listener that is, or just was, the app's newest, never ``None``
-        while another member is live.
-        """
+        """See :meth:`wsgi_proxy_listen.Registry.current_listener`."""
         return self._current.get(slug)
 
     def join(self, listener: Listener) -> None:

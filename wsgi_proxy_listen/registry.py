@@ -113,12 +113,10 @@ class Registry:
 
     @property
     def prefix(self) -> str:
-        """The path under which listeners are reachable, such as ``/proxy``.
-
-        It can be changed until a :class:`~wsgi_proxy_listen.ProxyMiddleware`
-        uses this registry (the framework integrations set it from their
-        configuration); after that, changing it raises :exc:`RuntimeError`.
-        """
+        """The path under which listeners are reachable, such as ``/proxy``. It can be
+        changed (the framework integrations set it from their configuration) until a
+        :class:`~wsgi_proxy_listen.ProxyMiddleware` uses this registry; after that,
+        changing it raises :exc:`RuntimeError`."""
         return self._prefix
 
     @prefix.setter
@@ -134,12 +132,9 @@ class Registry:
             self._prefix = prefix
 
     def use_prefix(self, dispatcher: Dispatcher | None = None) -> str:
-        """Freeze the prefix and return it: a middleware routes with it from now on,
-        and requests that other processes forward here get ``dispatcher``'s options
-        (the middleware's).
-
-        Called by :class:`~wsgi_proxy_listen.ProxyMiddleware` when it is created.
-        """
+        """Freeze the prefix and return it: a :class:`~wsgi_proxy_listen.ProxyMiddleware`
+        routes with it from now on, and requests that other processes forward here get
+        ``dispatcher``'s options (the middleware's). Called by the middleware."""
         with self._lock:
             self._sharing.route_with(dispatcher)
             return self._prefix
@@ -172,11 +167,8 @@ class Registry:
 
     @property
     def directory(self) -> Directory | None:
-        """The directory that shares this registry's listeners, or ``None``.
-
-        Reading it connects the registry to the directory that the environment
-        names, where :meth:`connect_from_environment` asked for that.
-        """
+        """The directory that shares this registry's listeners, or ``None``; reading it
+        connects the one the environment names (:meth:`connect_from_environment`)."""
         return self._sharing.directory
 
     @property
@@ -387,13 +379,16 @@ class Registry:
         :raises TypeError: an option of the wrong type.
         """
         return self.apps.declare(
-            check_id("app slug", slug),
-            multi_session=multi_session,
-            start=start,
-            start_timeout=start_timeout,
-            max_waiting=max_waiting,
-            idle_timeout=idle_timeout,
-            stop=stop,
+            App(
+                self.apps,
+                check_id("app slug", slug),
+                multi_session=multi_session,
+                start=start,
+                start_timeout=start_timeout,
+                max_waiting=max_waiting,
+                idle_timeout=idle_timeout,
+                stop=stop,
+            )
         )
 
     def unregister_app(self, slug: str) -> None:
@@ -419,23 +414,18 @@ class Registry:
         return self.apps.current(app)
 
     def start_app(self, slug: str) -> Listener | None:
-        """Run the app's ``start`` callable, or join the start already running.
-
-        One start runs at a time per app in this process. The caller waits up to
-        the app's ``start_timeout`` and gets the app's current listener, or
-        ``None`` when the start failed, timed out or registered nothing (the
-        next call then tries again), or when ``max_waiting`` requests wait for
-        it already. Across processes, the generic path takes a lock in the
-        directory first (see :mod:`wsgi_proxy_listen.apps`).
-        """
+        """Run the app's ``start`` callable, or join the start already running (one at a
+        time per app in this process; across processes, see :mod:`wsgi_proxy_listen.apps`).
+        The caller waits up to the app's ``start_timeout`` and gets the app's current
+        listener, or ``None`` when the start failed, timed out or registered nothing
+        (the next call tries again), or ``max_waiting`` requests wait for it already."""
         return self.apps.start(slug)
 
     def close_idle(self, now: float | None = None) -> list[Listener]:
-        """Close the members of apps with an ``idle_timeout`` that have served no
-        request for that long at ``now`` (:func:`time.monotonic`, by default the
-        present), as a thread of the registry does by itself; returns them. Their
-        app's ``stop`` runs first (see :meth:`register_app`), so a listener may be
-        closed a moment after this returns."""
+        """Close the members of apps with an ``idle_timeout`` that served no request for
+        that long at ``now`` (:func:`time.monotonic`, by default the present), as a
+        thread of the registry does by itself; returns them. Their app's ``stop`` runs
+        first, so a listener may be closed a moment after this returns."""
         return self.apps.close_idle(now)
 
     def close(self) -> None:
