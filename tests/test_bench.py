@@ -55,15 +55,19 @@ def test_quick_cluster_benchmark_runs_and_prints_both_directories() -> None:
     print(output)
     assert "refused" not in result.stderr, "a hop of the breakdown was refused"
     for line in [
+        "floor: a length-prefixed exchange over a persistent Unix socket",
+        "peer: a kept-alive round trip to waitress alone",
         "embedded   local",
-        "embedded   forwarded",
         "embedded   runtime",
-        "embedded runtime",
-        "extra median",
-        "pack the environ (JSON)",
-        "embedded: whole hop to a listener (Unix socket)",
+        "embedded   peer",
+        "hop extra latency / floor exchange (median)",
+        "CPU per forwarded request / local (host + owner)",
+        "streaming download, runtime / in-process",
+        "streaming upload, runtime / in-process",
+        "embedded: listen() p99 at 500 sessions, ms",
+        "embedded churn, 16 writers: pairs/s / one writer's",
     ]:
         assert line in output, line
     if shutil.which("redis-server"):
-        assert "redis      forwarded" in output
-        assert "redis: whole hop to a listener (TCP)" in output
+        assert "redis      runtime" in output
+        assert "redis: idle renewal CPU at 500, % of a core" in output

@@ -4,7 +4,6 @@ Each test runs on the embedded directory (a folder) and on Redis (a real redis-s
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import os
 import shutil
@@ -539,7 +538,7 @@ def test_a_body_shorter_than_its_length_is_cut_not_passed_as_whole(workers: Work
 
     a.listen(short, session="short", kind="wsgi")
     a.listen(text("fine"), session="fine")
-    with pytest.raises(http.client.IncompleteRead):
+    with pytest.raises(ConnectionAbortedError):
         b.get("/proxy/sessions/short/", buffered=True)
     assert b.post("/proxy/sessions/fine/", data=b"x" * 1000, buffered=True).data == b"fine"
     with b.get("/proxy/sessions/short/") as response:  # unbuffered: the head comes whole
@@ -577,13 +576,53 @@ def test_an_upload_that_ends_early_is_the_clients_fault(workers: Workers) -> Non
     assert answer.status_code == 400
 
 
-def test_a_listener_closed_while_the_heartbeat_runs_is_not_written_back(
+def lose_lease(workers: Workers, owner: str) -> None:
+    """What another process does to an owner it found silent (its lease ran out): its
+    lease and its entries go."""
+    if workers.kind == "embedded":
+        with (
+            contextlib.closing(
+                sqlite3.connect(os.path.join(workers.name, "directory.sqlite3"))
+            ) as db,
+            db,
+        ):
+            db.execute("DELETE FROM sessions WHERE owner = ?", (owner,))
+            db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
+    else:
+        import redis
+
+        from wsgi_proxy_listen.cluster import redis_directory
+
+        client = redis.Redis.from_url(workers.name)
+        try:
+            assert client.scard(f"{{wsgi-proxy-listen}}:owned:{owner}")
+            client.register_script(redis_directory._FORGET)(args=["{wsgi-proxy-listen}:", owner])
+        finally:
+            client.close()
+
+
+def test_entries_lost_with_the_lease_are_written_again(workers: Workers) -> None:
+    """An outage or a pause longer than the lease: other processes clean up after the
+    owner; its next renewal finds its lease ran out and publishes its entries again."""
+    directory, a, _ = workers.worker()
+    _, _, b = workers.worker()
+    a.listen(text("back"), session="kept")
+    assert b.get("/proxy/sessions/kept/", buffered=True).data == b"back"
+    lose_lease(workers, directory.owner)
+    deadline = time.monotonic() + 5  # a renewal every second (lease 3 s)
+    while "kept" not in [entry.session for entry in directory.entries()]:
+        assert time.monotonic() < deadline, "never written again"
+        time.sleep(0.05)
+    assert b.get("/proxy/sessions/kept/", buffered=True).data == b"back"
+
+
+def test_a_listener_closed_while_its_entries_are_written_again_is_taken_out(
     workers: Workers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """close() between the heartbeat's snapshot and its renewal: the renewal writes the
-    entry again, and the heartbeat must take it back out."""
+    """close() between the heartbeat's snapshot and its writing the entries again (the
+    lease had run out): the entry written again must be taken back out."""
     directory = workers.directory()
-    renew = type(directory)._store_renew
+    republish = type(directory)._store_republish
     closed = threading.Event()
     handles: list[Listener] = []
 
@@ -591,15 +630,16 @@ def test_a_listener_closed_while_the_heartbeat_runs_is_not_written_back(
         if self is directory and "s1" in entries and not closed.is_set():
             handles[0].close()  # as if another thread closed it just now
             closed.set()
-        return renew(self, entries)
+        return republish(self, entries)
 
     # Before the registry attaches: the directory's parts take its store's methods then.
-    monkeypatch.setattr(type(directory), "_store_renew", close_first)
+    monkeypatch.setattr(type(directory), "_store_republish", close_first)
     a = Registry(directory=directory)
     Client(ProxyMiddleware(Host(), a)).get("/")
     _, b, b_client = workers.worker()
     b.register_app("nb", start=lambda: b.listen(text("started in b"), session="fresh", app="nb"))
     handles.append(a.listen(text("old"), session="s1", app="nb"))
+    lose_lease(workers, directory.owner)
     assert closed.wait(5)
     time.sleep(1.5)  # the heartbeat ended its round
     answer = b_client.get("/proxy/apps/nb/", buffered=True)

@@ -1,34 +1,29 @@
-"""The hop between processes (cluster/hop.py) and the internal endpoint (cluster/endpoint.py),
-in one process: a real endpoint on a Unix socket or a TCP port, a real HopClient."""
+"""The hop between processes (cluster/frames.py, cluster/hop.py, cluster/endpoint.py), in one
+process: a real endpoint on a Unix socket (no secret) or a TCP port (with one), a real
+HopClient, and raw sockets for what a stranger can send."""
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import io
 import os
 import shutil
 import socket
+import struct
 import threading
 import time
 import typing as t
 from collections.abc import Iterable, Iterator
-from email.message import Message
 
 import pytest
 
 from wsgi_proxy_listen import Registry
 from wsgi_proxy_listen.answers import Failure
-from wsgi_proxy_listen.cluster import hop
+from wsgi_proxy_listen.cluster import endpoint as endpoint_module
+from wsgi_proxy_listen.cluster import frames
 from wsgi_proxy_listen.cluster.endpoint import InternalEndpoint
-from wsgi_proxy_listen.cluster.hop import (
-    HOP_PATH,
-    HopClient,
-    Verifier,
-    pack,
-    signed_headers,
-    unpack,
-)
+from wsgi_proxy_listen.cluster.frames import FrameError, Keys
+from wsgi_proxy_listen.cluster.hop import Connection, HopClient, pack, unpack
 
 from .support.cluster import short_folder
 
@@ -39,36 +34,28 @@ SECRET = b"hop-secret"
 OWNER = "owner-1"
 
 
-def message(headers: dict[str, str]) -> Message:
-    result = Message()
-    for name, value in headers.items():
-        result[name] = value
-    return result
-
-
-# -- the environ header -------------------------------------------------------------------------
+# -- what a REQUEST frame carries ---------------------------------------------------------------
 
 
 def test_pack_keeps_what_the_owner_dispatches_with() -> None:
     environ = {
         "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/proxy/sessions/a/x\n\x00é",
+        "PATH_INFO": "/proxy/sessions/a/x\né",
         "QUERY_STRING": "q={1}",
         "HTTP_X_TEST": "1",
         "HTTP_CONNECTION": "keep-alive",
         "HTTP_TE": "trailers",
         "wsgi.url_scheme": "https",
         "wsgi.input": io.BytesIO(),
+        "REMOTE_USER": "not forwarded this way",
         "SOME_SERVER_KEY": "dropped",
     }
-    packed = pack(environ, "a", "/tools")
-    assert packed.isascii()
-    assert packed.isprintable(), "a valid header value"
-    session, prefix, forwarded = unpack(packed)
-    assert (session, prefix) == ("a", "/tools")
+    session, prefix, forwarded, body = unpack(pack(environ, "a", "/tools"))
+    assert (session, prefix, body) == ("a", "/tools", False)
+    assert unpack(pack(environ, "a", "/tools", body=True)).body
     assert forwarded == {
         "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/proxy/sessions/a/x\n\x00é",
+        "PATH_INFO": "/proxy/sessions/a/x\né",
         "QUERY_STRING": "q={1}",
         "HTTP_X_TEST": "1",
         "wsgi.url_scheme": "https",
@@ -78,86 +65,116 @@ def test_pack_keeps_what_the_owner_dispatches_with() -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        '{"a": 1}',
-        '["s", "/proxy", {"A": 1}]',
-        '[1, "/proxy", {}]',
-        '["s", "/proxy", []]',
-        '["s", {}]',
-        '["s", 5, {}]',
-        '["s", ["/proxy"], {}]',
-        '["s", "proxy/", {}]',
-        '["s", "/a/../b", {}]',
-        "not json",
-        '["s"]',
-        "5",
-        "null",
+        pytest.param("/proxy/sessions/a/\x00b", id="nul-in-path"),
+        pytest.param("[not json", id="a-bracket"),
+        pytest.param("é" * 3 + "\x00" * 3, id="non-ascii-and-nul"),
+        pytest.param("x" * 1_000_000, id="one-megabyte"),
     ],
 )
-def test_unpack_refuses_anything_else(value: str) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - json's own errors are ValueErrors too
-        unpack(value)
-
-
-# -- signatures ---------------------------------------------------------------------------------
-
-
-def test_a_signature_is_accepted_once() -> None:
-    verify = Verifier(SECRET, OWNER)
-    headers = message(signed_headers(SECRET, OWNER, "GET", "meta"))
-    assert verify("GET", "meta", headers)
-    assert not verify("GET", "meta", headers), "a replay"
+def test_any_string_a_server_gives_travels_whole(value: str) -> None:
+    """Without a length limit of the hop's own, and with a NUL inside a string (a decoded
+    %00), which the fields then travel as a JSON list for."""
+    environ = {"PATH_INFO": value, "HTTP_COOKIE": value}
+    assert unpack(pack(environ, "s", "/proxy")).environ == environ
 
 
 @pytest.mark.parametrize(
-    ("secret", "owner", "method", "meta"),
+    "payload",
     [
-        pytest.param(b"other", OWNER, "GET", "meta", id="wrong-secret"),
-        pytest.param(SECRET, "owner-2", "GET", "meta", id="another-owner"),
-        pytest.param(SECRET, OWNER, "POST", "meta", id="another-method"),
-        pytest.param(SECRET, OWNER, "GET", "other meta", id="another-environ"),
+        pytest.param(b"\x00s", id="no-prefix"),
+        pytest.param(b"x\x00s\x00/proxy", id="an-unknown-flag"),
+        pytest.param(b"\x00s\x00/proxy\x00PATH_INFO", id="a-key-without-value"),
+        pytest.param(b"\x00s\x00proxy/", id="a-bad-prefix"),
+        pytest.param(b"\x00s\x00/a/../b", id="a-dot-prefix"),
+        pytest.param(b"\x00s\x00/proxy\x00wsgi.input\x00x", id="a-wsgi-key"),
+        pytest.param(b"\x00s\x00/proxy\x00REMOTE_USER\x00alice", id="a-key-no-host-forwards"),
+        pytest.param(b"\x00s\x00/proxy\x00HTTP_CONNECTION\x00close", id="a-hop-by-hop-header"),
+        pytest.param(b'["", "s", "/proxy", 5, "x"]', id="json-not-strings"),
+        pytest.param(b'["", "s", "/proxy"', id="json-malformed"),
+        pytest.param(b"\xff\xfe", id="not-utf-8"),
     ],
 )
-def test_a_signature_covers_secret_owner_method_and_environ(
-    secret: bytes, owner: str, method: str, meta: str
-) -> None:
-    verify = Verifier(SECRET, OWNER)
-    assert not verify("GET", "meta", message(signed_headers(secret, owner, method, meta)))
+def test_unpack_refuses_anything_else(payload: bytes) -> None:
+    with pytest.raises(FrameError):
+        unpack(payload)
 
 
-def test_stale_or_missing_signatures_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    verify = Verifier(SECRET, OWNER)
-    headers = signed_headers(SECRET, OWNER, "GET", "meta")
-    for missing in headers:
-        assert not verify(
-            "GET", "meta", message({k: v for k, v in headers.items() if k != missing})
-        )
+# -- the handshake and the MAC of every frame -----------------------------------------------
+
+
+def test_a_hello_proves_the_secret_and_names_the_owner() -> None:
+    payload, nonce = frames.hello(SECRET, OWNER)
+    assert frames.read_hello(payload, SECRET, OWNER).nonce == nonce
+    for secret, owner in [(b"other", OWNER), (SECRET, "owner-2")]:
+        with pytest.raises(FrameError):
+            frames.read_hello(payload, secret, owner)
+    unsigned, _ = frames.hello(None, OWNER)
+    with pytest.raises(FrameError):
+        frames.read_hello(unsigned, SECRET, OWNER)
+
+
+def test_a_stale_hello_or_another_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     now = time.time()
-    monkeypatch.setattr(hop.time, "time", lambda: now - 31)
-    old = signed_headers(SECRET, OWNER, "GET", "meta")
-    monkeypatch.setattr(hop.time, "time", lambda: now)
-    assert not verify("GET", "meta", message(old))
-    assert not verify("GET", "meta", message({**headers, hop.STAMP_HEADER: "soon"}))
+    monkeypatch.setattr(frames.time, "time", lambda: now - frames.WINDOW - 1)
+    old, _ = frames.hello(SECRET, OWNER)
+    monkeypatch.setattr(frames.time, "time", lambda: now)
+    with pytest.raises(FrameError, match="window"):
+        frames.read_hello(old, SECRET, OWNER)
+    monkeypatch.setattr(frames, "VERSION", 99)
+    newer, _ = frames.hello(None, OWNER)
+    monkeypatch.setattr(frames, "VERSION", 1)
+    with pytest.raises(FrameError, match="version 99"):
+        frames.read_hello(newer, None, OWNER)
 
 
-def test_nonces_are_forgotten_after_twice_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The memory of nonces is bounded by time, not by a count that is rebuilt on every
-    request once it is passed (which made each check cost O(n) under load)."""
-    verify = Verifier(SECRET, OWNER)
-    clock = [1000.0]
-    monkeypatch.setattr(hop.time, "monotonic", lambda: clock[0])
-    for _ in range(50):
-        assert verify("GET", "m", message(signed_headers(SECRET, OWNER, "GET", "m")))
-    assert verify.remembered() == 50
-    clock[0] += 2 * hop.WINDOW + 1
-    assert verify("GET", "m", message(signed_headers(SECRET, OWNER, "GET", "m")))
-    assert verify.remembered() == 1
+def test_a_welcome_proves_the_secret_too() -> None:
+    _, nonce = frames.hello(SECRET, OWNER)
+    answer, welcomed = frames.welcome(SECRET, OWNER, nonce)
+    assert frames.read_welcome(answer, SECRET, OWNER, nonce) == welcomed
+    with pytest.raises(FrameError):
+        frames.read_welcome(answer, b"other", OWNER, nonce)
+    forged, _ = frames.welcome(b"other", OWNER, nonce)
+    with pytest.raises(FrameError):
+        frames.read_welcome(forged, SECRET, OWNER, nonce)
+
+
+def keys_pair() -> tuple[Keys, Keys]:
+    hello_nonce, welcome_nonce = os.urandom(16), os.urandom(16)
+    host = Keys(SECRET, OWNER, hello_nonce, welcome_nonce, host=True)
+    owner = Keys(SECRET, OWNER, hello_nonce, welcome_nonce, host=False)
+    return host, owner
+
+
+def test_a_frame_cannot_be_changed_replayed_reordered_or_moved() -> None:
+    host, owner = keys_pair()
+    first = host.seal(frames.REQUEST, b"one")
+    second = host.seal(frames.DATA, b"two")
+    with pytest.raises(FrameError):
+        owner.check(frames.REQUEST, b"on3", first)  # changed
+    host, owner = keys_pair()
+    first = host.seal(frames.REQUEST, b"one")
+    second = host.seal(frames.DATA, b"two")
+    with pytest.raises(FrameError):
+        owner.check(frames.DATA, b"two", second)  # the first one dropped
+    host, owner = keys_pair()
+    first = host.seal(frames.REQUEST, b"one")
+    owner.check(frames.REQUEST, b"one", first)
+    with pytest.raises(FrameError):
+        owner.check(frames.REQUEST, b"one", first)  # replayed
+    _, other_owner = keys_pair()
+    with pytest.raises(FrameError):
+        other_owner.check(frames.REQUEST, b"one", first)  # from another connection
+    host, owner = keys_pair()
+    answer = owner.seal(frames.RESPONSE, b"200 OK")
+    with pytest.raises(FrameError):
+        owner.check(frames.RESPONSE, b"200 OK", answer)  # its own frame sent back
 
 
 # -- an endpoint --------------------------------------------------------------------------------
 
 
 class Owner:
-    """What a middleware's serve_forwarded does, reduced to a few listeners."""
+    """What a registry's serve_forwarded does, reduced to a few listeners."""
 
     def __init__(self) -> None:
         self.environs: list[WSGIEnvironment] = []
@@ -175,12 +192,20 @@ class Owner:
             body = environ["wsgi.input"].read()
             start_response("201 Made It", [("Content-Length", str(len(body))), ("X-A", "1")])
             return [body]
+        if path == "/early":
+            start_response("401 Unauthorized", [("Content-Length", "2")])
+            return [b"no"]
         if path == "/stream":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return self._closing(iter([b"one ", b"two ", b"three"]))
         if path == "/broken":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return self._closing(self._breaks())
+        if path == "/slow":
+            time.sleep(1.0)
+        if path == "/big":
+            start_response("200 OK", [("X-Big", "b" * 200_000)])
+            return [b"big"]
         start_response(
             "200 OK", [("Content-Length", "5"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
         )
@@ -208,8 +233,8 @@ def endpoint(request: pytest.FixtureRequest) -> Iterator[tuple[InternalEndpoint,
     owner = Owner()
     folder = short_folder()
     address = os.path.join(folder, "e.sock") if request.param == "unix" else "127.0.0.1"
-    verify = None if request.param == "unix" else Verifier(SECRET, OWNER)
-    started = InternalEndpoint(address, owner, verify)
+    secret = None if request.param == "unix" else SECRET
+    started = InternalEndpoint(address, OWNER, owner, secret)
     started.start()
     try:
         yield started, owner
@@ -221,8 +246,8 @@ def endpoint(request: pytest.FixtureRequest) -> Iterator[tuple[InternalEndpoint,
 CLIENTS: list[HopClient] = []
 
 
-def client_for(endpoint: InternalEndpoint) -> HopClient:
-    client = HopClient(None if endpoint.verify is None else SECRET, read_timeout=5.0)
+def client_for(endpoint: InternalEndpoint, read_timeout: float = 5.0) -> HopClient:
+    client = HopClient(endpoint.secret, read_timeout=read_timeout)
     CLIENTS.append(client)
     return client
 
@@ -283,7 +308,7 @@ def test_an_answer_comes_back_whole(endpoint: tuple[InternalEndpoint, Owner]) ->
 def test_bodies_and_statuses_as_sent(endpoint: tuple[InternalEndpoint, Owner]) -> None:
     server, _ = endpoint
     client = client_for(server)
-    data = os.urandom(300_000)
+    data = os.urandom(3_000_000)
     started, body = forward(
         client,
         server,
@@ -303,6 +328,37 @@ def test_bodies_and_statuses_as_sent(endpoint: tuple[InternalEndpoint, Owner]) -
         **{"wsgi.input": io.BytesIO(data)},
     )
     assert (chunked.status, body) == ("201 Made It", data)
+
+
+def test_headers_of_any_size_both_ways(endpoint: tuple[InternalEndpoint, Owner]) -> None:
+    """No line limit of the hop's own: a 200 kB cookie goes, a 200 kB header comes back."""
+    server, owner = endpoint
+    client = client_for(server)
+    cookie = "c=" + "é" * 100_000
+    started, body = forward(client, server, "/big", HTTP_COOKIE=cookie)
+    assert (started.status, body) == ("200 OK", b"big")
+    assert owner.environs[-1]["HTTP_COOKIE"] == cookie
+    assert ("X-Big", "b" * 200_000) in started.headers
+
+
+def test_an_early_answer_comes_back_and_the_connection_goes_on(
+    endpoint: tuple[InternalEndpoint, Owner],
+) -> None:
+    """The owner answers 401 without reading a 5 MB upload: the client gets the 401, and
+    the next request is answered on the pool as before."""
+    server, _ = endpoint
+    client = client_for(server)
+    data = b"u" * 5_000_000
+    started, body = forward(
+        client,
+        server,
+        "/early",
+        REQUEST_METHOD="POST",
+        CONTENT_LENGTH=str(len(data)),
+        **{"wsgi.input": io.BytesIO(data)},
+    )
+    assert (started.status, body) == ("401 Unauthorized", b"no")
+    assert forward(client, server, "/")[1] == b"hello"
 
 
 def test_a_stream_is_relayed(endpoint: tuple[InternalEndpoint, Owner]) -> None:
@@ -342,46 +398,30 @@ def test_a_listener_that_breaks_mid_stream_ends_the_answer_early(
     assert started.status == "200 OK"
     chunks = iter(t.cast(Iterable[bytes], answer))
     assert next(chunks) == b"part"
-    with pytest.raises(http.client.IncompleteRead):
+    with pytest.raises(ConnectionAbortedError):
         next(chunks)
     t.cast(t.Any, answer).close()
     wait_for(lambda: owner.closed == 1)
     assert forward(client, server, "/")[1] == b"hello", "a fresh connection serves the next"
 
 
+def test_a_slow_owner_is_a_timeout(endpoint: tuple[InternalEndpoint, Owner]) -> None:
+    server, _ = endpoint
+    assert forward(client_for(server, read_timeout=0.3), server, "/slow")[1] is Failure.TIMEOUT
+
+
 def test_a_pooled_connection_closed_by_the_endpoint_is_replaced(
     endpoint: tuple[InternalEndpoint, Owner], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The endpoint closes connections left idle; the next bodiless request goes again on
-    a fresh one, signed afresh (sending the first signature again would be a replay)."""
-    from wsgi_proxy_listen.cluster import endpoint as endpoint_module
-
-    monkeypatch.setattr(endpoint_module._Handler, "timeout", 0.2)
+    a fresh one, with a handshake of its own."""
+    monkeypatch.setattr(endpoint_module, "IDLE_TIMEOUT", 0.2)
     server, _ = endpoint
     client = client_for(server)
     assert forward(client, server, "/")[1] == b"hello"
     time.sleep(0.5)  # the endpoint has closed the pooled connection
     assert forward(client, server, "/")[1] == b"hello"
     assert forward(client, server, "/")[1] == b"hello"
-
-
-def test_an_owner_that_is_gone_is_told_apart_from_a_slow_one() -> None:
-    folder = short_folder()
-    try:
-        client = HopClient(None, read_timeout=0.5)
-        CLIENTS.append(client)
-        gone = forward_to(client, os.path.join(folder, "nobody.sock"))
-        assert gone is Failure.GONE
-        listening = socket.socket(socket.AF_UNIX)
-        path = os.path.join(folder, "slow.sock")
-        listening.bind(path)
-        listening.listen(8)
-        try:
-            assert forward_to(client, path) is Failure.TIMEOUT  # accepted, never answered
-        finally:
-            listening.close()
-    finally:
-        shutil.rmtree(folder)
 
 
 def forward_to(client: HopClient, address: str, path: str = "/") -> Failure | bytes:
@@ -395,70 +435,30 @@ def forward_to(client: HopClient, address: str, path: str = "/") -> Failure | by
         t.cast(t.Any, answer).close()
 
 
-# -- who may use an endpoint --------------------------------------------------------------------
-
-
-def raw(
-    address: str, payload: bytes, connection: socket.socket | None = None
-) -> tuple[bytes, socket.socket]:
-    if connection is None:
-        host, _, port = address.rpartition(":")
-        connection = socket.create_connection((host, int(port)), timeout=5)
-    connection.sendall(payload)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += connection.recv(65536)
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(
-        dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:]).get(
-            "Content-Length", "0"
-        )
-    )
-    while len(rest) < length:
-        rest += connection.recv(65536)
-    return head + b"\r\n\r\n" + rest, connection
-
-
-def hop_bytes(meta: str, extra: dict[str, str]) -> bytes:
-    lines = "".join(
-        f"{k}: {v}\r\n" for k, v in {"X-Wsgi-Proxy-Listen-Environ": meta, **extra}.items()
-    )
-    return f"GET {HOP_PATH} HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode()
-
-
-def test_a_connection_is_trusted_after_its_signed_first_request() -> None:
-    owner = Owner()
-    server = InternalEndpoint("127.0.0.1", owner, Verifier(SECRET, OWNER))
-    server.start()
+def test_an_owner_that_is_gone_is_told_apart_from_a_paused_one() -> None:
+    folder = short_folder()
     try:
-        meta = pack({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, "s", "/proxy")
-        unsigned = hop_bytes(meta, {})
-        answer, fresh = raw(server.address, unsigned)
-        assert answer.startswith(b"HTTP/1.1 403")
-        assert b"Connection: close" in answer
-        fresh.close()
-        signed = hop_bytes(meta, signed_headers(SECRET, OWNER, "GET", meta))
-        answer, connection = raw(server.address, signed)
-        assert answer.startswith(b"HTTP/1.1 200")
-        answer, connection = raw(server.address, unsigned, connection)
-        assert answer.startswith(b"HTTP/1.1 200"), "the same connection needs no signature"
-        connection.close()
-        replayed, other = raw(server.address, signed)
-        assert replayed.startswith(b"HTTP/1.1 403"), "a replay on a new connection"
-        other.close()
-        wrong_path = signed.replace(HOP_PATH.encode(), b"/elsewhere")
-        answer, other = raw(server.address, wrong_path)
-        assert answer.startswith(b"HTTP/1.1 403")
-        other.close()
+        client = HopClient(None, read_timeout=0.5, connect_timeout=0.3)
+        CLIENTS.append(client)
+        assert forward_to(client, os.path.join(folder, "nobody.sock")) is Failure.GONE
+        listening = socket.socket(socket.AF_UNIX)
+        path = os.path.join(folder, "paused.sock")
+        listening.bind(path)
+        listening.listen(8)
+        try:
+            # Accepted by the kernel, never welcomed: a paused owner.
+            assert forward_to(client, path) is Failure.UNRESPONSIVE
+        finally:
+            listening.close()
     finally:
-        server.close()
+        shutil.rmtree(folder)
 
 
 def test_a_unix_socket_endpoint_is_private_and_removed_on_close() -> None:
     folder = short_folder()
     try:
         path = os.path.join(folder, "e.sock")
-        server = InternalEndpoint(path, Registry().serve_forwarded, None)
+        server = InternalEndpoint(path, OWNER, Registry().serve_forwarded, None)
         server.start()
         assert os.stat(path).st_mode & 0o777 == 0o600
         server.close()
@@ -472,7 +472,8 @@ def test_a_process_without_the_listener_answers_a_miss() -> None:
     a forwarded request is a miss, which the sender can look up again."""
     folder = short_folder()
     try:
-        server = InternalEndpoint(os.path.join(folder, "e.sock"), Registry().serve_forwarded, None)
+        path = os.path.join(folder, "e.sock")
+        server = InternalEndpoint(path, OWNER, Registry().serve_forwarded, None)
         server.start()
         try:
             client = HopClient(None, 2.0)
@@ -487,7 +488,7 @@ def test_a_process_without_the_listener_answers_a_miss() -> None:
 def test_many_connections_at_once() -> None:
     folder = short_folder()
     owner = Owner()
-    server = InternalEndpoint(os.path.join(folder, "e.sock"), owner, None)
+    server = InternalEndpoint(os.path.join(folder, "e.sock"), OWNER, owner, None)
     server.start()
     client = HopClient(None, read_timeout=10.0)
     CLIENTS.append(client)
@@ -512,25 +513,108 @@ def test_many_connections_at_once() -> None:
         shutil.rmtree(folder)
 
 
-# -- found in review ----------------------------------------------------------------------------
+# -- who may use an endpoint: from the attacker's side ------------------------------------------
+
+
+@pytest.fixture
+def tcp_endpoint() -> Iterator[tuple[InternalEndpoint, Owner]]:
+    owner = Owner()
+    server = InternalEndpoint("127.0.0.1", OWNER, owner, SECRET)
+    server.start()
+    try:
+        yield server, owner
+    finally:
+        server.close()
+
+
+def raw_connection(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    return struct.pack(">IB", len(payload), kind) + payload
+
+
+def closed_by_peer(connection: socket.socket) -> bool:
+    try:
+        return connection.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_hello_without_the_secret_is_refused(
+    tcp_endpoint: tuple[InternalEndpoint, Owner],
+) -> None:
+    server, owner = tcp_endpoint
+    connection = raw_connection(server.address)
+    unsigned, _ = frames.hello(None, OWNER)
+    connection.sendall(frame(frames.HELLO, unsigned))
+    assert closed_by_peer(connection)
+    connection.close()
+    assert owner.environs == []
+
+
+def test_anything_but_a_hello_is_refused(tcp_endpoint: tuple[InternalEndpoint, Owner]) -> None:
+    server, owner = tcp_endpoint
+    for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", frame(frames.REQUEST, b"s\x00/proxy")):
+        connection = raw_connection(server.address)
+        connection.sendall(garbage)
+        assert closed_by_peer(connection)
+        connection.close()
+    assert owner.environs == []
+
+
+def test_a_replayed_hello_gets_nothing_served(
+    tcp_endpoint: tuple[InternalEndpoint, Owner],
+) -> None:
+    """A HELLO seen on the wire, sent again: the endpoint welcomes it, but the frames after
+    need the connection's key, which only the secret gives."""
+    server, owner = tcp_endpoint
+    captured, _ = frames.hello(SECRET, OWNER)
+    connection = raw_connection(server.address)
+    connection.sendall(frame(frames.HELLO, captured))
+    connection.recv(65536)  # the WELCOME
+    request = pack({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, "s", "/proxy")
+    connection.sendall(frame(frames.REQUEST, request) + b"\x00" * 16)
+    assert closed_by_peer(connection)
+    connection.close()
+    assert owner.environs == []
+
+
+def test_a_connection_that_does_not_authenticate_is_closed(
+    tcp_endpoint: tuple[InternalEndpoint, Owner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = tcp_endpoint
+    connection = raw_connection(server.address)
+    began = time.monotonic()
+    assert closed_by_peer(connection)
+    assert time.monotonic() - began < endpoint_module.HANDSHAKE_TIMEOUT + 1
+    connection.close()
+
+
+def test_a_hello_for_another_owner_is_refused(
+    tcp_endpoint: tuple[InternalEndpoint, Owner],
+) -> None:
+    server, _ = tcp_endpoint
+    client = HopClient(SECRET, read_timeout=2.0)
+    CLIENTS.append(client)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO()}
+    answer = client.forward("owner-2", server.address, "s", "/proxy", environ, Started())
+    assert answer is Failure.BROKEN
 
 
 def test_an_endpoint_with_every_slot_taken_refuses_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """One more connection than the endpoint serves is closed at once (the sender answers
-    503), instead of waiting in the backlog until the sender's read timeout."""
-    from wsgi_proxy_listen.cluster import endpoint as endpoint_module
-
+    """One more authenticated connection than the endpoint serves is closed at once (the
+    sender answers 503), instead of waiting until the sender's read timeout."""
     monkeypatch.setattr(endpoint_module, "MAX_CONNECTIONS", 1)
     folder = short_folder()
-    owner = Owner()
-    server = InternalEndpoint(os.path.join(folder, "e.sock"), owner, None)
+    server = InternalEndpoint(os.path.join(folder, "e.sock"), OWNER, Owner(), None)
     server.start()
-    holder = socket.socket(socket.AF_UNIX)
+    holder = Connection(server.address, OWNER, None, 1.0, 5.0)  # the only slot, idle
     try:
-        holder.connect(server.address)  # takes the only slot, idle
-        time.sleep(0.2)
         client = HopClient(None, read_timeout=5.0)
         CLIENTS.append(client)
         assert forward_to(client, server.address) is Failure.BROKEN
@@ -541,24 +625,21 @@ def test_an_endpoint_with_every_slot_taken_refuses_at_once(
 
 
 def test_close_does_not_wait_for_idle_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    from wsgi_proxy_listen.cluster import endpoint as endpoint_module
-
     monkeypatch.setattr(endpoint_module, "MAX_CONNECTIONS", 1)
     folder = short_folder()
-    server = InternalEndpoint(os.path.join(folder, "e.sock"), lambda: Owner(), None)
+    server = InternalEndpoint(os.path.join(folder, "e.sock"), OWNER, Owner(), None)
     server.start()
-    idle = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+    idle = Connection(server.address, OWNER, None, 1.0, 5.0)
+    silent = socket.socket(socket.AF_UNIX)
     try:
-        for connection in idle:  # one holds the slot, one waits for it
-            connection.connect(server.address)
-        time.sleep(0.2)
+        silent.connect(server.address)  # in its handshake, never finishing it
         closing = threading.Thread(target=server.close)
         closing.start()
         closing.join(10)
         assert not closing.is_alive(), "close() waited for the idle connections"
     finally:
-        for connection in idle:
-            connection.close()
+        idle.close()
+        silent.close()
         shutil.rmtree(folder)
 
 

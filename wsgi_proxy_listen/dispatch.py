@@ -199,7 +199,8 @@ class Dispatcher:
 
         ``None``, with nothing sent, when the owner does not serve the session (any
         more): see :meth:`~wsgi_proxy_listen.seam.Destination.serve`."""
-        limit = self.max_content_length
+        # A request without a body takes none to the hop: it needs no bound.
+        limit = None if is_bodyless(environ) else self.max_content_length
         if limit is not None or self._withheld is not None:
             environ = environ.copy()
             if limit is not None and not _bound_body(environ, limit):
@@ -256,14 +257,16 @@ def serve_forwarded(
     not serve ``session``.
     """
     path: str = environ.get("PATH_INFO", "")
+    raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    plain = routing.plain_session_route(path, prefix + "/sessions/", raw_uri)
+    if plain is not None and plain[0] == session:
+        listener = lookup(session)
+        if listener is None:
+            return None
+        return dispatcher.dispatch(listener, environ, start_response, path, plain[1])
     if not path.startswith((prefix + "/sessions/", prefix + "/apps/")):
         return respond(start_response, 404)
-    route = routing.route(
-        path,
-        prefix,
-        environ.get("SCRIPT_NAME", ""),
-        environ.get("RAW_URI") or environ.get("REQUEST_URI"),
-    )
+    route = routing.route(path, prefix, environ.get("SCRIPT_NAME", ""), raw_uri)
     if isinstance(route, Answer):
         return respond(start_response, route.status)
     listener = lookup(session)

@@ -38,7 +38,7 @@ from .routing import plain_session_route
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from .seam import Destination
+    from .seam import Destination, Directory
 
 __all__ = ["ProxyMiddleware"]
 
@@ -129,6 +129,8 @@ class ProxyMiddleware:
             listener = self._local(plain[0])
             if listener is not None:
                 return self._dispatch(listener, environ, start_response, path, plain[1])
+            if directory is not None and routing.is_valid_id(plain[0]):
+                return self._remote(directory, plain[0], environ, start_response)
         if not path.startswith(self._owned):
             return self.app(environ, start_response)
         return self._checked(environ, start_response, path)
@@ -167,6 +169,20 @@ class ProxyMiddleware:
             if isinstance(again, Answer):
                 return respond(start_response, again.status)
             answered = self._dispatcher.forward(again, environ, start_response)
+        return respond(start_response, 404) if answered is None else answered
+
+    def _remote(
+        self,
+        directory: Directory,
+        session: str,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        """A plain session route to a listener that this process does not have."""
+        found = directory.locate(session, environ)
+        if isinstance(found, Answer):
+            return respond(start_response, found.status)
+        answered = self._dispatcher.forward(found, environ, start_response)
         return respond(start_response, 404) if answered is None else answered
 
     def _route(self, environ: WSGIEnvironment, path: str) -> routing.Route | Answer:

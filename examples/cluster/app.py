@@ -17,48 +17,22 @@ whichever worker takes that request, and
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
-from collections.abc import Iterator
 
 from flask import Flask, request
-from werkzeug.wrappers import Request, Response
 
 from wsgi_proxy_listen import close_session, listen, register_app
 from wsgi_proxy_listen.flask import ProxyListen
+
+from .listener import report
 
 logger = logging.getLogger(__name__)
 app = Flask(__name__)
 # No DIRECTORY setting: the directory comes from WSGI_PROXY_LISTEN_DIRECTORY.
 app.config["WSGI_PROXY_LISTEN"] = {"MAX_CONTENT_LENGTH": 64 * 1024 * 1024}
 ProxyListen(app)
-
-
-def report(session: str) -> object:
-    """A listener: answers with its session and worker, streams and takes uploads."""
-    owner = os.getpid()
-
-    def listener(listener_request: Request) -> Response | str | dict[str, object]:
-        if listener_request.path == "/download":
-            megabytes = int(listener_request.args.get("mb", "1"))
-            return Response(_chunks(megabytes), content_type="application/octet-stream")
-        if listener_request.path == "/upload":
-            digest, size = hashlib.sha256(), 0
-            while chunk := listener_request.stream.read(65536):
-                digest.update(chunk)
-                size += len(chunk)
-            return {"size": size, "sha256": digest.hexdigest()}
-        return f"{session} from {owner} path {listener_request.path}"
-
-    return listener
-
-
-def _chunks(megabytes: int) -> Iterator[bytes]:
-    block = b"x" * 65536
-    for _ in range(megabytes * 16):
-        yield block
 
 
 @app.post("/sessions/<session>")

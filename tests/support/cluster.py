@@ -9,6 +9,7 @@ bench/cluster.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
@@ -67,13 +68,14 @@ class RedisServer:
         finally:
             client.close()
 
-    def value(self, session: str) -> str | None:
+    def record(self, key: str) -> dict[str, t.Any] | None:
+        """The record at ``{wsgi-proxy-listen}:<key>`` (``session:s1``, ``owner:<id>``)."""
         import redis
 
         client = redis.Redis.from_url(self.url)
         try:
-            value = t.cast("bytes | None", client.get(f"wsgi-proxy-listen:session:{session}"))
-            return None if value is None else value.decode()
+            value = t.cast("bytes | None", client.get(f"{{wsgi-proxy-listen}}:{key}"))
+            return None if value is None else t.cast("dict[str, t.Any]", json.loads(value))
         finally:
             client.close()
 
@@ -94,8 +96,8 @@ class Shared:
     def owner_of(self, session: str) -> str | None:
         """The owner id that the shared table names for ``session``."""
         if self.redis_server is not None:
-            value = self.redis_server.value(session)
-            return None if value is None else value.split()[0]
+            record = self.redis_server.record(f"session:{session}")
+            return None if record is None else str(record["owner"])
         with contextlib.closing(sqlite3.connect(f"{self.name}/directory.sqlite3")) as db:
             row = db.execute("SELECT owner FROM sessions WHERE session = ?", (session,)).fetchone()
         return None if row is None else str(row[0])
@@ -113,7 +115,8 @@ class Shared:
     def endpoint_of(self, session: str) -> str:
         """The internal endpoint address of the owner of ``session``."""
         if self.redis_server is not None:
-            return t.cast(str, self.redis_server.value(session)).split()[1]
+            owner = self.redis_server.record(f"owner:{self.owner_of(session)}")
+            return str(t.cast("dict[str, t.Any]", owner)["address"])
         with contextlib.closing(sqlite3.connect(f"{self.name}/directory.sqlite3")) as db:
             row = db.execute(
                 "SELECT o.address FROM sessions s JOIN owners o ON o.owner = s.owner"
@@ -147,11 +150,12 @@ def gunicorn(
     worker_class: str = "gthread",
     lease: float | None = None,
     read_timeout: float | None = None,
+    app: str = "examples.cluster.app:app",
     **environment: str,
 ) -> Iterator[Cluster]:
-    """examples/cluster/app.py under gunicorn, connected through the environment as its
-    docstring says; with ``lease`` or ``read_timeout``, through the test config instead.
-    ``environment`` adds variables (``SCRATCHPAD_IDLE_TIMEOUT="1"``)."""
+    """examples/cluster/app.py (or ``app``) under gunicorn, connected through the
+    environment as its docstring says; with ``lease`` or ``read_timeout``, through the
+    test config instead. ``environment`` adds variables (``SCRATCHPAD_IDLE_TIMEOUT="1"``)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), **environment}
     env.pop("WSGI_PROXY_LISTEN_SECRET", None)
@@ -168,7 +172,7 @@ def gunicorn(
             [
                 *(sys.executable, "-m", "gunicorn", "-c", "tests/support/cluster_gunicorn.py"),
                 *("-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", worker_class),
-                "examples.cluster.app:app",
+                app,
             ],
             cwd=ROOT,
             stdin=stdin,

@@ -37,7 +37,7 @@ from ..exceptions import DirectoryUnavailable
 from .endpoint import InternalEndpoint
 from .forwarding import Forwarder, Remote
 from .health import Health
-from .hop import HopClient, Verifier
+from .hop import HopClient
 from .locations import Locations
 from .publication import Publication
 from .store import Store
@@ -101,13 +101,12 @@ class SharedDirectory(Store):
             self,
             unreachable=self.unreachable,
             probe=self._store_probe,
+            busy=self._store_busy,
             changed=self._forget_locations,
             back=self._wake.set,  # publish what was registered meanwhile, now
             stop=self._stop,
         )
-        self._locations = Locations(
-            self._health, locate=self._store_locate, changed=self._store_changed
-        )
+        self._locations = Locations(self._health, locate=self._store_locate)
         self._attached: _Attached | None = None
         if self._host is not None:
             self._attached = self._attach_parts(self._host)
@@ -121,6 +120,7 @@ class SharedDirectory(Store):
             publish=self._store_publish,
             withdraw=self._store_withdraw,
             renew=self._store_renew,
+            republish=self._store_republish,
             withdraw_all=self._store_withdraw_all,
             locate=self._store_locate,
             wake=self._wake,
@@ -156,10 +156,9 @@ class SharedDirectory(Store):
                 return
             host, publication, forwarder = attached
             owner = self._new_owner()
-            verify = None if self.secret is None else Verifier(self.secret, owner)
             try:
                 endpoint = InternalEndpoint(
-                    self._endpoint_address(owner), host.serve_forwarded, verify
+                    self._endpoint_address(owner), owner, host.serve_forwarded, self.secret
                 )
             except OSError:
                 if not self._failed_to_start:
@@ -267,8 +266,8 @@ class SharedDirectory(Store):
     def _forget_locations(self) -> None:
         self._locations.forget_all()
 
-    def _went_down(self) -> None:
-        self._health.went_down()
+    def _went_down(self, error: BaseException) -> None:
+        self._health.went_down(error)
 
     # -- process life ---------------------------------------------------------------------
 

@@ -19,16 +19,26 @@ server instances (two gunicorns, a gunicorn and a job worker) share listeners
 by naming the same folder. Files in it:
 
 ==========================  ===========================================================
-``directory.sqlite3``       the table: owners with their lease, sessions, app
-                            membership, take-over notices, start locks
+``directory.sqlite3``       the table: owners with their lease, sessions (each with its
+                            record), app membership, take-over notices, start locks
 ``<pid>-<token>.sock``      the internal endpoint of one process, removed at its exit
 ==========================  ===========================================================
+
+Writes are short, mostly one statement, one writer at a time across every
+process. A writer that finds the table locked tries again at once, yielding
+the processor, then after short, growing pauses (SQLite's own busy handler
+sleeps up to 100 ms a try, which lets many writers starve each other); one
+that waits past its budget is *busy*, which is no outage: a ``listen()`` is
+published by the next renewal, and no lookup is held back (readers never wait
+for writers, in WAL mode).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import random
 import secrets
 import sqlite3
 import stat
@@ -38,15 +48,23 @@ import typing as t
 
 from ..seam import Entry
 from .directory import SharedDirectory
-from .store import Owner
+from .store import Owner, StoreMismatch, decode_record, session_record
 
 __all__ = ["EmbeddedDirectory", "check_folder"]
 
+logger = logging.getLogger("wsgi_proxy_listen")
+
 DATABASE = "directory.sqlite3"
+#: The version of the table's layout (``PRAGMA user_version``) this release writes.
+SCHEMA = 2
 #: Seconds between two looks at the take-over notices (take-over within a second).
 WATCH_INTERVAL = 0.2
-#: Seconds a write waits for another process's write to end.
+#: Seconds a write waits for its turn before it counts as busy (it is tried again).
 BUSY_TIMEOUT = 2.0
+#: The longest pause between two tries of a write that found the table locked.
+_MAX_PAUSE = 0.002
+#: Seconds a writer that found the table locked tries again at once (yielding).
+_EAGER = 0.01
 # sockaddr_un holds 108 bytes with the final NUL; a socket name is at most 21 bytes.
 _SOCKET_PATH_MAX = 107
 _LONGEST_NAME = len("4194304-0123456789.sock")
@@ -56,27 +74,38 @@ CREATE TABLE IF NOT EXISTS owners (
     owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, address TEXT NOT NULL,
     expires REAL NOT NULL, started REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
-    session TEXT PRIMARY KEY, owner TEXT NOT NULL, app TEXT, joined REAL NOT NULL);
+    session TEXT PRIMARY KEY, owner TEXT NOT NULL, app TEXT, joined REAL NOT NULL, record TEXT);
 CREATE INDEX IF NOT EXISTS sessions_by_owner ON sessions (owner);
 CREATE INDEX IF NOT EXISTS sessions_by_app ON sessions (app, joined);
 CREATE TABLE IF NOT EXISTS takeovers (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, old_owner TEXT NOT NULL,
-    at REAL NOT NULL);
+    at REAL NOT NULL, new_owner TEXT);
 CREATE INDEX IF NOT EXISTS takeovers_by_owner ON takeovers (old_owner, id);
 CREATE TABLE IF NOT EXISTS locks (
     name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
 """
+# A session published by another owner than the one listed: a take-over, which the old
+# owner hears of (the table does it, so that publishing is one statement).
+_TAKEOVER = """
+CREATE TRIGGER IF NOT EXISTS sessions_taken_over BEFORE INSERT ON sessions
+WHEN EXISTS (SELECT 1 FROM sessions WHERE session = NEW.session AND owner <> NEW.owner)
+BEGIN
+    INSERT INTO takeovers (session, old_owner, at, new_owner)
+    SELECT session, owner, NEW.joined, NEW.owner FROM sessions WHERE session = NEW.session;
+END
+"""
+_PUBLISH = "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?)"
 _LOCATE = (
-    "SELECT s.owner, o.address, s.app FROM sessions s JOIN owners o ON o.owner = s.owner"
+    "SELECT o.address, s.record FROM sessions s JOIN owners o ON o.owner = s.owner"
     " WHERE s.session = ? AND o.expires > ?"
 )
 _ENTRIES = (
-    "SELECT s.session, s.app, s.owner, o.pid, o.address, s.joined FROM sessions s"
+    "SELECT s.session, o.pid, o.address, s.record FROM sessions s"
     " JOIN owners o ON o.owner = s.owner WHERE o.expires > ? ORDER BY s.joined"
 )
 _CURRENT = (
-    "SELECT s.session, s.owner, o.address FROM sessions s JOIN owners o ON o.owner = s.owner"
-    " WHERE s.app = ? AND o.expires > ? ORDER BY s.joined DESC LIMIT 1"
+    "SELECT s.session, o.address, s.record FROM sessions s JOIN owners o ON o.owner = s.owner"
+    " WHERE s.app = ? AND o.expires > ? ORDER BY s.joined DESC LIMIT 16"
 )
 
 
@@ -107,7 +136,7 @@ class EmbeddedDirectory(SharedDirectory):
     :raises ValueError: a relative or too long path, or a folder others can use.
     """
 
-    unreachable = (sqlite3.OperationalError,)
+    unreachable = (sqlite3.OperationalError, sqlite3.DatabaseError, StoreMismatch)
 
     def __init__(
         self,
@@ -125,6 +154,7 @@ class EmbeddedDirectory(SharedDirectory):
         self.folder = folder
         self.database = os.path.join(folder, DATABASE)
         self._connections: tuple[sqlite3.Connection, sqlite3.Connection] | None = None
+        self._owned = False  # whether this owner's row was written (then renewals keep it)
         self._open_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -148,17 +178,18 @@ class EmbeddedDirectory(SharedDirectory):
                         self._connections = self._connect()
                         break
                     except sqlite3.OperationalError as error:
-                        if "locked" not in str(error) or time.monotonic() > deadline:
+                        if not _locked(error) or time.monotonic() > deadline:
                             raise
                         time.sleep(0.01)
             return self._connections
 
     def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-        reader, writer = (
-            sqlite3.connect(
-                self.database, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            for _ in range(2)
+        reader = sqlite3.connect(
+            self.database, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        # The writer waits for its turn in _transaction, in short pauses of its own.
+        writer = sqlite3.connect(
+            self.database, timeout=0, isolation_level=None, check_same_thread=False
         )
         try:
             if writer.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -168,8 +199,7 @@ class EmbeddedDirectory(SharedDirectory):
             for connection in (reader, writer):
                 connection.execute("PRAGMA synchronous=OFF")
             with self._transaction(writer):
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    writer.execute(statement)
+                _set_up(writer, self.database)
         except BaseException:
             reader.close()
             writer.close()
@@ -185,13 +215,22 @@ class EmbeddedDirectory(SharedDirectory):
     @contextlib.contextmanager
     def _transaction(self, connection: sqlite3.Connection) -> t.Iterator[sqlite3.Connection]:
         with self._write_lock:
-            connection.execute("BEGIN IMMEDIATE")
+            _retry(connection.execute, "BEGIN IMMEDIATE")
             try:
                 yield connection
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
+
+    def _write(self, sql: str, parameters: tuple[object, ...]) -> None:
+        """One statement, its own transaction."""
+        writer = self._writer()
+        with self._write_lock:
+            _retry(writer.execute, sql, parameters)
+
+    def _store_busy(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.OperationalError) and _locked(error)
 
     def _store_close(self) -> None:
         with self._open_lock, self._read_lock, self._write_lock:
@@ -219,6 +258,7 @@ class EmbeddedDirectory(SharedDirectory):
         self._open_lock.release()
 
     def _store_after_fork(self) -> None:
+        self._owned = False
         self._open_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -231,86 +271,89 @@ class EmbeddedDirectory(SharedDirectory):
         return f"{os.getpid()}-{secrets.token_hex(5)}"
 
     def _socket(self, owner: str) -> str:
+        """The socket of ``owner``: computed from its id, inside the folder."""
         return os.path.join(self.folder, f"{owner}.sock")
 
     def _endpoint_address(self, owner: str) -> str:
         return self._socket(owner)
 
-    def _own_row(self, writer: sqlite3.Connection, now: float) -> None:
-        """Write this owner's row (and its lease): a process that found it silent may
-        have deleted it."""
+    def _own_row(self, writer: sqlite3.Connection, now: float) -> bool:
+        """Write this owner's row and its lease; whether the lease was still running (a
+        process that found it silent may have deleted the row, and its sessions)."""
+        row = writer.execute(
+            "UPDATE owners SET expires = ? WHERE owner = ? RETURNING expires",
+            (now + self.lease, self.owner),
+        ).fetchone()
+        self._owned = True
+        if row is not None:
+            return True
         writer.execute(
-            "INSERT INTO owners VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (owner) DO UPDATE SET expires = excluded.expires",
+            "INSERT INTO owners VALUES (?, ?, ?, ?, ?)",
             (self.owner, os.getpid(), self.address, now + self.lease, now),
         )
+        return False
 
     # -- writes ----------------------------------------------------------------------------
 
     def _store_publish(self, session: str, entry: Owner) -> None:
         now = time.time()
+        row = (session, entry.owner, entry.app, now, session_record(entry.owner, entry.app, now))
+        if self._owned:
+            self._write(_PUBLISH, row)  # the owner's row is there: its renewals keep it
+            return
         with self._transaction(self._writer()) as writer:
             self._own_row(writer, now)
-            row = writer.execute(
-                "SELECT owner FROM sessions WHERE session = ?", (session,)
-            ).fetchone()
-            writer.execute(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
-                (session, entry.owner, entry.app, now),
-            )
-            if row is not None and row[0] != entry.owner:
-                writer.execute(
-                    "INSERT INTO takeovers (session, old_owner, at) VALUES (?, ?, ?)",
-                    (session, row[0], now),
-                )
+            writer.execute(_PUBLISH, row)
 
     def _store_withdraw(self, session: str, entry: Owner) -> None:
-        with self._transaction(self._writer()) as writer:
-            writer.execute(
-                # This entry only: the same owner may have published the session anew,
-                # in another app, since.
-                "DELETE FROM sessions WHERE session = ? AND owner = ? AND app IS ?",
-                (session, entry.owner, entry.app),
-            )
+        # This entry only: the same owner may have published the session anew, in
+        # another app, since.
+        self._write(
+            "DELETE FROM sessions WHERE session = ? AND owner = ? AND app IS ?",
+            (session, entry.owner, entry.app),
+        )
 
-    def _store_renew(self, entries: dict[str, Owner]) -> list[str]:
+    def _store_renew(self) -> bool:
+        now = time.time()
+        with self._transaction(self._writer()) as writer:
+            running = self._own_row(writer, now)
+            # Clean up after owners that ended without a word (SIGKILL, a crash).
+            dead = [
+                owner
+                for (owner,) in writer.execute(
+                    "DELETE FROM owners WHERE expires < ? RETURNING owner", (now,)
+                )
+            ]
+            for owner in dead:
+                writer.execute("DELETE FROM sessions WHERE owner = ?", (owner,))
+            writer.execute("DELETE FROM takeovers WHERE at < ?", (now - 60,))
+            writer.execute("DELETE FROM locks WHERE expires < ?", (now,))
+        for owner in dead:
+            self._remove_socket(owner)
+        return running
+
+    def _store_republish(self, entries: dict[str, Owner]) -> list[str]:
         now = time.time()
         taken: list[str] = []
         with self._transaction(self._writer()) as writer:
             self._own_row(writer, now)
-            listed = {
-                session
-                for (session,) in writer.execute(
-                    "SELECT session FROM sessions WHERE owner = ?", (self.owner,)
-                )
-            }
-            for session in entries.keys() - listed:
+            for session, entry in entries.items():
                 row = writer.execute(
                     "SELECT owner FROM sessions WHERE session = ?", (session,)
                 ).fetchone()
                 if row is None:
-                    entry = entries[session]
                     writer.execute(
-                        "INSERT INTO sessions VALUES (?, ?, ?, ?)",
-                        (session, entry.owner, entry.app, now),
+                        "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+                        (
+                            session,
+                            entry.owner,
+                            entry.app,
+                            now,
+                            session_record(entry.owner, entry.app, now),
+                        ),
                     )
-                else:
+                elif row[0] != self.owner:
                     taken.append(session)
-            # Clean up after owners that ended without a word (SIGKILL, a crash).
-            dead = [
-                (owner, address)
-                for owner, address in writer.execute(
-                    "SELECT owner, address FROM owners WHERE expires < ?", (now,)
-                )
-            ]
-            for owner, _ in dead:
-                writer.execute("DELETE FROM sessions WHERE owner = ?", (owner,))
-                writer.execute("DELETE FROM owners WHERE owner = ?", (owner,))
-            writer.execute("DELETE FROM takeovers WHERE at < ?", (now - 60,))
-            writer.execute("DELETE FROM locks WHERE expires < ?", (now,))
-        for _, address in dead:
-            with contextlib.suppress(OSError):
-                os.unlink(address)
         return taken
 
     def _store_forget(self, session: str, entry: Owner) -> None:
@@ -319,9 +362,17 @@ class EmbeddedDirectory(SharedDirectory):
         with self._transaction(self._writer()) as writer:
             writer.execute("DELETE FROM sessions WHERE owner = ?", (entry.owner,))
             writer.execute("DELETE FROM owners WHERE owner = ?", (entry.owner,))
+        self._remove_socket(entry.owner)
+
+    def _remove_socket(self, owner: str) -> None:
+        """Remove the socket file a dead owner left: the path is computed from its id,
+        never taken from a row, and only a socket is removed."""
+        if os.sep in owner or owner in (".", ".."):
+            return
+        path = self._socket(owner)
         with contextlib.suppress(OSError):
-            if entry.address.startswith(self.folder + os.sep):
-                os.unlink(entry.address)
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
 
     def _store_withdraw_all(self, entries: dict[str, Owner]) -> None:
         with self._transaction(self._writer()) as writer:
@@ -349,7 +400,11 @@ class EmbeddedDirectory(SharedDirectory):
     def _store_locate(self, session: str) -> Owner | None:
         with self._read_lock:
             row = self._reader().execute(_LOCATE, (session, time.time())).fetchone()
-        return None if row is None else Owner(*row)
+        if row is None:
+            return None
+        address, text = row
+        record = decode_record(text)
+        return None if record is None else Owner(record["owner"], address, record["app"])
 
     def _store_changed(self) -> bool:
         # PRAGMA data_version changes when another connection commits: one cheap read
@@ -363,47 +418,99 @@ class EmbeddedDirectory(SharedDirectory):
     def _store_entries(self) -> list[Entry]:
         with self._read_lock:
             rows = self._reader().execute(_ENTRIES, (time.time(),)).fetchall()
-        return [Entry(*row) for row in rows]
+        entries = []
+        for session, pid, address, text in rows:
+            record = decode_record(text)
+            if record is not None:
+                owner = record["owner"]
+                entries.append(Entry(session, record["app"], owner, pid, address, record["since"]))
+        return entries
 
     def _store_current(self, slug: str) -> tuple[str, Owner] | None:
         with self._read_lock:
-            row = self._reader().execute(_CURRENT, (slug, time.time())).fetchone()
-        if row is None:
-            return None
-        session, owner, address = row
-        return session, Owner(owner, address, slug)
+            rows = self._reader().execute(_CURRENT, (slug, time.time())).fetchall()
+        for session, address, text in rows:
+            record = decode_record(text)
+            if record is not None:
+                return session, Owner(record["owner"], address, slug)
+        return None
 
     def _store_probe(self) -> None:
-        # Down means writes fail (a writer stuck in its transaction): try to take the
-        # write lock, briefly.
-        writer = self._writer()
-        with self._write_lock:
-            writer.execute("PRAGMA busy_timeout = 200")
-            try:
-                writer.execute("BEGIN IMMEDIATE")
-                writer.execute("ROLLBACK")
-            finally:
-                writer.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        # Down means the table cannot be read or written at all (a busy one is not down).
+        with self._read_lock:
+            self._reader().execute("SELECT 1 FROM owners LIMIT 1").fetchall()
 
     def _store_watch(self) -> None:
         while not self._stop.wait(WATCH_INTERVAL):
             if self._down:
                 continue
             try:
+                if self._store_changed():
+                    self._forget_locations()
                 with self._read_lock:
                     rows = (
                         self._reader()
                         .execute(
-                            "SELECT id, session FROM takeovers WHERE old_owner = ? AND id > ?",
+                            "SELECT id, session, new_owner FROM takeovers"
+                            " WHERE old_owner = ? AND id > ?",
                             (self.owner, self._seen_takeover),
                         )
                         .fetchall()
                     )
             except sqlite3.Error:
                 continue
-            for row_id, session in rows:
+            for row_id, session, new_owner in rows:
                 self._seen_takeover = max(self._seen_takeover, row_id)
-                self._notice(session, None)
+                self._notice(session, new_owner)
+
+
+def _locked(error: BaseException) -> bool:
+    text = str(error)
+    return "locked" in text or "busy" in text
+
+
+def _retry(execute: t.Callable[..., object], *arguments: object) -> None:
+    """``execute(*arguments)``, tried again while another process writes, until
+    :data:`BUSY_TIMEOUT`: then the table is busy (the error says so).
+
+    A write holds the table for microseconds: for the first :data:`_EAGER` seconds a
+    writer only yields the processor between tries (to the writer it waits for, on a
+    busy machine), then it pauses a little longer each time (the other may be paused)."""
+    began = time.monotonic()
+    pause = 0.0001
+    while True:
+        try:
+            execute(*arguments)
+            return
+        except sqlite3.OperationalError as error:
+            waited = time.monotonic() - began
+            if not _locked(error) or waited > BUSY_TIMEOUT:
+                raise
+        if waited < _EAGER:
+            os.sched_yield()
+        else:
+            time.sleep(random.uniform(0, pause))
+            pause = min(pause * 2, _MAX_PAUSE)
+
+
+def _set_up(writer: sqlite3.Connection, database: str) -> None:
+    """Create the table at this release's layout, or bring one of an earlier release to
+    it; refuse one that a later release laid out."""
+    version = writer.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA:
+        raise StoreMismatch(
+            f"the directory table {database} has layout {version}; this wsgi-proxy-listen"
+            f" knows layouts up to {SCHEMA}: run the same release in every process"
+        )
+    for statement in filter(str.strip, _SCHEMA.split(";")):
+        writer.execute(statement)
+    writer.execute(_TAKEOVER)
+    for table, column in (("sessions", "record"), ("takeovers", "new_owner")):
+        columns = {row[1] for row in writer.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    if version < SCHEMA:
+        writer.execute(f"PRAGMA user_version = {SCHEMA}")
 
 
 def _prepare(folder: str) -> None:

@@ -2,40 +2,71 @@
 The internal endpoint
 =====================
 
-Each process that publishes listeners runs a small HTTP/1.1 server, on a Unix
-socket (the embedded directory) or a TCP port (Redis), that takes the requests
-other processes forward to it (:mod:`.hop`). It is the standard library's
-:mod:`http.server` with one thread per kept-alive connection, so a hop costs
-no hand-off between threads; the request body comes through werkzeug's
-:class:`~werkzeug.wsgi.LimitedStream` or :class:`~werkzeug.serving.DechunkedInput`.
+Each process that publishes listeners runs an endpoint, on a Unix socket (the
+embedded directory) or a TCP port (Redis), that takes the requests other
+processes forward to it in the frames of :mod:`.frames` and answers them from
+this process's listeners.
 
-It serves one path, :data:`~.hop.HOP_PATH`, and only requests that carry a
-forwarded environ (and, with a secret, a valid signature): anything else gets
-403. The forwarded request is answered by the middleware from this process's
-listener of the target session; when there is none, the answer is an empty
-404 marked with :data:`~.hop.MISS_HEADER`, so that the sender can look again.
+- **No resource before authentication.** One thread accepts connections and
+  reads their ``HELLO`` without blocking; a connection gets a slot and a thread
+  of its own only once its handshake checks out, and must complete it within
+  :data:`HANDSHAKE_TIMEOUT` seconds. While more than :data:`MAX_PENDING`
+  connections are in their handshake, the oldest is closed first. Connections
+  that authenticated are served one thread each, at most
+  :data:`MAX_CONNECTIONS` at once, each kept alive for
+  :data:`IDLE_TIMEOUT` seconds between requests.
+- **One request at a time per connection**, dispatched in the connection's own
+  thread (no hand-off): the request's body is read from its ``DATA`` frames
+  as the listener reads ``wsgi.input``, and the answer is written as the
+  listener produces it: a stream reaches the host chunk by chunk, a list body
+  leaves in one write with its head and its end.
+- **Exact framing.** An answer is ``RESPONSE``, ``DATA``..., ``END``; a
+  listener that sends more than its ``Content-Length`` is cut there, one that
+  sends less, or fails after its answer began, ends with ``ABORT``, which the
+  host passes on as a cut answer. A listener that answers before reading its
+  whole body: the rest is read and dropped, so the connection serves the next
+  request.
+- A forwarded request for a session this process does not serve (any more)
+  is answered ``MISS``, so that the sender can look again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import selectors
 import socket
-import socketserver
 import sys
 import threading
+import time
 import typing as t
-from http.server import BaseHTTPRequestHandler
 
-from werkzeug.serving import DechunkedInput
-from werkzeug.wsgi import LimitedStream
+from werkzeug.exceptions import ClientDisconnected
 
-from .hop import ENVIRON_HEADER, HOP_PATH, MISS_HEADER, unpack
+from ..answers import respond
+from .frames import (
+    ABORT,
+    DATA,
+    END,
+    HEADER,
+    HELLO,
+    MISS,
+    REQUEST,
+    RESPONSE,
+    WELCOME,
+    Channel,
+    FrameError,
+    Keys,
+    encode_fields,
+    read_hello,
+    welcome,
+)
+from .hop import unpack
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from email.message import Message
 
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import WSGIEnvironment
@@ -46,68 +77,94 @@ __all__ = ["InternalEndpoint"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
 
-#: Seconds a kept-alive connection may stay idle (the hop's pool drops its
-#: connections sooner).
+#: Seconds a connection may take to authenticate (its handshake).
+HANDSHAKE_TIMEOUT = 1.5
+#: Connections in their handshake at once; beyond, the oldest is closed.
+MAX_PENDING = 128
+#: Seconds an authenticated connection may stay idle between requests.
 IDLE_TIMEOUT = 60.0
-#: Connections served at once; one more is closed at once (its sender answers 503).
+#: Authenticated connections served at once; one more is closed at once.
 MAX_CONNECTIONS = 512
+#: The longest HELLO: a version, a time, a nonce, an owner id and a MAC.
+_MAX_HELLO = 512
+#: Bytes of a body that the endpoint reads and drops after an early answer, at most.
+_MAX_DRAIN = 1 << 24
 _NO_BODY_STATUSES = frozenset({204, 304})
+_ENVIRON = {
+    "wsgi.version": (1, 0),
+    "wsgi.errors": sys.stderr,
+    "wsgi.multithread": True,
+    "wsgi.multiprocess": True,
+    "wsgi.run_once": False,
+    # The body ends with its END frame, whatever CONTENT_LENGTH says.
+    "wsgi.input_terminated": True,
+}
 
 
 class InternalEndpoint:
-    """A threaded HTTP server for hop requests, bound to ``address``.
+    """Serves hop requests for ``owner`` on ``address``.
 
     :param address: an absolute path for a Unix socket (created ``0600``), or
         a host to bind a free TCP port on.
+    :param owner: this process's owner id: a ``HELLO`` must name it.
     :param serve: how a forwarded request reaches this process's listeners:
         :meth:`Registry.serve_forwarded <wsgi_proxy_listen.Registry.serve_forwarded>`.
-    :param verify: ``verify(method, environ header, headers)`` says whether the
-        first request of a connection may be served (the connection is then
-        trusted until it closes), or ``None`` to serve every request that
-        reaches the socket.
+    :param secret: authenticates connections and signs their frames, or ``None``
+        (a Unix socket in a folder that only this user can open).
     """
 
     def __init__(
-        self,
-        address: str,
-        serve: ServeForwarded,
-        verify: Callable[[str, str, Message], bool] | None,
+        self, address: str, owner: str, serve: ServeForwarded, secret: bytes | None
     ) -> None:
+        self.owner = owner
         self.serve = serve
-        self.verify = verify
+        self.secret = secret
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        server: _UnixServer | _TCPServer
+        self._stopped = threading.Event()
         if address.startswith("/"):
-            server = _UnixServer(address, self)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address)  # a socket file left by a process that was killed
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                listener.bind(address)
+                os.chmod(address, 0o600)
+            except BaseException:
+                listener.close()
+                raise
             self.address = address
         else:
-            server = _TCPServer(address, self)
-            host, port = t.cast("tuple[str, int]", server.server_address[:2])
+            host = address.strip("[]")
+            listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((host, 0))
+            except BaseException:
+                listener.close()
+                raise
+            port = listener.getsockname()[1]
             self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self._server = server
+        listener.listen(64)
+        listener.setblocking(False)
+        self._listener = listener
         self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="wsgi_proxy_listen internal endpoint",
-            daemon=True,
+            target=self._accept, name="wsgi_proxy_listen internal endpoint", daemon=True
         )
 
     def start(self) -> None:
         self._thread.start()
 
     def close(self) -> None:
-        """Close the kept-alive connections, stop accepting, remove a Unix socket."""
+        """Stop accepting, close every connection, remove a Unix socket."""
+        self._stopped.set()
+        self._thread.join(5)
         with self._lock:
             connections, self._connections = self._connections, set()
-        # The connections first: their threads end and free their slots, so that the
-        # accept loop is not left waiting for one when it is asked to stop.
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-        self._server.shutdown()
-        self._server.server_close()
+        self._listener.close()
         if self.address.startswith("/"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address)
@@ -115,176 +172,246 @@ class InternalEndpoint:
     def abandon(self) -> None:
         """In a forked child: close the parent's sockets here without touching the
         parent's Unix socket file, so that the child never answers for the parent."""
-        self._server.socket.close()
+        self._listener.close()
         for connection in self._connections:
             connection.close()
         self._connections = set()
 
-    def track(self, connection: socket.socket, open_: bool) -> None:
-        with self._lock:
-            if open_:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
+    # -- accepting and authenticating -------------------------------------------------------
 
+    def _accept(self) -> None:
+        pending: dict[socket.socket, _Handshake] = {}
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            while not self._stopped.is_set():
+                for key, _ in selector.select(0.2):
+                    if key.fileobj is self._listener:
+                        self._take_new(selector, pending)
+                    else:
+                        self._read_hello(selector, pending, t.cast(socket.socket, key.fileobj))
+                now = time.monotonic()
+                for sock in [sock for sock, shake in pending.items() if shake.deadline < now]:
+                    logger.debug("a hop connection did not authenticate in time: closed")
+                    self._drop(selector, pending, sock)
+            for sock in list(pending):
+                self._drop(selector, pending, sock)
 
-class _Servers(socketserver.ThreadingMixIn):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 64
-    endpoint: InternalEndpoint
+    def _take_new(
+        self, selector: selectors.BaseSelector, pending: dict[socket.socket, _Handshake]
+    ) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # closed, or out of file descriptors: the next round tries again
+            sock.setblocking(False)
+            if len(pending) >= MAX_PENDING:
+                # The oldest unauthenticated connection goes first (dicts keep order).
+                self._drop(selector, pending, next(iter(pending)))
+            pending[sock] = _Handshake(time.monotonic() + HANDSHAKE_TIMEOUT)
+            selector.register(sock, selectors.EVENT_READ)
 
-    def process_request(self, request: t.Any, client_address: t.Any) -> None:
-        # One thread per connection, at most MAX_CONNECTIONS at once. Beyond, the
-        # connection is closed at once: waiting in the backlog, it would hold its
-        # sender until the read timeout.
-        if not self.endpoint._slots.acquire(blocking=False):
-            logger.warning("the internal endpoint has %d connections: refused one", MAX_CONNECTIONS)
-            t.cast("socketserver.BaseServer", self).shutdown_request(request)
+    def _read_hello(
+        self,
+        selector: selectors.BaseSelector,
+        pending: dict[socket.socket, _Handshake],
+        sock: socket.socket,
+    ) -> None:
+        shake = pending[sock]
+        try:
+            data = sock.recv(_MAX_HELLO + 5 - len(shake.received))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(selector, pending, sock)
+            return
+        shake.received += data
+        if len(shake.received) < 5:
+            return
+        size, kind = HEADER.unpack_from(shake.received)
+        if kind != HELLO or size > _MAX_HELLO:
+            logger.warning("refused a connection to the internal endpoint that was no hop")
+            self._drop(selector, pending, sock)
+            return
+        if len(shake.received) < 5 + size:
+            return
+        selector.unregister(sock)
+        del pending[sock]
+        if len(shake.received) > 5 + size:
+            sock.close()  # a HELLO is answered before anything else is sent
             return
         try:
-            super().process_request(request, client_address)
+            greeting = read_hello(shake.received[5:], self.secret, self.owner)
+        except FrameError as error:
+            logger.warning("refused a connection to the internal endpoint: %s", error)
+            sock.close()
+            return
+        if not self._slots.acquire(blocking=False):
+            logger.warning("the internal endpoint has %d connections: refused one", MAX_CONNECTIONS)
+            sock.close()
+            return
+        try:
+            threading.Thread(
+                target=self._serve_connection,
+                args=(sock, greeting.nonce),
+                name="wsgi_proxy_listen hop",
+                daemon=True,
+            ).start()
         except BaseException:
-            self.endpoint._slots.release()
+            self._slots.release()
+            sock.close()
             raise
 
-    def process_request_thread(self, request: t.Any, client_address: t.Any) -> None:
+    @staticmethod
+    def _drop(
+        selector: selectors.BaseSelector,
+        pending: dict[socket.socket, _Handshake],
+        sock: socket.socket,
+    ) -> None:
+        selector.unregister(sock)
+        del pending[sock]
+        sock.close()
+
+    # -- serving an authenticated connection --------------------------------------------------
+
+    def _serve_connection(self, sock: socket.socket, hello_nonce: bytes) -> None:
+        with self._lock:
+            self._connections.add(sock)
+        channel = Channel(sock)
         try:
-            super().process_request_thread(request, client_address)
+            channel.set_timeout(IDLE_TIMEOUT)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            payload, nonce = welcome(self.secret, self.owner, hello_nonce)
+            channel.send(channel.frame(WELCOME, payload))
+            if self.secret is not None:
+                channel.keys = Keys(self.secret, self.owner, hello_nonce, nonce, host=False)
+            while not self._stopped.is_set() and _Exchange(channel, self.serve).run():
+                pass
+        except (OSError, EOFError, FrameError, _HostGone) as error:
+            # The host went away or closed an idle connection: no error of this process.
+            logger.debug("a hop connection ended: %r", error)
         finally:
-            self.endpoint._slots.release()
-
-    def handle_error(self, request: t.Any, client_address: t.Any) -> None:
-        # A sender that went away mid-request: socketserver would print a traceback.
-        logger.debug("a hop connection ended with an error", exc_info=True)
-
-
-class _UnixServer(_Servers, socketserver.UnixStreamServer):
-    def __init__(self, path: str, endpoint: InternalEndpoint) -> None:
-        self.endpoint = endpoint
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # a socket file left by a process that was killed
-        super().__init__(path, _Handler)
-
-    def server_bind(self) -> None:
-        super().server_bind()
-        os.chmod(self.server_address, 0o600)  # type: ignore[arg-type]
+            with self._lock:
+                self._connections.discard(sock)
+            channel.close()
+            self._slots.release()
 
 
-class _TCPServer(_Servers, socketserver.TCPServer):
-    allow_reuse_address = True
+class _Handshake:
+    __slots__ = ("deadline", "received")
 
-    def __init__(self, host: str, endpoint: InternalEndpoint) -> None:
-        self.endpoint = endpoint
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        super().__init__((host.strip("[]"), 0), _Handler)
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.received = b""
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """One kept-alive connection: hop requests, one after the other."""
+class _Body(io.RawIOBase):
+    """A forwarded request's body: its ``DATA`` frames until ``END``."""
 
-    protocol_version = "HTTP/1.1"
-    timeout = IDLE_TIMEOUT
-    # Headers and the first chunk leave in one write; each chunk is flushed.
-    wbufsize = 65536
-    server: _Servers  # type: ignore[assignment]
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.chunk = memoryview(b"")
+        self.ended = False
 
-    def setup(self) -> None:
-        super().setup()
-        self.trusted = self.server.endpoint.verify is None
-        if self.connection.family != socket.AF_UNIX:
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.endpoint.track(self.connection, True)
+    def readable(self) -> bool:
+        return True
 
-    def finish(self) -> None:
-        self.server.endpoint.track(self.connection, False)
-        # StreamRequestHandler.finish() stops at a write that fails (the sender went
-        # away) and leaves rfile open, which keeps the socket open.
-        with contextlib.suppress(OSError):
-            self.wfile.close()
-        self.rfile.close()
+    def readinto(self, buffer: t.Any) -> int:
+        while not self.chunk:
+            if self.ended:
+                return 0
+            try:
+                kind, payload = self.channel.read()
+            except (OSError, EOFError, FrameError) as error:
+                self.ended = True
+                raise ClientDisconnected() from error
+            if kind == END:
+                self.ended = True
+                return 0
+            if kind != DATA:
+                # ABORT: the client went away mid-upload, or sent more than the host takes.
+                self.ended = True
+                raise ClientDisconnected()
+            self.chunk = memoryview(payload)
+        count = min(len(buffer), len(self.chunk))
+        buffer[:count] = self.chunk[:count]
+        self.chunk = self.chunk[count:]
+        return count
 
-    def log_message(self, format: str, *args: t.Any) -> None:
-        pass  # one line per hop would double the host's access log
-
-    def __getattr__(self, name: str) -> t.Any:
-        # http.server dispatches on do_<METHOD>: every method is a hop.
-        if name.startswith("do_"):
-            return self._hop
-        raise AttributeError(name)
-
-    def _hop(self) -> None:
-        endpoint = self.server.endpoint
-        meta = self.headers.get(ENVIRON_HEADER)
-        if not self.trusted and meta is not None and self.path == HOP_PATH:
-            verify = t.cast("Callable[[str, str, Message], bool]", endpoint.verify)
-            self.trusted = verify(self.command, meta, self.headers)
-        if self.path != HOP_PATH or meta is None or not self.trusted:
-            logger.warning("refused a request to the internal endpoint that was not a valid hop")
-            self._plain(403)
-            return
-        try:
-            session, prefix, forwarded = unpack(meta)
-        except ValueError:
-            self._plain(400)
-            return
-        environ: WSGIEnvironment = dict(forwarded)
-        stream: t.IO[bytes]
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            stream = t.cast(t.IO[bytes], DechunkedInput(t.cast(t.IO[bytes], self.rfile)))
-            environ["wsgi.input_terminated"] = True
-            # Whether a chunked body was read to its end is not known: start afresh.
-            body_pending: Callable[[], bool] = lambda: True  # noqa: E731
-        else:
-            length = int(self.headers.get("Content-Length") or 0)
-            limited = LimitedStream(t.cast(t.IO[bytes], self.rfile), length)
-            stream = t.cast(t.IO[bytes], limited)
-            body_pending = lambda: not limited.is_exhausted  # noqa: E731
-        environ.update(
-            {
-                "wsgi.version": (1, 0),
-                "wsgi.input": stream,
-                "wsgi.errors": sys.stderr,
-                "wsgi.multithread": True,
-                "wsgi.multiprocess": True,
-                "wsgi.run_once": False,
-            }
-        )
-        _Response(self, environ["REQUEST_METHOD"] == "HEAD", body_pending).run(
-            endpoint.serve, environ, session, prefix
-        )
-
-    def _plain(self, status: int, *headers: tuple[str, str], close: bool = True) -> None:
-        self.send_response_only(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", "0")
-        if close:
-            # The rest of the request may still be on the wire: this connection ends here.
-            self.send_header("Connection", "close")
-        self.end_headers()
+    def drain(self) -> bool:
+        """Read what the listener left of the body; whether it ended (within bounds)."""
+        left = _MAX_DRAIN - len(self.chunk)
+        self.chunk = memoryview(b"")
+        while not self.ended and left > 0:
+            try:
+                kind, payload = self.channel.read()
+            except (OSError, EOFError, FrameError):
+                return False
+            if kind != DATA:
+                self.ended = True
+                return kind == END
+            left -= len(payload)
+        return self.ended
 
 
-class _Response:
-    """Writes one WSGI answer on the hop connection: chunked unless it has a length,
-    flushed chunk by chunk so that a stream reaches the client as it is made.
+def _read_to_end(body: _Body | None) -> bool:
+    """Whether the request's body was (or is now) read to its end, so that the
+    connection is in step for the next request."""
+    return body is None or body.drain()
 
-    The connection is kept alive only when the answer is framed exactly: a body
-    longer than its ``Content-Length`` is cut there and a shorter one ends the
-    connection, so that no byte of one answer is ever read as part of the next.
-    """
 
-    def __init__(self, handler: _Handler, head: bool, body_pending: Callable[[], bool]) -> None:
-        self.handler = handler
-        self.head = head
-        self.body_pending = body_pending
+class _HostGone(Exception):
+    """Writing to the host failed: it went away (its client did, or it closed)."""
+
+
+class _Exchange:
+    """One forwarded request and its answer on ``channel``."""
+
+    def __init__(self, channel: Channel, serve: ServeForwarded) -> None:
+        self.channel = channel
+        self.serve = serve
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.sent = False
-        self.chunked = False
-        self.bodiless = head
+        self.bodiless = False
         self.remaining: int | None = None  # bytes still owed under a Content-Length
+        self.out: list[bytes] = []  # frames not written yet
+        self.flushed = False  # whether any of the answer went out
+        self.cut = False  # whether bytes past its Content-Length were dropped
+        self.ended = False  # whether END went out (with the chunk that completed it)
+
+    def run(self) -> bool:
+        """Serve one request; whether the connection can take the next."""
+        channel = self.channel
+        try:
+            kind, payload = channel.read()
+        except EOFError:
+            return False  # the host closed an idle connection
+        if kind != REQUEST:
+            raise FrameError("a frame that is no REQUEST")
+        session, prefix, forwarded, has_body = unpack(payload)
+        body = _Body(channel) if has_body else None
+        environ: WSGIEnvironment = {**_ENVIRON, **forwarded}
+        environ["wsgi.input"] = io.BytesIO() if body is None else io.BufferedReader(body)
+        self.bodiless = forwarded.get("REQUEST_METHOD") == "HEAD"
+        iterable: Iterable[bytes] | None = None
+        try:
+            iterable = self.serve(environ, self.start_response, session, prefix)
+            if iterable is None:
+                if not _read_to_end(body):
+                    return False
+                channel.send(channel.frame(MISS))
+                return True
+            return self._answer(session, iterable) and _read_to_end(body)
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
 
     def start_response(
         self,
@@ -297,90 +424,115 @@ class _Response:
         self.status, self.headers = status, list(headers)
         return self.write
 
-    def run(
-        self, serve: ServeForwarded, environ: WSGIEnvironment, session: str, prefix: str
-    ) -> None:
-        handler = self.handler
-        iterable: Iterable[bytes] | None = None
+    def _answer(self, session: str, iterable: Iterable[bytes]) -> bool:
+        """Send the answer; whether it ended as framed (else ``ABORT`` was sent)."""
+        # A list body is known whole: it leaves in one write with its head and its end.
+        # Anything else may be a stream: each chunk leaves as it comes, and the one that
+        # completes its Content-Length takes the end along.
+        stream = type(iterable) not in (list, tuple)
         try:
-            iterable = serve(environ, self.start_response, session, prefix)
-            if iterable is None:
-                handler._plain(404, (MISS_HEADER, "1"), close=self.body_pending())
-                return
             for chunk in iterable:
-                self.write(chunk)
-            if not self.sent:
-                self.write(b"")
-            if self.chunked:
-                handler.wfile.write(b"0\r\n\r\n")
-            elif self.remaining:
-                logger.error(
-                    "a listener of session %r sent %d bytes fewer than its Content-Length",
-                    session,
-                    self.remaining,
-                )
-                handler.close_connection = True
-            handler.wfile.flush()
-        except Exception:
-            # The answer cannot be finished: the sender sees the connection end before
-            # the body does and aborts its own response.
-            handler.close_connection = True
-            if not self.sent:
-                logger.exception("a forwarded request failed before its answer started")
-                with contextlib.suppress(OSError):
-                    handler._plain(500)
-            else:
-                logger.error("a forwarded answer failed after it started", exc_info=True)
-        finally:
-            close = getattr(iterable, "close", None)
-            if close is not None:
-                close()
+                if self.status is None:
+                    raise AssertionError("a body before start_response()")
+                self._add(chunk)
+                if stream and self.out:
+                    if self.remaining == 0 and not self.ended:
+                        self.out += self.channel.frame(END)
+                        self.ended = True
+                    self._flush()
+            if self.status is None:
+                raise AssertionError("no start_response()")
+        except _HostGone:
+            raise
+        except Exception:  # noqa: BLE001 - whatever the listener raised: logged by _failed
+            return self._failed(session)
+        if self.ended:
+            return True
+        self._start()
+        if self.remaining:
+            logger.error(
+                "a listener of session %r sent %d bytes fewer than its Content-Length",
+                session,
+                self.remaining,
+            )
+            self._send([*self.out, *self.channel.frame(ABORT)])
+            return False
+        self._send([*self.out, *self.channel.frame(END)])
+        return True
+
+    def _failed(self, session: str) -> bool:
+        """The listener's iterable raised: a plain 500 where nothing went out yet, else
+        ``ABORT``. Whether the connection can take the next request."""
+        if self.ended:
+            logger.error(
+                "a listener of session %r raised after its whole answer", session, exc_info=True
+            )
+            return True
+        if not self.flushed:
+            logger.exception("a forwarded request of session %r failed", session)
+            self.status, self.headers, self.out, self.sent = None, [], [], False
+            self.remaining = None
+            for chunk in respond(self.start_response, 500):
+                self._add(chunk)
+            self._send([*self.out, *self.channel.frame(END)])
+            return True
+        logger.error(
+            "a forwarded answer of session %r failed after it began", session, exc_info=True
+        )
+        self._send([*self.out, *self.channel.frame(ABORT)])
+        return False
 
     def write(self, data: bytes) -> None:
-        handler = self.handler
-        if not self.sent:
-            if self.status is None:
-                raise AssertionError("write() before start_response()")
-            self._send_head()
+        """The ``write`` callable of PEP 3333."""
+        self._add(data)
+        self._flush()
+
+    def _send(self, pieces: list[bytes]) -> None:
+        try:
+            self.channel.send(pieces)
+        except OSError as error:
+            raise _HostGone() from error
+        self.flushed = True
+        self.out = []
+
+    def _add(self, data: bytes) -> None:
+        self._start()
         if not data or self.bodiless:
             return
         if self.remaining is not None:
             if len(data) > self.remaining:
-                if not handler.close_connection:
+                if not self.cut:
+                    self.cut = True
                     logger.error("a listener sent more bytes than its Content-Length: cut")
-                handler.close_connection = True
                 data = data[: self.remaining]
             self.remaining -= len(data)
             if not data:
                 return
-        if self.chunked:
-            handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            handler.wfile.write(data)
-        handler.wfile.flush()
+        frame = self.channel.frame
+        for start in range(0, len(data), 1 << 18):
+            self.out += frame(DATA, data[start : start + (1 << 18)])
 
-    def _send_head(self) -> None:
-        handler = self.handler
-        code, _, reason = t.cast(str, self.status).partition(" ")
-        status = int(code)
-        headers = self.headers
-        lengths = {value.strip() for name, value in headers if name.lower() == "content-length"}
+    def _flush(self) -> None:
+        if self.out:
+            self._send(self.out)
+
+    def _start(self) -> None:
+        """Queue the head, once: status and headers as the listener sent them."""
+        if self.sent:
+            return
+        if self.status is None:
+            raise AssertionError("write() before start_response()")
+        self.sent = True
+        status = int(self.status[:3])
         if status in _NO_BODY_STATUSES or status < 200:
             self.bodiless = True
-        elif len(lengths) == 1 and (length := next(iter(lengths))).isdigit():
-            if not self.head:
-                self.remaining = int(length)
-        elif not self.head:
-            # No length, or none that frames the body (the owner's guard refuses those):
-            # chunked, without the lengths.
-            self.chunked = True
-            headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
-            headers.append(("Transfer-Encoding", "chunked"))
-        handler.send_response_only(status, reason)
-        for name, value in headers:
-            handler.send_header(name, value)
-        if self.body_pending():
-            # Answered before the body was read: the rest of it is still on the wire.
-            handler.send_header("Connection", "close")
-        handler.end_headers()
-        self.sent = True
+        lengths = {
+            value.strip() for name, value in self.headers if name.lower() == "content-length"
+        }
+        if not self.bodiless and len(lengths) == 1 and (length := next(iter(lengths))).isdigit():
+            self.remaining = int(length)
+        fields = [self.status]
+        for name, value in self.headers:
+            fields.append(name)
+            fields.append(value)
+        self.out[:0] = self.channel.frame(RESPONSE, encode_fields(fields))

@@ -7,9 +7,10 @@ A request for a listener of another process goes to its owner over the hop
 answered by the one table, :data:`~wsgi_proxy_listen.answers.FAILURE_STATUS`,
 and acted on here:
 
-- the owner no longer serves the session: a cached location is looked up
-  again and the request goes once more; otherwise the caller decides (404, or
-  the next member of an app);
+- the owner no longer serves the session, or is gone: a location from the
+  cache is looked up again and a request without a body goes once more where
+  the store says now; otherwise the caller decides (404, or the next member of
+  an app);
 - the owner refused the connection (nobody listens there any more): its
   entries are removed from the store, compare-and-delete on the owner;
 - the owner was slow, paused or broke the connection: nothing is removed (it
@@ -91,20 +92,22 @@ class Forwarder:
         result = self._client.forward(
             owner.owner, owner.address, session, self._host.prefix, environ, start_response
         )
-        if result is Failure.MISS:
+        if not isinstance(result, Failure):
+            return result
+        if cached and result in (Failure.MISS, Failure.GONE):
+            # The cached location may be stale: ask the store, and go once more.
             self._locations.forget(session)
-            if not cached:
-                return None
-            # The cached location was stale: ask the store, and go once more.
             try:
                 fresh = self._locations.locate(session, cached=False)
             except DirectoryUnavailable:
                 return respond(start_response, 503)
-            if fresh is None or fresh.owner == self.owner or fresh == owner:
+            if fresh is not None and fresh.owner != self.owner and fresh != owner:
+                return self.forward(session, fresh, False, environ, start_response)
+            if fresh is None and result is Failure.MISS:
                 return None
-            return self.forward(session, fresh, False, environ, start_response)
-        if not isinstance(result, Failure):
-            return result
+        if result is Failure.MISS:
+            self._locations.forget(session)
+            return None
         # Look again next time: an owner that fails may have lost the session by now
         # (its lease expired), and the store says nothing when a lease expires.
         self._locations.forget(session)

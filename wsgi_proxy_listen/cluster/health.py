@@ -8,6 +8,9 @@ the request path) instead of waiting for a timeout each time: the first
 failure of an outage marks the store down (one timeout, one log line per
 process), and a background probe finds it back within a second. Listeners of
 this process keep answering meanwhile.
+
+A store that is only *busy* (others write, and a write waited its turn too
+long) is not down: that call fails, and nothing else.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Health:
     :param directory: the directory, as messages and logs show it.
     :param unreachable: the store's exceptions that mean it cannot be reached.
     :param probe: raises one of them unless the store answers, quickly.
+    :param busy: whether one of them only means the store is busy.
     :param changed: called when the store went down or came back: whatever was
         learnt of it meanwhile may be stale.
     :param back: called once the store answers again.
@@ -50,6 +54,7 @@ class Health:
         *,
         unreachable: tuple[type[BaseException], ...],
         probe: Callable[[], None],
+        busy: Callable[[BaseException], bool],
         changed: Callable[[], None],
         back: Callable[[], None],
         stop: threading.Event,
@@ -57,6 +62,7 @@ class Health:
         self._directory = directory
         self.unreachable = unreachable
         self._probe_store = probe
+        self._busy = busy
         self._changed = changed
         self._back = back
         self._stop = stop
@@ -70,20 +76,24 @@ class Health:
         try:
             return call(*args, **kwargs)
         except self.unreachable as error:
-            self.went_down()
+            if self._busy(error):
+                raise DirectoryUnavailable(f"{self._directory!r} is busy") from error
+            self.went_down(error)
             raise DirectoryUnavailable(f"{self._directory!r} cannot be reached") from error
 
-    def went_down(self) -> None:
-        """The store failed: mark it down, once per outage, and probe until it is back."""
+    def went_down(self, error: BaseException) -> None:
+        """The store failed with ``error``: mark it down, once per outage, and probe until
+        it is back."""
         with self._lock:
             if self.down:
                 return
             self.down = True
         self._changed()
         logger.error(
-            "%r cannot be reached: listeners of this process keep working, requests for"
-            " other processes' listeners get 503 until it is back",
+            "%r cannot be reached (%s): listeners of this process keep working, requests"
+            " for other processes' listeners get 503 until it is back",
             self._directory,
+            error,
         )
         threading.Thread(target=self._probe, name="wsgi_proxy_listen probe", daemon=True).start()
 

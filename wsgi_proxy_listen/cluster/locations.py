@@ -4,12 +4,16 @@ Where other processes' sessions are
 
 A request for a session of another process needs its owner's address. Each
 process caches what the store said, so that a forwarded request costs no read
-of the store, and drops a location exactly when it may be stale: when the
-store says something changed (SQLite's ``PRAGMA data_version``, Redis's
-notices channel), when the owner answers that it no longer serves the
-session, when the owner cannot be reached, and when the store went down or
-came back. A request with a body never relies on the cache (it cannot be sent
-twice): it reads where the store says the session is now.
+of the store, and drops a location when it may be stale: when the store says
+something changed (Redis's notices channel; on the embedded directory, a look
+at SQLite's ``PRAGMA data_version`` every fifth of a second), when the owner
+answers that it no longer serves the session, when the owner cannot be
+reached, and when the store went down or came back. A request that went to a
+cached location that was stale (the owner answered "not here", or is gone)
+asks the store once more and goes there; a take-over is seen within the
+second the old owner takes to stop. A request with a body never relies on the
+cache (it cannot be sent twice): it reads where the store says the session is
+now.
 """
 
 from __future__ import annotations
@@ -33,19 +37,11 @@ class Locations:
     """The cached locations of other processes' sessions.
 
     :param locate: the store's read of a session's live owner.
-    :param changed: the store's answer to "may cached locations be stale?".
     """
 
-    def __init__(
-        self,
-        health: Health,
-        *,
-        locate: Callable[[str], Owner | None],
-        changed: Callable[[], bool],
-    ) -> None:
+    def __init__(self, health: Health, *, locate: Callable[[str], Owner | None]) -> None:
         self._health = health
         self._locate = locate
-        self._changed = changed
         self._owners: dict[str, Owner] = {}
         self._generation = 0
         self._lock = threading.Lock()
@@ -57,8 +53,6 @@ class Locations:
         :raises DirectoryUnavailable: the store cannot be reached.
         """
         if cached:
-            if self._health.call(self._changed):
-                self.forget_all()
             owner = self._owners.get(session)
             if owner is not None:
                 return owner

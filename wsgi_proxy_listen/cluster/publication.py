@@ -7,9 +7,10 @@ What this process tells the store about its own listeners:
 - a listener registered while the process serves is *published*
   (``session -> owner, address, app``); closing or replacing it withdraws it
   (compare-and-delete: only the entry this process wrote);
-- a heartbeat renews the lease of every published entry every ``lease / 3``
-  seconds, writes again what an outage let expire, and publishes what was
-  registered while the store was down;
+- a heartbeat renews this process's lease every ``lease / 3`` seconds (one
+  write, whatever the number of its entries, which live as long as it), writes
+  again what an outage let expire, and publishes what was registered while the
+  store was down or busy;
 - ``listen()`` for a session that another process owns takes it over: the old
   owner hears of it (a notice, or its next renewal) and closes its listener;
 - at exit every entry is withdrawn at once, and nothing is published after.
@@ -39,8 +40,9 @@ logger = logging.getLogger("wsgi_proxy_listen")
 class Publication:
     """The entries of this process (``owner``, reached at ``address``) in the store.
 
-    The ``publish``, ``withdraw``, ``renew``, ``withdraw_all`` and ``locate``
-    arguments are the store's operations of those names (:class:`.store.Store`).
+    The ``publish``, ``withdraw``, ``renew``, ``republish``, ``withdraw_all`` and
+    ``locate`` arguments are the store's operations of those names
+    (:class:`.store.Store`).
 
     :param lease: seconds an entry outlives a silent owner; renewed every third.
     :param wake: set to renew at once (the store is back).
@@ -56,7 +58,8 @@ class Publication:
         lease: float,
         publish: Callable[[str, Owner], None],
         withdraw: Callable[[str, Owner], None],
-        renew: Callable[[dict[str, Owner]], list[str]],
+        renew: Callable[[], bool],
+        republish: Callable[[dict[str, Owner]], list[str]],
         withdraw_all: Callable[[dict[str, Owner]], None],
         locate: Callable[[str], Owner | None],
         wake: threading.Event,
@@ -69,6 +72,7 @@ class Publication:
         self._publish = publish
         self._withdraw_entry = withdraw
         self._renew = renew
+        self._republish = republish
         self._withdraw_all = withdraw_all
         self._locate = locate
         self._wake = wake
@@ -145,57 +149,76 @@ class Publication:
                 logger.warning("could not withdraw this process's listeners (%s)", self.owner)
 
     def notice(self, session: str, owner: str | None) -> None:
-        """The store announced that ``session`` now belongs to ``owner`` (or nobody)."""
+        """The store announced that ``session`` now belongs to ``owner`` (``None``: it was
+        withdrawn). Only a take-over that the store confirms makes this process give up
+        its listener: an entry that another process deleted (it took this one for
+        gone) is written again by the next renewal, and the listener lives on."""
         self._locations.forget(session)
         listener = self._published.get(session)
-        if listener is not None and owner != self.owner:
+        if listener is not None and owner is not None and owner != self.owner:
             # The notice may be older than this process taking the session back: the
             # store decides.
             try:
                 current = self._health.call(self._locate, session)
             except DirectoryUnavailable:
                 return
-            if current is None or current.owner != self.owner:
+            if current is not None and current.owner != self.owner:
                 self._give_up(listener)
 
     def heartbeat(self) -> None:
         """Renew the lease every third of it, until the directory stops: runs in a
-        thread of its own."""
+        thread of its own. A renewal is one write, whatever the number of entries, so
+        it holds up no ``listen()`` for long."""
         while not self._stop.is_set():
             self._wake.wait(self._lease / 3)
             self._wake.clear()
             if self._stop.is_set() or self._health.down:
                 continue
-            with self._writing:
-                if self._leaving:
-                    return
-                with self._lock:
-                    published = dict(self._published)
-                    pending, self._pending = self._pending, set()
-                    unpublished, self._unpublished = self._unpublished, {}
-                try:
-                    for session in pending & set(published):
-                        # Registered while the store was down: the newest, so it takes over.
-                        entry = self._entry(published[session])
-                        self._health.call(self._publish, session, entry)
-                    for session, entry in unpublished.items():
-                        self._health.call(self._withdraw_entry, session, entry)
-                    entries = {session: self._entry(item) for session, item in published.items()}
-                    taken = self._health.call(self._renew, entries)
-                except DirectoryUnavailable:
-                    with self._lock:
-                        self._pending |= {s for s in pending if s in self._published}
-                        for session, entry in unpublished.items():
-                            self._unpublished.setdefault(session, entry)
-                    continue
+            republished = self._beat()
+            if republished is None:
+                continue
+            published, taken = republished
             for session in taken:
                 listener = published[session]
                 if self._published.get(session) is listener:
                     self._give_up(listener)
-            # Closed while the heartbeat ran: the renewal may have written it again.
+            # Closed while they were written again: take them back out.
             for session in published.keys() - self._published.keys():
                 if session not in taken:
-                    self._withdraw(session, entries[session])
+                    self._withdraw(session, self._entry(published[session]))
+
+    def _beat(self) -> tuple[dict[str, Registered], list[str]] | None:
+        """One renewal; what was written again and which of it another owner holds, when
+        the lease had run out."""
+        with self._writing:
+            if self._leaving:
+                self._stop.set()
+                return None
+            with self._lock:
+                pending, self._pending = self._pending, set()
+                unpublished, self._unpublished = self._unpublished, {}
+                waiting = {s: self._published[s] for s in pending if s in self._published}
+            try:
+                for session, listener in waiting.items():
+                    # Registered while the store was down or busy: the newest, so it
+                    # takes over.
+                    self._health.call(self._publish, session, self._entry(listener))
+                for session, entry in unpublished.items():
+                    self._health.call(self._withdraw_entry, session, entry)
+                if self._health.call(self._renew):
+                    return None
+                # The lease ran out (an outage, a pause): others may have cleaned up
+                # after this process. What is missing is written again.
+                with self._lock:
+                    published = dict(self._published)
+                entries = {session: self._entry(item) for session, item in published.items()}
+                return published, self._health.call(self._republish, entries)
+            except DirectoryUnavailable:
+                with self._lock:
+                    self._pending |= {s for s in pending if s in self._published}
+                    for session, entry in unpublished.items():
+                        self._unpublished.setdefault(session, entry)
+                return None
 
     def _give_up(self, listener: Registered) -> None:
         with self._lock:

@@ -4,7 +4,8 @@ The Redis directory
 
 Shares listeners between processes on several machines through a Redis (or
 Valkey) server; each process's internal endpoint is a TCP port on
-``advertise_host``, and hop requests are signed with the shared secret.
+``advertise_host``, and the hop between processes is authenticated with the
+shared secret.
 
 .. code-block:: python
 
@@ -12,15 +13,25 @@ Valkey) server; each process's internal endpoint is a TCP port on
 
     registry = Registry(directory="redis://10.0.0.5:6379/0", secret=os.environ["SECRET"])
 
-Needs the extra ``pip install wsgi-proxy-listen[redis]``. Redis keys
-(``{namespace}`` defaults to ``wsgi-proxy-listen``):
+Needs the extra ``pip install wsgi-proxy-listen[redis]``. Every key carries
+the namespace as a hash tag, ``{namespace}`` (``wsgi-proxy-listen`` by
+default), so that a Redis Cluster keeps all of a deployment's keys on one
+node and every script touches one slot:
 
-====================================  =====================================================
-``{namespace}:session:{id}``          ``"{owner id} {address} {app} {time}"``, the lease as TTL
-``{namespace}:app:{slug}``            sorted set of member sessions, scored by join time
-``{namespace}:start:{slug}``          the cluster-wide auto-start lock
-``{namespace}:notices``               pub/sub channel: ``"{session} {new owner id or -}"``
-====================================  =====================================================
+==================================  =======================================================
+``{ns}:owner:{owner}``              the owner's record (pid, host, endpoint address), with
+                                    its lease as TTL: one per process, renewed every third
+``{ns}:owners``                     sorted set of owners by the end of their lease, to
+                                    clean up after those that ended without a word
+``{ns}:session:{id}``               the session's record (owner, app, since); live while
+                                    its owner's lease is
+``{ns}:owned:{owner}``              set of the sessions an owner published
+``{ns}:app:{slug}``                 sorted set of member sessions, scored by join time
+``{ns}:start:{slug}``               the cluster-wide auto-start lock
+``{ns}:notices``                    pub/sub channel: ``"{session} {new owner id or -}"``
+==================================  =======================================================
+
+Records are JSON objects with a version (``{"v": 1, ...}``): see :mod:`.store`.
 """
 
 from __future__ import annotations
@@ -38,36 +49,165 @@ from redis.retry import Retry
 from ..seam import Entry, shown_name
 from .directory import SharedDirectory
 from .health import PROBE_INTERVAL
-from .store import Owner
+from .store import Owner, decode_record, encode_record, session_record
 
 __all__ = ["RedisDirectory"]
 
-# Delete a session's entry only while it is this one: the same owner, address and app
-# (ARGV[1] is what _identity() gives); then leave its app and tell every process.
-_WITHDRAW = """
-local v = redis.call('get', KEYS[1])
-if not v or string.sub(v, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
-redis.call('del', KEYS[1])
-if ARGV[2] ~= '' then redis.call('zrem', KEYS[2], ARGV[3]) end
-redis.call('publish', KEYS[3], ARGV[3] .. ' -')
-return 1
+# Every script gets the namespace's prefix (ARGV[1], "{ns}:") and builds the names of the
+# keys it touches from it: all of them carry the same hash tag, so they are in one slot.
+_HELPERS = """
+local function record(value)
+    if not value then return nil end
+    local ok, decoded = pcall(cjson.decode, value)
+    if ok and type(decoded) == 'table' then return decoded end
+    return nil
+end
+local function text(value)
+    if type(value) == 'string' then return value end
+    return ''
+end
+local function drop(prefix, session, owner, app)
+    redis.call('del', prefix .. 'session:' .. session)
+    redis.call('srem', prefix .. 'owned:' .. owner, session)
+    if app ~= '' then redis.call('zrem', prefix .. 'app:' .. app, session) end
+    redis.call('publish', prefix .. 'notices', session .. ' -')
+end
+local function now_ms()
+    local now = redis.call('time')
+    return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+local function own(prefix, owner, owner_record, lease)
+    -- The owner's lease: 1 if it was still running, 0 if it had run out (or never ran).
+    local key = prefix .. 'owner:' .. owner
+    local running = redis.call('set', key, owner_record, 'PX', lease, 'XX')
+    if not running then redis.call('set', key, owner_record, 'PX', lease) end
+    redis.call('zadd', prefix .. 'owners', now_ms() + lease, owner)
+    if running then return 1 end
+    return 0
+end
+local function forget(prefix, owner)
+    for _, session in ipairs(redis.call('smembers', prefix .. 'owned:' .. owner)) do
+        local found = record(redis.call('get', prefix .. 'session:' .. session))
+        if found and found['owner'] == owner then
+            drop(prefix, session, owner, text(found['app']))
+        end
+    end
+    redis.call('del', prefix .. 'owned:' .. owner, prefix .. 'owner:' .. owner)
+    redis.call('zrem', prefix .. 'owners', owner)
+end
 """
-# Renew the lease of the entry (ARGV[4] is what _identity() gives), keeping when it was
-# published; write it again where it is missing (an outage outlasted its lease) or this
-# owner's entry says something else (2); -1 if another owner has it now (ARGV[3] is
-# "{owner id} ").
-_RENEW = """
-local v = redis.call('get', KEYS[1])
-if v then
-    if string.sub(v, 1, string.len(ARGV[3])) ~= ARGV[3] then return -1 end
-    if string.sub(v, 1, string.len(ARGV[4])) == ARGV[4] then
-        redis.call('pexpire', KEYS[1], ARGV[2])
-        return 1
+# ARGV: prefix, session, owner, app or '', the session's record, the join time, the owner's
+# record, the lease in ms (its lease starts with its first entry).
+_PUBLISH = (
+    _HELPERS
+    + """
+local prefix, session, owner, app = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('exists', prefix .. 'owner:' .. owner) == 0 then
+    own(prefix, owner, ARGV[7], tonumber(ARGV[8]))
+end
+local key = prefix .. 'session:' .. session
+local previous = record(redis.call('get', key))
+redis.call('set', key, ARGV[5])
+redis.call('sadd', prefix .. 'owned:' .. owner, session)
+if app ~= '' then redis.call('zadd', prefix .. 'app:' .. app, ARGV[6], session) end
+if previous then
+    local before = text(previous['app'])
+    if before ~= '' and before ~= app then
+        redis.call('zrem', prefix .. 'app:' .. before, session)
+    end
+    local was = text(previous['owner'])
+    if was ~= owner then
+        redis.call('srem', prefix .. 'owned:' .. was, session)
+        redis.call('publish', prefix .. 'notices', session .. ' ' .. owner)
     end
 end
-redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
-return 2
+return 1
 """
+)
+# Delete a session's entry only while it is this one: the same owner and app.
+# ARGV: prefix, session, owner, app or ''.
+_WITHDRAW = (
+    _HELPERS
+    + """
+local found = record(redis.call('get', ARGV[1] .. 'session:' .. ARGV[2]))
+if not found or found['owner'] ~= ARGV[3] or text(found['app']) ~= ARGV[4] then return 0 end
+drop(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return 1
+"""
+)
+# Every entry of an owner, and its lease. ARGV: prefix, owner.
+_FORGET = (
+    _HELPERS
+    + """
+forget(ARGV[1], ARGV[2])
+return 1
+"""
+)
+# Renew the owner's lease (1 if it was still running, 0 if it had run out), and clean up
+# after a few owners whose lease ran out. The time is the server's: every process agrees.
+# ARGV: prefix, owner, its record, the lease in ms.
+_RENEW = (
+    _HELPERS
+    + """
+local prefix = ARGV[1]
+local running = own(prefix, ARGV[2], ARGV[3], tonumber(ARGV[4]))
+local silent = redis.call('zrangebyscore', prefix .. 'owners', '-inf', now_ms(), 'LIMIT', 0, 16)
+for _, dead in ipairs(silent) do
+    if redis.call('exists', prefix .. 'owner:' .. dead) == 0 then forget(prefix, dead) end
+end
+return running
+"""
+)
+# Write an owner's entry again if it is missing: 1; 0 if it is there; -1 if another owner
+# holds the session now. ARGV: prefix, session, owner, app or '', record, join time.
+_REPUBLISH = (
+    _HELPERS
+    + """
+local prefix, session, owner, app = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local found = record(redis.call('get', prefix .. 'session:' .. session))
+if found then
+    if found['owner'] ~= owner then return -1 end
+    redis.call('sadd', prefix .. 'owned:' .. owner, session)
+    return 0
+end
+redis.call('set', prefix .. 'session:' .. session, ARGV[5])
+redis.call('sadd', prefix .. 'owned:' .. owner, session)
+if app ~= '' then redis.call('zadd', prefix .. 'app:' .. app, ARGV[6], session) end
+return 1
+"""
+)
+# A session's record and its owner's, while the owner's lease runs. ARGV: prefix, session.
+_LOCATE = (
+    _HELPERS
+    + """
+local value = redis.call('get', ARGV[1] .. 'session:' .. ARGV[2])
+local found = record(value)
+if not found then return value end
+local owner = redis.call('get', ARGV[1] .. 'owner:' .. text(found['owner']))
+if not owner then return nil end
+return {value, owner}
+"""
+)
+# The newest member of an app whose owner's lease runs: {session, record, owner record};
+# members whose entry is gone or in another app leave the app. ARGV: prefix, slug.
+_CURRENT = (
+    _HELPERS
+    + """
+local prefix, slug = ARGV[1], ARGV[2]
+local members = prefix .. 'app:' .. slug
+for _, session in ipairs(redis.call('zrevrange', members, 0, 15)) do
+    local value = redis.call('get', prefix .. 'session:' .. session)
+    local found = record(value)
+    if found and text(found['app']) == slug then
+        local owner = redis.call('get', prefix .. 'owner:' .. text(found['owner']))
+        if owner then return {session, value, owner} end
+    elseif value == false or found then
+        redis.call('zrem', members, session)
+    end
+end
+return nil
+"""
+)
 _DELETE_IF = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
@@ -105,31 +245,11 @@ def _client(url: str, timeout: float, retry: Retry) -> _Commands:
     return t.cast(_Commands, client)
 
 
-def _identity(entry: Owner) -> str:
-    """What tells one entry from another: all of its value but the time."""
-    return f"{entry.owner} {entry.address} {entry.app or ''} "
-
-
-def _encode(entry: Owner) -> str:
-    return f"{_identity(entry)}{time.time():.3f}"
-
-
-def _fields(value: bytes | str) -> list[str]:
-    text = value.decode() if isinstance(value, bytes) else value
-    return [*text.split(" "), "", "", ""][:4]
-
-
-def _decode(value: bytes | str | None) -> Owner | None:
-    if value is None:
+def _location(session_value: bytes, owner_value: bytes) -> Owner | None:
+    session, owner = decode_record(session_value), decode_record(owner_value)
+    if session is None or owner is None:
         return None
-    owner, address, app, _ = _fields(value)
-    return Owner(owner, address, app or None)
-
-
-def _pid(owner: str) -> int | None:
-    """The process id in an owner id, ``{host name}-{pid}-{token}``."""
-    parts = owner.rsplit("-", 2)
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+    return Owner(session["owner"], owner["address"], session["app"])
 
 
 class RedisDirectory(SharedDirectory):
@@ -185,25 +305,28 @@ class RedisDirectory(SharedDirectory):
                 else "it does not parse (percent-encode any / # ? @ [ in the password)"
             )
             raise ValueError(f"invalid Redis URL {shown!r}: {why}") from None
-        self._withdraw_script = self._redis.register_script(_WITHDRAW)
-        self._renew_script = self._redis.register_script(_RENEW)
+        self._prefix = "{" + namespace + "}:"
+        self._started = 0.0
+        script = self._redis.register_script
+        self._publish_script = script(_PUBLISH)
+        self._withdraw_script = script(_WITHDRAW)
+        self._forget_script = script(_FORGET)
+        self._renew_script = script(_RENEW)
+        self._republish_script = script(_REPUBLISH)
+        self._locate_script = script(_LOCATE)
+        self._current_script = script(_CURRENT)
 
     def __repr__(self) -> str:
         return f"<RedisDirectory url={shown_name(self.url)!r} owner={self.owner!r}>"
 
-    def _key(self, session: str) -> str:
-        return f"{self.namespace}:session:{session}"
-
-    def _app_key(self, slug: str) -> str:
-        return f"{self.namespace}:app:{slug}"
-
     @property
     def _channel(self) -> str:
-        return f"{self.namespace}:notices"
+        return f"{self._prefix}notices"
 
     # -- process ---------------------------------------------------------------------------
 
     def _new_owner(self) -> str:
+        self._started = time.time()
         return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
     def _endpoint_address(self, owner: str) -> str:
@@ -226,110 +349,115 @@ class RedisDirectory(SharedDirectory):
     # -- writes ----------------------------------------------------------------------------
 
     def _store_publish(self, session: str, entry: Owner) -> None:
-        key = self._key(session)
-        previous = _decode(self._redis.set(key, _encode(entry), px=self._lease_ms, get=True))
-        if entry.app is not None:
-            self._redis.zadd(self._app_key(entry.app), {session: time.time()})
-        if previous is not None and previous.app not in (None, entry.app):
-            self._redis.zrem(self._app_key(previous.app), session)
-        if previous is not None and previous.owner != entry.owner:
-            self._redis.publish(self._channel, f"{session} {entry.owner}")
-
-    def _withdraw_args(self, session: str, entry: Owner) -> dict[str, t.Any]:
-        return {
-            "keys": [self._key(session), self._app_key(entry.app or ""), self._channel],
-            "args": [_identity(entry), entry.app or "", session],
-        }
+        now = time.time()
+        record = session_record(entry.owner, entry.app, now)
+        self._publish_script(
+            args=[
+                self._prefix,
+                session,
+                entry.owner,
+                entry.app or "",
+                record,
+                now,
+                self._owner_record(),
+                self._lease_ms,
+            ]
+        )
 
     def _store_withdraw(self, session: str, entry: Owner) -> None:
-        self._withdraw_script(**self._withdraw_args(session, entry))
+        self._withdraw_script(args=[self._prefix, session, entry.owner, entry.app or ""])
 
     def _store_forget(self, session: str, entry: Owner) -> None:
-        self._withdraw_script(**self._withdraw_args(session, entry))
+        self._forget_script(args=[self._prefix, entry.owner])
 
     def _store_withdraw_all(self, entries: dict[str, Owner]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for session, entry in entries.items():
-            self._withdraw_script(**self._withdraw_args(session, entry), client=pipe)
-        pipe.execute()
+        self._forget_script(args=[self._prefix, self.owner])
 
-    def _store_renew(self, entries: dict[str, Owner]) -> list[str]:
-        if not entries:
-            self._redis.ping()
-            return []
+    def _owner_record(self) -> str:
+        return encode_record(
+            owner=self.owner,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            address=self.address,
+            started=self._started,
+        )
+
+    def _store_renew(self) -> bool:
+        record = self._owner_record()
+        return bool(self._renew_script(args=[self._prefix, self.owner, record, self._lease_ms]))
+
+    def _store_republish(self, entries: dict[str, Owner]) -> list[str]:
+        now = time.time()
         pipe = self._redis.pipeline(transaction=False)
         sessions = list(entries)
         for session in sessions:
-            self._renew_script(
-                keys=[self._key(session)],
-                args=[
-                    _encode(entries[session]),
-                    self._lease_ms,
-                    f"{self.owner} ",
-                    _identity(entries[session]),
-                ],
+            entry = entries[session]
+            record = session_record(entry.owner, entry.app, now)
+            self._republish_script(
+                args=[self._prefix, session, entry.owner, entry.app or "", record, now],
                 client=pipe,
             )
-        taken = []
-        for session, renewed in zip(sessions, pipe.execute(), strict=True):
-            app = entries[session].app
-            if renewed == -1:
-                taken.append(session)
-            elif renewed == 2 and app is not None:
-                # Written again (expired during an outage): rejoin the app.
-                self._redis.zadd(self._app_key(app), {session: time.time()})
-        return taken
+        return [
+            session
+            for session, written in zip(sessions, pipe.execute(), strict=True)
+            if written == -1
+        ]
 
     @property
     def _lease_ms(self) -> int:
         return int(self.lease * 1000)
 
     def _store_lock(self, slug: str, seconds: float) -> bool:
-        key = f"{self.namespace}:start:{slug}"
+        key = f"{self._prefix}start:{slug}"
         return bool(self._redis.set(key, self.owner, nx=True, px=int(seconds * 1000)))
 
     def _store_unlock(self, slug: str) -> None:
-        self._redis.eval(_DELETE_IF, 1, f"{self.namespace}:start:{slug}", self.owner)
+        self._redis.eval(_DELETE_IF, 1, f"{self._prefix}start:{slug}", self.owner)
 
     # -- reads -----------------------------------------------------------------------------
 
     def _store_locate(self, session: str) -> Owner | None:
-        return _decode(self._redis.get(self._key(session)))
-
-    def _store_changed(self) -> bool:
-        return False  # every change is announced on the channel (see _watch)
+        found = self._locate_script(args=[self._prefix, session])
+        if not isinstance(found, list):
+            if found is not None:
+                decode_record(found)  # a record of another version: said, and skipped
+            return None
+        return _location(found[0], found[1])
 
     def _store_entries(self) -> list[Entry]:
-        prefix = self._key("")
-        keys = list(self._redis.scan_iter(match=f"{prefix}*", count=1000))
+        keys = list(self._redis.scan_iter(match=f"{self._prefix}session:*", count=1000))
+        sessions = [decode_record(value) for value in self._redis.mget(keys)] if keys else []
+        owners = sorted({record["owner"] for record in sessions if record is not None})
+        values = self._redis.mget([f"{self._prefix}owner:{owner}" for owner in owners])
+        live = {
+            owner: record
+            for owner, record in zip(owners, map(decode_record, values), strict=True)
+            if record is not None
+        }
         entries = []
-        for key, value in zip(keys, self._redis.mget(keys) if keys else [], strict=True):
-            if value is None:
-                continue  # expired between the scan and the read
-            owner, address, app, since = _fields(value)
-            session = key.decode()[len(prefix) :]
+        session_start = len(f"{self._prefix}session:")
+        for key, record in zip(keys, sessions, strict=True):
+            if record is None or record["owner"] not in live:
+                continue  # expired, withdrawn or of its owner's dead process
+            owner = live[record["owner"]]
             entries.append(
-                Entry(session, app or None, owner, _pid(owner), address, float(since or 0))
+                Entry(
+                    key.decode()[session_start:],
+                    record["app"],
+                    record["owner"],
+                    owner["pid"],
+                    owner["address"],
+                    record["since"],
+                )
             )
         return sorted(entries, key=lambda entry: entry.since)
 
     def _store_current(self, slug: str) -> tuple[str, Owner] | None:
-        key = self._app_key(slug)
-        members = [member.decode() for member in self._redis.zrevrange(key, 0, 15)]
-        if not members:
+        found = self._current_script(args=[self._prefix, slug])
+        if not isinstance(found, list):
             return None
-        values = self._redis.mget([self._key(member) for member in members])
-        stale: list[str] = []
-        found = None
-        for member, value in zip(members, values, strict=True):
-            entry = _decode(value)
-            if entry is not None and entry.app == slug:
-                found = member, entry
-                break
-            stale.append(member)
-        if stale:
-            self._redis.zrem(key, *stale)
-        return found
+        location = _location(found[1], found[2])
+        return None if location is None else (found[0].decode(), location)
 
     def _store_probe(self) -> None:
         self._probe_client.ping()
@@ -346,10 +474,10 @@ class RedisDirectory(SharedDirectory):
                     if message is not None:
                         session, _, owner = message["data"].decode().partition(" ")
                         self._notice(session, None if owner == "-" else owner)
-            except self.unreachable:
+            except self.unreachable as error:
                 # The subscription is how an idle process learns of an outage: probe now,
                 # so that its listeners are published again as soon as Redis is back.
-                self._went_down()
+                self._went_down(error)
                 self._stop.wait(PROBE_INTERVAL)
             finally:
                 pubsub.close()

@@ -8,20 +8,81 @@ directory asks of it, as ``_store_*`` methods that a directory class
 implements; nothing else in :mod:`wsgi_proxy_listen.cluster` knows how the
 table is kept.
 
-The table holds, for each published session, an :class:`Owner`: the process
-that serves it, that process's internal endpoint, and the session's app. An
-owner's entries live as long as its lease, which it renews.
+The table holds, for each process that publishes, its lease (one per process,
+however many sessions it has), and for each published session a *record*: the
+process that serves it, the session's app, when it was published. Records are
+versioned JSON objects (``{"v": 1, ...}``), so that later releases add fields
+without a new encoding; a record of a version this release does not know is
+skipped as if it were not there, and said so in one log line. A session is
+live while its owner's lease is: one renewal per process keeps all of them.
+
+:class:`Owner` is where a session is found: the owning process, its internal
+endpoint, the session's app.
 """
 
 from __future__ import annotations
 
 import abc
+import json
+import logging
+import time
 import typing as t
 
 if t.TYPE_CHECKING:
     from ..seam import Entry
 
-__all__ = ["Owner", "Store"]
+__all__ = [
+    "RECORD_VERSION",
+    "Owner",
+    "Store",
+    "StoreMismatch",
+    "decode_record",
+    "encode_record",
+    "session_record",
+]
+
+logger = logging.getLogger("wsgi_proxy_listen")
+
+#: The version of the records this release writes and reads.
+RECORD_VERSION = 1
+_warned_versions: set[object] = set()
+
+
+class StoreMismatch(Exception):
+    """The store was set up by another release, in a way this one cannot read."""
+
+
+def encode_record(**fields: object) -> str:
+    """A record of this release's version with ``fields``."""
+    return json.dumps({"v": RECORD_VERSION, **fields}, separators=(",", ":"))
+
+
+def decode_record(text: str | bytes | None) -> dict[str, t.Any] | None:
+    """The fields of a record; ``None`` for none, and for one of a version this release
+    does not know or that does not parse (said once per process and version)."""
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or record.get("v") != RECORD_VERSION:
+        version = record.get("v") if isinstance(record, dict) else "unreadable"
+        if version not in _warned_versions:
+            _warned_versions.add(version)
+            logger.error(
+                "the directory holds an entry of version %r; this wsgi-proxy-listen reads"
+                " version %d: it is skipped. Run the same release in every process.",
+                version,
+                RECORD_VERSION,
+            )
+        return None
+    return record
+
+
+def session_record(owner: str, app: str | None, since: float | None = None) -> str:
+    """The record of a published session."""
+    return encode_record(owner=owner, app=app, since=time.time() if since is None else since)
 
 
 class Owner(t.NamedTuple):
@@ -40,6 +101,12 @@ class Store(abc.ABC):
 
     #: Exceptions of the store that mean it cannot be reached.
     unreachable: tuple[type[BaseException], ...] = ()
+
+    def _store_busy(self, error: BaseException) -> bool:
+        """Whether ``error`` (one of :attr:`unreachable`) only means that the store is
+        busy: others write, this write waited its turn too long. Busy is not down:
+        the write is tried again later, and nothing else is held back."""
+        return False
 
     #: This process's owner id while it serves, ``""`` before.
     owner: str = ""
@@ -66,9 +133,15 @@ class Store(abc.ABC):
         """Delete ``session``'s entry if it is ``entry`` (compare-and-delete)."""
 
     @abc.abstractmethod
-    def _store_renew(self, entries: dict[str, Owner]) -> list[str]:
-        """Renew this owner's entries, write missing ones again, and return the sessions
-        that another owner holds now."""
+    def _store_renew(self) -> bool:
+        """Renew this owner's lease (one write, however many entries it has), and clean
+        up after owners whose lease ran out; ``False`` when the lease had run out
+        already (its entries may be gone: :meth:`_store_republish` them)."""
+
+    @abc.abstractmethod
+    def _store_republish(self, entries: dict[str, Owner]) -> list[str]:
+        """Write this owner's entries again where they are missing (after its lease ran
+        out), and return the sessions that another owner holds now."""
 
     @abc.abstractmethod
     def _store_forget(self, session: str, entry: Owner) -> None:
@@ -91,10 +164,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def _store_locate(self, session: str) -> Owner | None:
         """The live owner of ``session``."""
-
-    @abc.abstractmethod
-    def _store_changed(self) -> bool:
-        """Whether cached locations may be stale (a change since the last call)."""
 
     @abc.abstractmethod
     def _store_entries(self) -> list[Entry]:
