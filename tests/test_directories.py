@@ -4,6 +4,7 @@ Each test runs on the embedded directory (a folder) and on Redis (a real redis-s
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ import pytest
 from werkzeug.test import Client
 
 from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry
-from wsgi_proxy_listen.cluster import EmbeddedDirectory, Owner
+from wsgi_proxy_listen.cluster import EmbeddedDirectory, Owner, embedded, store
 
 from .support.cluster import NO_REDIS, REDIS, SECRET, RedisServer, short_folder
 from .support.wsgi import Host
@@ -671,6 +672,91 @@ def test_a_locked_table_costs_a_fresh_worker_nothing() -> None:
         assert answer.data == b"published later"
     finally:
         made.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_busy_table_is_not_down(caplog: pytest.LogCaptureFixture) -> None:
+    """A writer that holds the table past the busy timeout (a paused process): other
+    workers' lookups go on (readers never wait in WAL mode), nothing is declared
+    unreachable, and a listen() meanwhile is published once the table is free."""
+    caplog.set_level(logging.WARNING, logger="wsgi_proxy_listen")
+    folder = short_folder()
+    made = Workers("embedded", folder)
+    try:
+        _, owner, _ = made.worker()
+        owner.listen(text("kept"), session="kept")
+        _, writer, observer = made.worker()
+        stuck = sqlite3.connect(os.path.join(folder, "directory.sqlite3"), isolation_level=None)
+        stuck.execute("BEGIN IMMEDIATE")
+        began = time.monotonic()
+        writer.listen(text("published later"), session="late")
+        waited = time.monotonic() - began
+        for _ in range(3):
+            assert observer.get("/proxy/sessions/kept/", buffered=True).data == b"kept"
+        stuck.execute("ROLLBACK")
+        stuck.close()
+        deadline = time.monotonic() + 5
+        while observer.get("/proxy/sessions/late/", buffered=True).status_code != 200:
+            assert time.monotonic() < deadline, "never published"
+            time.sleep(0.1)
+        assert waited < embedded.BUSY_TIMEOUT + 1
+        assert "cannot be reached" not in caplog.text
+    finally:
+        made.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_an_entry_of_another_version_is_skipped_and_said_once(
+    workers: Workers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A later release wrote an entry this one cannot read: it is not misread, it is
+    skipped as if it were not there, and one log line says why."""
+    caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(store, "_warned_versions", set())
+    try:
+        directory, a, _ = workers.worker()
+        _, _, b = workers.worker()
+        a.listen(text("readable"), session="s1")
+        future = json.dumps({"v": 99, "owner": directory.owner, "place": "elsewhere"})
+        if workers.kind == "embedded":
+            with (
+                contextlib.closing(
+                    sqlite3.connect(os.path.join(workers.name, "directory.sqlite3"))
+                ) as db,
+                db,
+            ):
+                db.execute("UPDATE sessions SET record = ? WHERE session = 's1'", (future,))
+        else:
+            import redis
+
+            client = redis.Redis.from_url(workers.name)
+            client.set("{wsgi-proxy-listen}:session:s1", future)
+            client.close()
+        for _ in range(2):
+            assert b.get("/proxy/sessions/s1/", buffered=True).status_code == 404
+        assert "s1" not in [entry.session for entry in directory.entries()]
+        lines = [r for r in caplog.records if "version 99" in r.getMessage()]
+        assert len(lines) == 1, caplog.text
+    finally:
+        monkeypatch.undo()
+
+
+def test_a_table_laid_out_by_a_later_release_is_refused_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
+    folder = short_folder()
+    try:
+        with contextlib.closing(sqlite3.connect(os.path.join(folder, "directory.sqlite3"))) as db:
+            db.execute(f"PRAGMA user_version = {embedded.SCHEMA + 1}")
+        made = Workers("embedded", folder)
+        _, _, client = made.worker()
+        assert client.get("/proxy/sessions/any/", buffered=True).status_code == 503
+        assert f"has layout {embedded.SCHEMA + 1}" in caplog.text
+        assert "run the same release in every process" in caplog.text
+        made.close()
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
