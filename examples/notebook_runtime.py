@@ -2,7 +2,7 @@
 worker), apart from the host's web workers. The platform starts it with the host's
 directory in its environment, so the notebook's code only listens:
 
-    WSGI_PROXY_LISTEN_DIRECTORY=/tmp/myhost-proxy python -m examples.notebook_runtime
+    WSGI_PROXY_LISTEN_DIRECTORY=$XDG_RUNTIME_DIR/myhost-proxy python -m examples.notebook_runtime
 
 Its listener then answers at ``/proxy/sessions/notebook/`` on every worker of the host
 (``make demo`` runs one beside the demo host). In a Jupyter kernel, the cell that calls

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import sqlite3
-import stat
 import subprocess
 import sys
 import threading
@@ -418,49 +417,6 @@ def _holds_listening_socket(pid: int, address: str) -> bool:
 
 
 # -- the embedded directory on its own ----------------------------------------------------------
-
-
-def test_the_folder_is_created_closed_to_others() -> None:
-    parent = short_folder()
-    try:
-        folder = os.path.join(parent, "new")
-        EmbeddedDirectory(folder)
-        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
-    finally:
-        shutil.rmtree(parent)
-
-
-@pytest.mark.parametrize(
-    ("folder", "message"),
-    [
-        pytest.param("relative/path", "use an absolute path", id="relative"),
-        pytest.param("/tmp/" + "x" * 120, "too long for Unix sockets", id="too-long"),
-    ],
-)
-def test_unusable_folders_are_refused(folder: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        EmbeddedDirectory(folder)
-
-
-def test_a_folder_open_to_others_is_refused() -> None:
-    folder = short_folder()
-    try:
-        os.chmod(folder, 0o755)
-        with pytest.raises(ValueError, match="chmod 700"):
-            EmbeddedDirectory(folder)
-    finally:
-        shutil.rmtree(folder)
-
-
-def test_a_file_is_not_a_folder() -> None:
-    folder = short_folder()
-    try:
-        path = os.path.join(folder, "file")
-        open(path, "w").close()
-        with pytest.raises(ValueError, match="cannot create the directory folder"):
-            EmbeddedDirectory(path)
-    finally:
-        shutil.rmtree(folder)
 
 
 def test_nothing_starts_before_the_first_request() -> None:

@@ -2,7 +2,7 @@
 
 On one machine, name a folder (the embedded directory: nothing to install or run):
 
-    WSGI_PROXY_LISTEN_DIRECTORY=/tmp/myhost-proxy \\
+    WSGI_PROXY_LISTEN_DIRECTORY=$XDG_RUNTIME_DIR/myhost-proxy \\
         gunicorn -c examples/cluster/gunicorn_conf.py examples.cluster.app:app
 
 On several machines, name a Redis server and give every host the same secret:

@@ -13,7 +13,7 @@ internal endpoint a Unix socket, both in one folder that the operator names.
     registry = Registry(directory="/run/myhost/proxy")
 
 The folder is created ``0700`` and the sockets ``0600``: its permissions are
-the access control, so only processes of the same user take part, and hop
+the access control (:mod:`.folder`), so only processes of the same user take part, and hop
 requests need no secret (one given is used to sign them anyway). Several
 server instances (two gunicorns, a gunicorn and a job worker) share listeners
 by naming the same folder. Files in it:
@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import secrets
 import sqlite3
 import stat
@@ -48,6 +49,7 @@ import typing as t
 
 from ..seam import Entry
 from .directory import SharedDirectory
+from .folder import UnsafeFolder, secure_folder
 from .store import Owner, StoreMismatch, decode_record, session_record
 
 __all__ = ["EmbeddedDirectory", "check_folder"]
@@ -68,6 +70,8 @@ _EAGER = 0.01
 # sockaddr_un holds 108 bytes with the final NUL; a socket name is at most 21 bytes.
 _SOCKET_PATH_MAX = 107
 _LONGEST_NAME = len("4194304-0123456789.sock")
+#: The owner ids that processes make (pid-token), the only ones whose socket is used.
+_OWNER = re.compile(r"[0-9]{1,10}-[0-9a-f]{10}\Z")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS owners (
@@ -96,7 +100,7 @@ END
 """
 _PUBLISH = "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?)"
 _LOCATE = (
-    "SELECT o.address, s.record FROM sessions s JOIN owners o ON o.owner = s.owner"
+    "SELECT s.owner, s.record FROM sessions s JOIN owners o ON o.owner = s.owner"
     " WHERE s.session = ? AND o.expires > ?"
 )
 _ENTRIES = (
@@ -104,7 +108,7 @@ _ENTRIES = (
     " JOIN owners o ON o.owner = s.owner WHERE o.expires > ? ORDER BY s.joined"
 )
 _CURRENT = (
-    "SELECT s.session, o.address, s.record FROM sessions s JOIN owners o ON o.owner = s.owner"
+    "SELECT s.session, s.owner, s.record FROM sessions s JOIN owners o ON o.owner = s.owner"
     " WHERE s.app = ? AND o.expires > ? ORDER BY s.joined DESC LIMIT 16"
 )
 
@@ -128,15 +132,16 @@ def check_folder(folder: object) -> str:
 class EmbeddedDirectory(SharedDirectory):
     """A directory for the processes of one machine, in ``folder``.
 
-    :param folder: an absolute path; created ``0700`` if missing. An existing
-        folder must belong to this user and be closed to others.
+    :param folder: an absolute path; created ``0700`` if missing. No other user may
+        be able to reach or replace it (:mod:`.folder` says what is checked).
     :param secret: signs hop requests; not needed (the folder keeps others out).
     :param lease: seconds the listeners of a silent (paused) owner stay listed.
     :param read_timeout: seconds a hop waits for the owner's answer (then 504).
-    :raises ValueError: a relative or too long path, or a folder others can use.
+    :raises ValueError: a relative or too long path, or a folder others can reach or
+        replace (:exc:`~.folder.UnsafeFolder`, with what to do).
     """
 
-    unreachable = (sqlite3.OperationalError, sqlite3.DatabaseError, StoreMismatch)
+    unreachable = (sqlite3.OperationalError, sqlite3.DatabaseError, StoreMismatch, UnsafeFolder)
 
     def __init__(
         self,
@@ -146,8 +151,8 @@ class EmbeddedDirectory(SharedDirectory):
         lease: float = 10.0,
         read_timeout: float = 60.0,
     ) -> None:
-        folder = check_folder(folder)
-        _prepare(folder)
+        # The path its links lead to, checked: used from now on (see .folder).
+        folder = check_folder(secure_folder(check_folder(folder), create=True))
         if isinstance(secret, str):
             secret = secret.encode()
         super().__init__(lease=lease, read_timeout=read_timeout, secret=secret or None)
@@ -184,6 +189,7 @@ class EmbeddedDirectory(SharedDirectory):
             return self._connections
 
     def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        secure_folder(self.folder, create=False)  # still this user's alone?
         reader = sqlite3.connect(
             self.database, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
@@ -273,12 +279,17 @@ class EmbeddedDirectory(SharedDirectory):
     def _new_owner(self) -> str:
         return f"{os.getpid()}-{secrets.token_hex(5)}"
 
-    def _socket(self, owner: str) -> str:
-        """The socket of ``owner``: computed from its id, inside the folder."""
-        return os.path.join(self.folder, f"{owner}.sock")
+    def _socket(self, owner: str) -> str | None:
+        """The socket of ``owner``: computed from its id, inside the folder, never taken
+        from the table; ``None`` for an id that no process makes."""
+        return os.path.join(self.folder, f"{owner}.sock") if _OWNER.match(owner) else None
 
     def _endpoint_address(self, owner: str) -> str:
-        return self._socket(owner)
+        try:
+            secure_folder(self.folder, create=False)  # still this user's alone?
+        except UnsafeFolder as error:
+            raise PermissionError(str(error)) from None
+        return os.path.join(self.folder, f"{owner}.sock")
 
     def _own_row(self, writer: sqlite3.Connection, now: float) -> bool:
         """Write this owner's row and its lease; whether the lease was still running (a
@@ -370,9 +381,9 @@ class EmbeddedDirectory(SharedDirectory):
     def _remove_socket(self, owner: str) -> None:
         """Remove the socket file a dead owner left: the path is computed from its id,
         never taken from a row, and only a socket is removed."""
-        if os.sep in owner or owner in (".", ".."):
-            return
         path = self._socket(owner)
+        if path is None:
+            return
         with contextlib.suppress(OSError):
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)
@@ -405,9 +416,9 @@ class EmbeddedDirectory(SharedDirectory):
             row = self._reader().execute(_LOCATE, (session, time.time())).fetchone()
         if row is None:
             return None
-        address, text = row
-        record = decode_record(text)
-        return None if record is None else Owner(record["owner"], address, record["app"])
+        owner, text = row
+        record, address = decode_record(text), self._socket(owner)
+        return None if record is None or address is None else Owner(owner, address, record["app"])
 
     def _store_changed(self) -> bool:
         # PRAGMA data_version changes when another connection commits: one cheap read
@@ -432,10 +443,10 @@ class EmbeddedDirectory(SharedDirectory):
     def _store_current(self, slug: str) -> tuple[str, Owner] | None:
         with self._read_lock:
             rows = self._reader().execute(_CURRENT, (slug, time.time())).fetchall()
-        for session, address, text in rows:
-            record = decode_record(text)
-            if record is not None:
-                return session, Owner(record["owner"], address, slug)
+        for session, owner, text in rows:
+            record, address = decode_record(text), self._socket(owner)
+            if record is not None and address is not None:
+                return session, Owner(owner, address, slug)
         return None
 
     def _store_probe(self) -> None:
@@ -460,7 +471,7 @@ class EmbeddedDirectory(SharedDirectory):
                         )
                         .fetchall()
                     )
-            except sqlite3.Error:
+            except self.unreachable:
                 continue
             for row_id, session, new_owner in rows:
                 self._seen_takeover = max(self._seen_takeover, row_id)
@@ -514,25 +525,3 @@ def _set_up(writer: sqlite3.Connection, database: str) -> None:
             writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
     if version < SCHEMA:
         writer.execute(f"PRAGMA user_version = {SCHEMA}")
-
-
-def _prepare(folder: str) -> None:
-    """Create ``folder`` 0700, or check that an existing one is this user's alone."""
-    try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"cannot create the directory folder {folder!r}: {error}") from None
-    info = os.stat(folder)
-    if not stat.S_ISDIR(info.st_mode):
-        raise ValueError(f"{folder!r} is not a folder")
-    if info.st_uid != os.getuid():
-        raise ValueError(
-            f"the folder {folder!r} belongs to another user: its permissions are the access"
-            " control of the embedded directory; use a folder of this user"
-        )
-    if info.st_mode & 0o077:
-        raise ValueError(
-            f"the folder {folder!r} is open to other users (mode {stat.filemode(info.st_mode)}):"
-            f" its permissions are the access control of the embedded directory; run"
-            f" 'chmod 700 {folder}' or name a new folder"
-        )
