@@ -87,6 +87,21 @@ def test_a_listener_login_and_the_host_login_live_side_by_side(browser: Browser)
         assert {("session", "/"), ("session", "/proxy/sessions/nb")} <= cookies
 
 
+def test_a_listener_cookie_named_as_the_withheld_host_cookie_reaches_it(browser: Browser) -> None:
+    """The host withholds its ``session`` cookie, and a Flask listener's cookie has the same
+    name (as Flask-Admin's has): the browser sends the listener's first (its path is
+    longer), only the host's is withheld, and both logins hold."""
+    with browser_host("withheld") as base, watched(browser) as page:
+        log_in(page, f"{base}/login", "host-user")
+        log_in(page, f"{base}/proxy/sessions/nb/login", "listener-user")
+        assert user_on(page, f"{base}/proxy/sessions/nb/whoami") == "listener-user"
+        assert user_on(page, f"{base}/whoami") == "host-user"
+        jar = {cookie["path"]: cookie["value"] for cookie in page.context.cookies()}
+        page.goto(f"{base}/proxy/sessions/nb/cookies")
+        seen = t.cast(str, page.locator("#cookie").text_content())
+        assert seen == f"session={jar['/proxy/sessions/nb']}", "the host's login was sent"
+
+
 def test_listener_cookies_work_with_the_host_session_withheld(browser: Browser) -> None:
     """Finding 2, in a browser: with the host's session cookie withheld (not every cookie,
     as forward_cookies=False did), Trac-like form tokens and the Django admin's CSRF and

@@ -20,6 +20,7 @@ from .support.cluster import (
     SECRET,
     RedisServer,
     Shared,
+    forge_rows,
     gunicorn,
     short_folder,
     start_session,
@@ -110,6 +111,44 @@ def test_an_empty_directory_has_no_listeners_and_stays_empty() -> None:
         shutil.rmtree(folder)
     assert (result.returncode, result.stdout) == (0, f"no live listeners in {folder}\n")
     assert (as_json.returncode, json.loads(as_json.stdout)) == (0, [])
+
+
+def test_what_a_terminal_would_act_on_is_shown_escaped() -> None:
+    """Found in review: status printed entries raw, so escape sequences in a forged session
+    id or address reached the operator's terminal (clear screen, window title, OSC 52 to
+    the clipboard). They are escaped as repr does, and invalid ids are marked."""
+    from wsgi_proxy_listen.cluster import EmbeddedDirectory
+
+    folder = short_folder()
+    try:
+        EmbeddedDirectory(folder).entries()  # the table, empty
+        live = 4102444800.0  # 2100
+        forge_rows(
+            folder,
+            ("9-0123456789", "/x\x1b]0;owned\x07.sock", live, "\x1b]52;c;ZXZpbA==\x07"),
+            ("8-0123456789", "/y.sock", live, "clear\x1b[2J\u202eme"),
+            ("7-0123456789", "/z.sock", live, "fine-id"),
+        )
+        result = run(sys.executable, "-m", "wsgi_proxy_listen", "status", folder)
+    finally:
+        shutil.rmtree(folder)
+    assert result.returncode == 0
+    assert not set(result.stdout) & {"\x1b", "\x07", "\u202e"}
+    lines = result.stdout.splitlines()
+    assert lines[1].split()[:5] == [
+        "'\\x1b]52;c;ZXZpbA==\\x07'",
+        "-",
+        "1",
+        "9-0123456789",
+        "/x\\x1b]0;owned\\x07.sock",
+    ]
+    assert lines[2].split()[0] == "'clear\\x1b[2J\\u202eme'"
+    assert lines[3].split()[0] == "fine-id"
+    assert lines[4:] == [
+        "3 listeners in 3 processes",
+        "2 of them with a session or app that is no valid id (shown quoted): written by"
+        " something else than this package",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import flask
 import pytest
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
-from wsgi_proxy_listen.cookies import confine, withhold
+from wsgi_proxy_listen.cookies import MAX_PER_ANSWER, confine, withhold
 
 from .support.wsgi import BufferedClient, checked
 
@@ -64,6 +64,14 @@ def test_confine(given: str, expected: str | None) -> None:
         ("csrftoken=x; sessionid=y; own=1", {"csrftoken", "sessionid"}, "own=1"),
         ("a=1; ; b=2", {"x"}, "a=1; b=2"),
         ("sessionx=1; xsession=2", {"session"}, "sessionx=1; xsession=2"),
+        # A browser sends the listener's cookie of the same name first (its path is longer).
+        ("session=listener; own=1; session=host", {"session"}, "session=listener; own=1"),
+        (
+            "session=l2; csrftoken=a; session=l1; session=host; csrftoken=b",
+            {"session", "csrftoken"},
+            "session=l2; csrftoken=a; session=l1",
+        ),
+        ("session=listener; session=host", set(), "session=listener; session=host"),
     ],
 )
 def test_withhold(cookie: str, names: set[str], expected: str) -> None:
@@ -292,3 +300,27 @@ def test_headers_that_act_on_the_whole_origin_are_dropped(
         assert answer.status_code == 200
         assert header[0] not in answer.headers
     assert "acts on the whole origin" in caplog.text
+
+
+def test_one_answer_sets_at_most_twenty_cookies(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: a listener could set cookies until the browser evicted the host's
+    login (Chromium keeps about 180 a site)."""
+
+    def floods(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+        cookies = [("Set-Cookie", f"c{index}=1") for index in range(200)]
+        start_response("200 OK", [("Content-Type", "text/plain"), *cookies])
+        return [b"ok"]
+
+    registry.listen(floods, session="s1")
+    answer = raw_client(ProxyMiddleware(lambda e, s: [], registry)).get(f"{PATH}/")
+    assert answer.status_code == 200
+    assert answer.headers.getlist("Set-Cookie") == [
+        f"c{index}=1; Path={PATH}" for index in range(MAX_PER_ANSWER)
+    ]
+    assert MAX_PER_ANSWER == 20
+    assert [record.getMessage() for record in caplog.records] == [
+        "dropped the cookies of a listener beyond 20 in one answer: they would evict the"
+        " host's from the browser"
+    ]

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import socket
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from werkzeug.test import Client
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory
 
-from .support.cluster import short_folder
+from .support.cluster import forge_rows, short_folder
 from .support.users import (
     HOST_UID,
     OTHER_UID,
@@ -300,21 +299,6 @@ os.waitpid(pid, 0)
 # -- what the host deletes and where it connects ----------------------------------------------
 
 
-def forge(folder: str, *rows: tuple[str, str, float, str | None]) -> None:
-    """Owner rows (owner, address, expires, a session it holds) written into the table as
-    anyone who can write it could."""
-    with sqlite3.connect(os.path.join(folder, "directory.sqlite3")) as table:
-        for owner, address, expires, session in rows:
-            table.execute(
-                "INSERT INTO owners VALUES (?, ?, ?, ?, ?)", (owner, 1, address, expires, 0)
-            )
-            if session is not None:
-                record = f'{{"v":1,"owner":"{owner}","app":null,"since":0}}'
-                table.execute(
-                    "INSERT INTO sessions VALUES (?, ?, NULL, 0, ?)", (session, owner, record)
-                )
-
-
 def test_cleanup_deletes_only_sockets_that_owner_ids_name_in_the_folder(folder: str) -> None:
     """The rows of dead owners name files by their address, or by an owner id that leads
     out of the folder: the host's clean-up removes neither, only the stale socket of a
@@ -334,7 +318,7 @@ def test_cleanup_deletes_only_sockets_that_owner_ids_name_in_the_folder(folder: 
         client = Client(ProxyMiddleware(Host(), registry))
         client.get("/")  # the table exists, and the heartbeat runs
         gone = time.time() - 60
-        forge(
+        forge_rows(
             folder,
             ("1-0123456789", victim, gone, None),
             (f"../{os.path.basename(outside)}/victim", victim, gone, None),
@@ -369,7 +353,7 @@ def test_a_row_never_says_where_to_connect(folder: str, caplog: pytest.LogCaptur
     plain = os.path.join(folder, "7-0123456789.sock")
     open(plain, "w").close()
     soon = time.time() + 60
-    forge(
+    forge_rows(
         folder,
         ("6-0123456789", elsewhere, soon, "by-address"),
         ("7-0123456789", elsewhere, soon, "by-file"),

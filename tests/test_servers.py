@@ -240,6 +240,18 @@ def test_text_in_a_list_body_is_a_500_before_the_first_byte(server: Server) -> N
     assert b"text, not bytes" not in answer.body
 
 
+@pytest.mark.parametrize("kind", ["text", "bytes", "bytearray"])
+def test_a_bare_str_or_bytes_iterable_is_a_500_before_the_first_byte(
+    server: Server, kind: str
+) -> None:
+    """Found in review: a str or bytes returned whole as the iterable was a 200 with a cut
+    body on every server (iterating it gives characters, or ints)."""
+    answer = get(server.port, f"/proxy/sessions/bare/{kind}")
+    assert answer.status == 500
+    assert b"a whole body" not in answer.body
+    assert answer.body == b"500 Internal Server Error: The listener failed to answer.\n"
+
+
 @pytest.mark.parametrize("name", ["gunicorn-gthread", "waitress"])
 def test_a_hanging_start_and_a_hanging_listener_leave_the_host_answering(name: str) -> None:
     """Finding 4: 8 clients wait on an auto-start that hangs and 8 on a listener that

@@ -36,6 +36,7 @@ import typing as t
 
 from .exceptions import DirectoryUnavailable
 from .naming import ENV_DIRECTORY, ENV_SECRET, check_name, open_directory
+from .routing import is_valid_id
 from .seam import shown_name
 
 if t.TYPE_CHECKING:
@@ -185,15 +186,15 @@ def _as_dict(entry: Entry, now: float) -> dict[str, object]:
 
 def _table(entries: list[Entry], now: float, name: str, out: t.TextIO) -> None:
     if not entries:
-        print(f"no live listeners in {name}", file=out)
+        print(f"no live listeners in {_printable(name)}", file=out)
         return
     rows = [("SESSION", "APP", "PID", "OWNER", "ADDRESS", "AGE")] + [
         (
-            entry.session,
-            entry.app or "-",
+            _id(entry.session),
+            "-" if entry.app is None else _id(entry.app),
             "-" if entry.pid is None else str(entry.pid),
-            entry.owner,
-            entry.address,
+            _printable(entry.owner),
+            _printable(entry.address),
             _age(now - entry.since),
         )
         for entry in entries
@@ -206,6 +207,27 @@ def _table(entries: list[Entry], now: float, name: str, out: t.TextIO) -> None:
     listeners = "listener" if len(entries) == 1 else "listeners"
     in_processes = "process" if processes == 1 else "processes"
     print(f"{len(entries)} {listeners} in {processes} {in_processes}", file=out)
+    invalid = sum(
+        not is_valid_id(entry.session) or (entry.app is not None and not is_valid_id(entry.app))
+        for entry in entries
+    )
+    if invalid:
+        print(
+            f"{invalid} of them with a session or app that is no valid id (shown quoted):"
+            " written by something else than this package",
+            file=out,
+        )
+
+
+def _printable(text: str) -> str:
+    """``text`` as it is if it is printable, else with what a terminal would act on
+    (escape sequences, other control characters) escaped, as ``repr`` does."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def _id(text: str) -> str:
+    """A session id or app slug as it is, or quoted and escaped if it is no valid id."""
+    return text if is_valid_id(text) else repr(text)
 
 
 def _age(seconds: float) -> str:

@@ -13,7 +13,15 @@ jar in the browser. Two rules keep them apart:
   ``__Host-`` cookie, which by definition belongs to the whole origin, is
   dropped. A listener can then never overwrite the host's login.
 - :func:`withhold` removes named host cookies from what a listener receives
-  (``ProxyMiddleware(forward_cookies=[...])``).
+  (``ProxyMiddleware(forward_cookies=[...])``). A name that the request carries
+  more than once is the host's cookie and the listener's own of that name: a
+  browser sends the cookies of longer paths first (RFC 6265 §5.4), and a
+  listener's are confined to its own path, longer than the host's, so only the
+  last one is withheld.
+
+A listener may set at most :data:`MAX_PER_ANSWER` cookies in one answer (the
+guard drops the rest, and says so), so that one page cannot fill the
+browser's jar for the origin and evict the host's login.
 
 Both work on the ``;``-separated segments of the header only: names and
 values are passed on byte for byte, nothing is decoded or re-quoted.
@@ -21,12 +29,15 @@ values are passed on byte for byte, nothing is decoded or re-quoted.
 
 from __future__ import annotations
 
-__all__ = ["confine", "withhold"]
+__all__ = ["MAX_PER_ANSWER", "confine", "withhold"]
 
 
 #: Browsers ignore an attribute value longer than this (RFC 6265bis §5.6), which
 #: would leave a Path to the browser's default.
 MAX_ATTRIBUTE = 1024
+#: The cookies one answer of a listener may set: browsers keep about 180 per site
+#: (Chromium), and evict the least recently used beyond.
+MAX_PER_ANSWER = 20
 
 
 def confine(set_cookie: str, path: str) -> str | None:
@@ -57,9 +68,15 @@ def _within(cookie_path: str, path: str) -> bool:
 
 
 def withhold(cookie: str, names: frozenset[str]) -> str:
-    """The ``Cookie`` header without the cookies called one of ``names``."""
-    return "; ".join(
-        pair
-        for pair in (segment.strip() for segment in cookie.split(";"))
-        if pair and pair.partition("=")[0].strip() not in names
-    )
+    """The ``Cookie`` header without the cookies called one of ``names``; of a name
+    that appears more than once, only the last (the host's) is withheld."""
+    pairs = [pair for pair in (segment.strip() for segment in cookie.split(";")) if pair]
+    last: dict[str, int] = {}
+    for index, pair in enumerate(pairs):
+        name = pair.partition("=")[0].strip()
+        if name in names:
+            last[name] = index
+    if not last:
+        return "; ".join(pairs)
+    withheld = set(last.values())
+    return "; ".join(pair for index, pair in enumerate(pairs) if index not in withheld)

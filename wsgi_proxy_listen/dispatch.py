@@ -172,30 +172,26 @@ class Dispatcher:
             if not isinstance(error, Exception):
                 raise  # SystemExit, KeyboardInterrupt, a green thread's timeout
             return failed(listener.session, guard, start_response, None, error)
-        try:
-            accepted = guard.accept(iterable)
-        except BaseException:
-            # The server's start_response refused what the guard let through.
-            if counted:
-                listener.done()
-            _close(iterable)
-            raise
-        if not accepted:
-            if counted:
-                listener.done()
-            return failed(listener.session, guard, start_response, iterable, None)
-        if counted:
-            return _Counted(iterable, listener.done)
-        return iterable
+        done = listener.done if counted else None
+        return _accepted(listener.session, guard, start_response, iterable, done)
 
     def forward(
-        self, destination: Destination, environ: WSGIEnvironment, start_response: StartResponse
+        self,
+        destination: Destination,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        path: str,
+        split: int,
     ) -> Iterable[bytes] | None:
         """Hand a request to where the directory found its listener, in another process,
         within the body limit (checked here, so that a body too large never takes the
         hop), without the withheld cookies (the other process may not withhold them),
         and within ``max_concurrency``, counted per session in this process: a
         listener that hangs elsewhere cannot hold every thread of this one either.
+
+        The answer passes the checks of a local listener's here again, against the
+        ``SCRIPT_NAME`` that this process computed (``path[:split]`` under its own):
+        the other process may run code that turned its own checks off.
 
         ``None``, with nothing sent, when the owner does not serve the session (any
         more): see :meth:`~wsgi_proxy_listen.seam.Destination.serve`."""
@@ -207,9 +203,10 @@ class Dispatcher:
                 return respond(start_response, 413)
             if self._withheld is not None:
                 self._withhold(environ)
+        guard = Guard(start_response, environ.get("SCRIPT_NAME", "") + path[:split])
         concurrency = self.max_concurrency
         if concurrency is None:
-            return destination.serve(environ, start_response)
+            return _relay(destination, environ, start_response, guard, None)
         session = destination.session
         with self._forwarding_lock:
             running = self._forwarding.get(session, 0)
@@ -217,15 +214,7 @@ class Dispatcher:
                 return respond(start_response, 503)
             self._forwarding[session] = running + 1
         done = _Release(self._forwarding, self._forwarding_lock, session)
-        try:
-            iterable = destination.serve(environ, start_response)
-        except BaseException:
-            done()
-            raise
-        if iterable is None:
-            done()
-            return None
-        return _Counted(iterable, done)
+        return _relay(destination, environ, start_response, guard, done)
 
     def _withhold(self, inner: WSGIEnvironment) -> None:
         """Remove the withheld host cookies (all of them, for ``forward_cookies=False``),
@@ -277,6 +266,51 @@ def serve_forwarded(
     ):
         return None
     return dispatcher.dispatch(listener, environ, start_response, path, route.split)
+
+
+def _relay(
+    destination: Destination,
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    guard: Guard,
+    done: Callable[[], None] | None,
+) -> Iterable[bytes] | None:
+    """The answer of ``destination``, checked by ``guard``; ``done`` when it ends."""
+    try:
+        iterable = destination.serve(environ, guard)
+    except BaseException:
+        if done is not None:
+            done()
+        raise
+    if iterable is None:
+        if done is not None:
+            done()
+        return None
+    return _accepted(destination.session, guard, start_response, iterable, done)
+
+
+def _accepted(
+    session: str,
+    guard: Guard,
+    start_response: StartResponse,
+    iterable: Iterable[bytes],
+    done: Callable[[], None] | None,
+) -> Iterable[bytes]:
+    """``iterable``, released to the server if the guard accepts it, else the answer for
+    what it refused; ``done`` when it ends."""
+    try:
+        accepted = guard.accept(iterable)
+    except BaseException:
+        # The server's start_response refused what the guard let through.
+        if done is not None:
+            done()
+        _close(iterable)
+        raise
+    if not accepted:
+        if done is not None:
+            done()
+        return failed(session, guard, start_response, iterable, None)
+    return iterable if done is None else _Counted(iterable, done)
 
 
 def is_bodyless(environ: WSGIEnvironment) -> bool:

@@ -25,7 +25,7 @@ import typing as t
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .answers import respond
-from .cookies import confine
+from .cookies import MAX_PER_ANSWER, confine
 from .exceptions import InvalidResponse
 from .headers import is_hop_by_hop, is_origin_wide
 from .routing import url_path
@@ -57,6 +57,8 @@ _VALID_HEADERS: set[tuple[str, str]] = set()
 # so that a listener that answers alike each time costs one set read for them all.
 _VALID_LISTS: set[tuple[tuple[str, str], ...]] = set()
 _CACHE_SIZE = 4096
+# A body returned whole instead of as an iterable of bytes.
+_BARE = (str, bytes, bytearray, memoryview)
 
 
 def _remember(cache: set[t.Any], item: object) -> None:
@@ -118,8 +120,18 @@ def _check_headers(
 def _confine_cookies(headers: list[tuple[str, str]], script_name: str) -> list[tuple[str, str]]:
     path = url_path(script_name)
     confined = []
+    cookies = 0
     for name, value in headers:
         if name.lower() == "set-cookie":
+            cookies += 1
+            if cookies > MAX_PER_ANSWER:
+                if cookies == MAX_PER_ANSWER + 1:
+                    logger.warning(
+                        "dropped the cookies of a listener beyond %d in one answer: they"
+                        " would evict the host's from the browser",
+                        MAX_PER_ANSWER,
+                    )
+                continue
             rewritten = confine(value, path)
             if rewritten is None:
                 logger.warning(
@@ -205,8 +217,9 @@ class Guard:
     def accept(self, iterable: Iterable[bytes] | None) -> bool:
         """The listener returned ``iterable``: release the held status and headers, and
         say so; or say that the answer cannot be sent (invalid status or headers, no
-        iterable, or a list or tuple body with text in it, which would reach the
-        server mid-answer), for :func:`failed` to answer instead."""
+        iterable, a list or tuple body with text in it, or a bare ``str`` or ``bytes``,
+        whose items are characters or ints: each would reach the server mid-answer),
+        for :func:`failed` to answer instead."""
         if self.invalid or iterable is None:
             return False
         kind = type(iterable)
@@ -214,6 +227,8 @@ class Guard:
             for chunk in iterable:
                 if type(chunk) is not bytes:
                     return False
+        elif isinstance(iterable, _BARE):
+            return False
         self.released = True
         held = self.held
         if held is not None and self.server_write is None:
@@ -267,6 +282,13 @@ def failed(
         logger.error("listener of session %r returned None, not an iterable", session)
     elif guard.invalid:
         logger.error("listener of session %r sent an invalid status line or header", session)
+    elif isinstance(iterable, _BARE):
+        logger.error(
+            "listener of session %r returned a bare %s, not an iterable of bytes: return"
+            " [body] instead",
+            session,
+            type(iterable).__name__,
+        )
     else:
         logger.error("listener of session %r returned text, not bytes, in its body", session)
     close = getattr(iterable, "close", None)

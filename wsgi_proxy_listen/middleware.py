@@ -130,7 +130,7 @@ class ProxyMiddleware:
             if listener is not None:
                 return self._dispatch(listener, environ, start_response, path, plain[1])
             if directory is not None and routing.is_valid_id(plain[0]):
-                return self._remote(directory, plain[0], environ, start_response)
+                return self._remote(directory, plain[0], environ, start_response, path, plain[1])
         if not path.startswith(self._owned):
             return self.app(environ, start_response)
         return self._checked(environ, start_response, path)
@@ -159,7 +159,7 @@ class ProxyMiddleware:
             if found is NOT_FOUND and self._directory is None and environ.get("wsgi.multiprocess"):
                 _warn_once_per_process()
             return respond(start_response, found.status)
-        answered = self._dispatcher.forward(found, environ, start_response)
+        answered = self._dispatcher.forward(found, environ, start_response, path, route.split)
         if answered is None and route.kind == routing.APP and is_bodyless(environ):
             # The app's member was closed meanwhile (an idle one, say): once more, to the
             # member after it or a new one. A request with a body is never sent twice.
@@ -168,7 +168,7 @@ class ProxyMiddleware:
                 return self._dispatch(again, environ, start_response, path, route.split)
             if isinstance(again, Answer):
                 return respond(start_response, again.status)
-            answered = self._dispatcher.forward(again, environ, start_response)
+            answered = self._dispatcher.forward(again, environ, start_response, path, route.split)
         return respond(start_response, 404) if answered is None else answered
 
     def _remote(
@@ -177,12 +177,14 @@ class ProxyMiddleware:
         session: str,
         environ: WSGIEnvironment,
         start_response: StartResponse,
+        path: str,
+        split: int,
     ) -> Iterable[bytes]:
         """A plain session route to a listener that this process does not have."""
         found = directory.locate(session, environ)
         if isinstance(found, Answer):
             return respond(start_response, found.status)
-        answered = self._dispatcher.forward(found, environ, start_response)
+        answered = self._dispatcher.forward(found, environ, start_response, path, split)
         return respond(start_response, 404) if answered is None else answered
 
     def _route(self, environ: WSGIEnvironment, path: str) -> routing.Route | Answer:

@@ -3,8 +3,8 @@
     python -m tests.support.browser_hosts shared PORT     # host cookies forwarded to listeners
     python -m tests.support.browser_hosts withheld PORT   # the host's session cookie withheld
 
-Both are Flask hosts with a login (``session`` cookie, Path=/). The first serves a Flask
-listener whose own session cookie has the same name; the second a Trac-like listener that
+Both are Flask hosts with a login (``session`` cookie, Path=/), and serve a Flask listener
+whose own session cookie has the same name; the second also a Trac-like listener that
 checks a form token against its cookie, and the Django admin, with a superuser ``admin``
 (password ``admin-password``) in a fresh SQLite database.
 """
@@ -18,6 +18,7 @@ import tempfile
 import typing as t
 
 import flask
+import markupsafe
 from werkzeug.serving import run_simple
 from werkzeug.wrappers import Request, Response
 
@@ -78,6 +79,11 @@ def flask_listener() -> flask.Flask:
     def whoami() -> str:
         user = flask.session.get("user", "nobody")
         return f'<!doctype html><head>{NO_ICON}</head><p id="user">{user}</p>'
+
+    @app.get("/cookies")
+    def cookies() -> str:
+        seen = markupsafe.escape(flask.request.headers.get("Cookie", ""))
+        return f'<!doctype html><head>{NO_ICON}</head><p id="cookie">{seen}</p>'
 
     return app
 
@@ -171,6 +177,7 @@ def main(kind: str, port: int) -> None:
         registry.listen(flask_listener(), session="nb")
     else:
         app = host(registry, forward_cookies=["session"])
+        registry.listen(flask_listener(), session="nb")
         registry.listen(form_token, session="trac")
         registry.listen(django_admin(), session="dj")
     print("ready", flush=True)

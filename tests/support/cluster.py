@@ -80,6 +80,19 @@ class RedisServer:
             client.close()
 
 
+def forge_rows(folder: str, *rows: tuple[str, str, float, str | None]) -> None:
+    """Owner rows (owner, address, expires, a session it holds) written into the embedded
+    table of ``folder`` directly, as anything that can write the table could."""
+    with contextlib.closing(sqlite3.connect(os.path.join(folder, "directory.sqlite3"))) as db, db:
+        for owner, address, expires, session in rows:
+            db.execute("INSERT INTO owners VALUES (?, ?, ?, ?, ?)", (owner, 1, address, expires, 0))
+            if session is not None:
+                record = json.dumps({"v": 1, "owner": owner, "app": None, "since": 0})
+                db.execute(
+                    "INSERT INTO sessions VALUES (?, ?, NULL, 0, ?)", (session, owner, record)
+                )
+
+
 def short_folder() -> str:
     """A fresh folder with a path short enough for Unix sockets (pytest's tmp_path is not)."""
     return tempfile.mkdtemp(prefix="wpl-", dir="/tmp")

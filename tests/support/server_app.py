@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -23,10 +24,23 @@ from werkzeug.wrappers import Request
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
+from . import boundary_runtime
+
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-registry = Registry()
+# TEST_DIRECTORY (and TEST_SECRET for Redis) share the listeners with runtimes, such as
+# tests/support/boundary_runtime.py; TEST_LOG_LEVEL logs this package's lines on stderr.
+registry = Registry(
+    directory=os.environ.get("TEST_DIRECTORY") or None,
+    secret=os.environ.get("TEST_SECRET") or None,
+)
+if os.environ.get("TEST_LOG_LEVEL"):
+    logging.basicConfig(
+        level=os.environ["TEST_LOG_LEVEL"],
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 closed: dict[str, int] = {}
 _lock = threading.Lock()
 CHUNK = b"x" * 65536
@@ -197,6 +211,16 @@ def text_chunk(environ: WSGIEnvironment, start_response: StartResponse) -> Itera
     return t.cast("Iterable[bytes]", ["text, not bytes"])
 
 
+def bare(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """A str or bytes returned as the iterable: iterating gives characters or ints."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    if environ["PATH_INFO"] == "/text":
+        return t.cast("Iterable[bytes]", "a whole body as str")
+    if environ["PATH_INFO"] == "/bytearray":
+        return t.cast("Iterable[bytes]", bytearray(b"a whole body as bytearray"))
+    return t.cast("Iterable[bytes]", b"a whole body as bytes")
+
+
 for name in ("a", "A", "other", "m"):
     registry.listen(named(name), session=name, app="sales" if name == "m" else None)
 registry.register_app("multi", multi_session=True)
@@ -230,6 +254,10 @@ registry.listen(iterator_headers, session="iterator-headers")
 registry.listen(appends_after, session="appends-after")
 registry.listen(lengths, session="lengths")
 registry.listen(text_chunk, session="text-chunk")
+registry.listen(bare, session="bare")
+registry.listen(boundary_runtime.hostile, session="hostile-local")
+registry.listen(boundary_runtime.headers, session="headers-local")
+registry.listen(boundary_runtime.stream, session="endless-local")
 
 STABLE = [f"stable-{i}" for i in range(8)]
 CHURNED = [f"churn-{i}" for i in range(8)]

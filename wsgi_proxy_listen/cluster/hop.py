@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..answers import Failure
-from ..headers import is_hop_by_hop, is_hop_by_hop_key
+from ..headers import is_hop_by_hop_key
 from ..routing import validate_prefix
 from .frames import (
     ABORT,
@@ -363,11 +363,8 @@ class HopClient:
             if kind != RESPONSE:
                 raise FrameError("an answer that is no RESPONSE")
             status, *pairs = decode_fields(payload)
-            headers = [
-                (name, value)
-                for name, value in zip(pairs[::2], pairs[1::2], strict=True)
-                if not is_hop_by_hop(name)
-            ]
+            # As the owner sent them: the host checks them as a local listener's.
+            headers = list(zip(pairs[::2], pairs[1::2], strict=True))
         except (FrameError, ValueError):
             connection.close()
             return Failure.BROKEN
