@@ -251,8 +251,9 @@ def test_a_link_of_this_user_is_followed_once(folder: str) -> None:
         os.unlink(link)
         os.symlink("second", link)
         registry = Registry(directory=directory)
+        client = Client(ProxyMiddleware(Host(), registry))
+        client.get("/")  # serving: what it registers now is published
         registry.listen(lambda request: "x", session="s")
-        Client(ProxyMiddleware(Host(), registry)).get("/")
         assert "directory.sqlite3" in os.listdir(first)
         assert os.listdir(second) == []
     finally:
@@ -314,9 +315,9 @@ def test_cleanup_deletes_only_sockets_that_owner_ids_name_in_the_folder(folder: 
         stale.close()
         directory = EmbeddedDirectory(folder, lease=0.3)
         registry = Registry(directory=directory)
-        registry.listen(lambda request: "x", session="mine")
         client = Client(ProxyMiddleware(Host(), registry))
-        client.get("/")  # the table exists, and the heartbeat runs
+        client.get("/")  # serving: the heartbeat runs
+        registry.listen(lambda request: "x", session="mine")  # published: the table exists
         gone = time.time() - 60
         forge_rows(
             folder,
@@ -342,24 +343,24 @@ def test_a_row_never_says_where_to_connect(folder: str, caplog: pytest.LogCaptur
     file of that name left as it is); a row of an owner id that no process makes is none."""
     directory = EmbeddedDirectory(folder, lease=3)
     registry = Registry(directory=directory)
-    registry.listen(lambda request: "x", session="mine")
     client = Client(ProxyMiddleware(Host(), registry))
-    client.get("/")
+    client.get("/")  # serving
+    registry.listen(lambda request: "x", session="mine")  # published: the table exists
     elsewhere = os.path.join(folder, "elsewhere.sock")
     trap = socket.socket(socket.AF_UNIX)
-    trap.bind(elsewhere)
-    trap.listen(8)
-    trap.setblocking(False)
-    plain = os.path.join(folder, "7-0123456789.sock")
-    open(plain, "w").close()
-    soon = time.time() + 60
-    forge_rows(
-        folder,
-        ("6-0123456789", elsewhere, soon, "by-address"),
-        ("7-0123456789", elsewhere, soon, "by-file"),
-        ("../elsewhere", elsewhere, soon, "by-id"),
-    )
     try:
+        trap.bind(elsewhere)
+        trap.listen(8)
+        trap.setblocking(False)
+        plain = os.path.join(folder, "7-0123456789.sock")
+        open(plain, "w").close()
+        soon = time.time() + 60
+        forge_rows(
+            folder,
+            ("6-0123456789", elsewhere, soon, "by-address"),
+            ("7-0123456789", elsewhere, soon, "by-file"),
+            ("../elsewhere", elsewhere, soon, "by-id"),
+        )
         with caplog.at_level(logging.WARNING, logger="wsgi_proxy_listen"):
             assert client.get("/proxy/sessions/by-id/").status_code == 404
             for session in ("by-address", "by-file"):
