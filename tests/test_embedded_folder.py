@@ -22,6 +22,7 @@ from werkzeug.test import Client
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory
+from wsgi_proxy_listen.cluster.folder import UnsafeFolder, secure_folder
 
 from .support.cluster import forge_rows, short_folder
 from .support.users import (
@@ -192,6 +193,26 @@ def test_the_folder_is_created_closed_to_others(folder: str) -> None:
     EmbeddedDirectory(path)
     for made in (path, os.path.dirname(path)):
         assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
+
+
+def test_a_folder_that_a_sibling_worker_creates_first_is_taken(
+    folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers of one server start together: the one whose mkdir loses the race checks
+    the folder the other made, and starts (gunicorn stops the whole server otherwise)."""
+    path = os.path.join(folder, "new")
+    mkdir = os.mkdir
+
+    def sibling_first(target: str, mode: int = 0o777) -> None:
+        mkdir(target, mode)  # the sibling's, between this worker's lstat and its mkdir
+        raise FileExistsError(target)
+
+    monkeypatch.setattr(os, "mkdir", sibling_first)
+    assert secure_folder(path, create=True) == path
+    monkeypatch.undo()
+    os.chmod(path, 0o755)
+    with pytest.raises(UnsafeFolder, match="chmod 700"):
+        secure_folder(path, create=True)  # what the sibling made is checked as any folder
 
 
 @pytest.mark.parametrize(

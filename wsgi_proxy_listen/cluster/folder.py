@@ -22,6 +22,7 @@ socket is opened anew: after a fork, after an outage.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -60,7 +61,9 @@ def secure_folder(folder: str, *, create: bool) -> str:
             if not create:
                 raise UnsafeFolder(f"the directory folder {folder!r} is gone ({path!r})") from None
             try:
-                os.mkdir(path, 0o700)
+                # another process (a sibling worker) may make it first: then check it as found
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path, 0o700)
                 info = os.lstat(path)
             except OSError as error:
                 raise UnsafeFolder(
