@@ -143,6 +143,7 @@ def timing_cases(quick: bool) -> dict[str, Callable[[], None]]:
         cases[f"ours: WSGI listener [{size}]"] = serve(wsgi, hit_env)
         cases[f"ours: request handler [{size}]"] = serve(handler, hit_env)
         cases[f"ours: 404 miss [{size}]"] = serve(wsgi, miss_env)
+    cases.update(access_cases())
     dispatcher = DispatcherMiddleware(host, {"/proxy/sessions/target": wsgi_listener})
     cases["DispatcherMiddleware: pass-through"] = serve(dispatcher, host_env)
     cases["DispatcherMiddleware: hit"] = serve(dispatcher, hit_env)
@@ -154,6 +155,46 @@ def timing_cases(quick: bool) -> dict[str, Callable[[], None]]:
     flask_app.add_url_rule("/proxy/sessions/target/x", "x", lambda: request_handler(flask.request))
     cases["Flask route: request handler"] = serve(flask_app, hit_env)
     return cases
+
+
+def access_cases() -> dict[str, Callable[[], None]]:
+    """What the host's login costs: a public listener behind a middleware with a login
+    (nobody is asked), and a protected one, whose request reads the host's session once:
+    through Flask-Login on Flask's signed cookie, as ``ProxyListen`` wires it."""
+    import flask_login
+
+    from wsgi_proxy_listen.flask import ProxyListen
+
+    app = flask.Flask("bench-login")
+    app.secret_key = "bench-secret"
+    manager = flask_login.LoginManager(app)
+
+    class User(flask_login.UserMixin):  # type: ignore[misc]
+        def __init__(self, name: str) -> None:
+            self.id = name
+
+    manager.user_loader(User)
+
+    @app.get("/login")
+    def login() -> str:
+        flask_login.login_user(User("alice"))
+        return "in"
+
+    registry = registry_with(1, wsgi_listener, access={"alice"})
+    registry.listen(wsgi_listener, session="open", kind="wsgi")
+    ProxyListen(app, registry=registry)
+    client = app.test_client()
+    client.get("/login")
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    logged_in = server_environ("/proxy/sessions/target/x")
+    logged_in["HTTP_COOKIE"] = f"session={cookie.value}"
+    public = server_environ("/proxy/sessions/open/x")
+    public["HTTP_COOKIE"] = logged_in["HTTP_COOKIE"]
+    return {
+        "ours: public listener, host with a login": serve(app.wsgi_app, public),
+        "ours: alice's listener, Flask-Login": serve(app.wsgi_app, logged_in),
+    }
 
 
 def breakdown_cases() -> dict[str, Callable[[], None]]:
@@ -290,8 +331,18 @@ def main(argv: list[str] | None = None) -> None:
             ">= 2",
         ),
     ]
+    rows.append(
+        (
+            "public listener dispatch, host with / without a login",
+            results["ours: public listener, host with a login"]
+            / results["ours: WSGI listener [1]"],
+            "<= 1.1",
+        )
+    )
     dispatch_us = above("ours: WSGI listener [1]") / 1000
     print(f"\na hit on a WSGI listener costs {dispatch_us:.2f} µs above the bare app (watched)")
+    protected_us = above("ours: alice's listener, Flask-Login") / 1000
+    print(f"a hit on alice's listener, Flask-Login asked, costs {protected_us:.2f} µs (watched)")
     small, large = listen_close_ns(1, rounds), listen_close_ns(largest, rounds)
     rows.append((f"listen()+close(), {largest:,} / 1 listeners", large / small, "<= 1.1"))
     members = 20_000 if options.quick else 200_000

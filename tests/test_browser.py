@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import typing as t
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -122,3 +123,43 @@ def test_listener_cookies_work_with_the_host_session_withheld(browser: Browser) 
         assert "Site administration" in t.cast(str, page.text_content("h1"))
         assert page.evaluate("getComputedStyle(document.body).fontFamily") != "", "styled"
         assert user_on(page, f"{base}/whoami") == "host-user"
+
+
+@pytest.mark.parametrize(
+    ("kind", "login_path"), [("flask", "/login"), ("django", "/accounts/login/")]
+)
+def test_the_hosts_login_stands_in_front_of_its_listeners(
+    browser: Browser, kind: str, login_path: str
+) -> None:
+    """A Flask-Login host and a Django auth host, found by the integrations without a line
+    of configuration: a listener for alice sends a browser that is not logged in to the
+    host's login page and back to where it was going; it shows alice as REMOTE_USER; bob,
+    logged in, gets 403; a public listener asks nobody."""
+    with served("tests.support.login_hosts", kind) as base:
+        browser.clear_cookies()
+        alices = f"{base}/proxy/sessions/alices/report?year=2026"
+        with watched(browser, expected=[f"403 {alices}"]) as page:
+            assert user_on(page, f"{base}/proxy/sessions/open/") == "nobody"
+            page.goto(alices)
+            assert urlsplit(page.url).path == login_path
+            assert parse_qs(urlsplit(page.url).query)["next"] == [
+                "/proxy/sessions/alices/report?year=2026"
+            ]
+            page.fill("input[name=username]", "alice")
+            page.fill("input[name=password]", "alice-password")
+            with page.expect_navigation(url=alices):
+                page.click("button")
+            assert page.locator("#user").text_content() == "alice"
+            assert page.locator("#path").text_content() == "/report?year=2026"
+            assert user_on(page, f"{base}/proxy/sessions/members/") == "alice"
+            assert user_on(page, f"{base}/proxy/sessions/open/") == "nobody"
+
+            browser.clear_cookies()
+            page.goto(f"{base}{login_path}")
+            page.fill("input[name=username]", "bob")
+            page.fill("input[name=password]", "bob-password")
+            with page.expect_navigation():
+                page.click("button")
+            assert user_on(page, f"{base}/proxy/sessions/members/") == "bob"
+            assert page.goto(alices).status == 403
+            assert t.cast(str, page.text_content("body")).startswith("403 ")

@@ -48,10 +48,12 @@ class Workers:
         self.made.append(directory)
         return directory
 
-    def worker(self, **options: t.Any) -> tuple[t.Any, Registry, Client]:
+    def worker(
+        self, authenticate: t.Any = None, **options: t.Any
+    ) -> tuple[t.Any, Registry, Client]:
         directory = self.directory(**options)
         registry = Registry(directory=directory)
-        client = Client(ProxyMiddleware(Host(), registry))
+        client = Client(ProxyMiddleware(Host(), registry, authenticate=authenticate))
         client.get("/", buffered=True)  # the first request starts the directory's threads
         return directory, registry, client
 
@@ -222,6 +224,48 @@ def test_an_app_started_in_one_worker_answers_in_another(workers: Workers) -> No
     for path in ["/proxy/apps/dash/", "/proxy/apps/dash/sessions/d1/", "/proxy/sessions/d1/"]:
         assert b_client.get(path, buffered=True).data == b"dashboard in a", path
     assert b_client.get("/proxy/apps/other/sessions/d1/", buffered=True).status_code == 404
+
+
+def test_the_access_a_listener_declares_holds_in_every_worker(workers: Workers) -> None:
+    """The worker that receives a request decides who may reach a listener of another,
+    from the access its owner published; the owner's listener gets the user it let in as
+    REMOTE_USER, and never one that the receiving worker's server set."""
+    users = {"a": "alice", "b": "bob"}
+
+    def login(environ: dict[str, t.Any]) -> str | None:
+        return users.get(environ.get("HTTP_X_USER", ""))
+
+    _, a, _ = workers.worker(authenticate=login)
+    _, _, b = workers.worker(authenticate=login)
+    a.listen(lambda request: f"hello {request.remote_user}", session="s", access={"alice"})
+    a.listen(lambda request: f"public {request.remote_user}", session="p")
+    forged = {"REMOTE_USER": "admin"}
+
+    def get(path: str, user: str) -> tuple[int, bytes]:
+        response = b.get(path, headers={"X-User": user}, environ_overrides=forged, buffered=True)
+        return response.status_code, response.data
+
+    assert get("/proxy/sessions/s/", "")[0] == 401
+    assert get("/proxy/sessions/s/", "b")[0] == 403
+    assert get("/proxy/sessions/s/", "a") == (200, b"hello alice")
+    assert get("/proxy/sessions/p/", "a") == (200, b"public None")
+
+
+def test_an_app_access_holds_in_a_worker_that_has_no_member(workers: Workers) -> None:
+    users = {"a": "alice", "b": "bob"}
+
+    def login(environ: dict[str, t.Any]) -> str | None:
+        return users.get(environ.get("HTTP_X_USER", ""))
+
+    _, a, _ = workers.worker(authenticate=login)
+    _, b, b_client = workers.worker(authenticate=login)
+    for registry in (a, b):
+        registry.register_app("dash", access={"alice"})
+    a.listen(text("dashboard in a"), session="d1", app="dash")
+    for path in ["/proxy/apps/dash/", "/proxy/apps/dash/sessions/d1/", "/proxy/sessions/d1/"]:
+        for user, status in (("", 401), ("b", 403), ("a", 200)):
+            response = b_client.get(path, headers={"X-User": user}, buffered=True)
+            assert response.status_code == status, (path, user)
 
 
 def test_concurrent_listens_in_one_worker_stay_published(workers: Workers) -> None:

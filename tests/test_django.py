@@ -224,6 +224,12 @@ def manage_check(setting: str, **environment: str) -> subprocess.CompletedProces
         ('{"SECRET": 5, "DIRECTORY": "/tmp/x"}', "wsgi_proxy_listen.E008"),
         ('{"SECRET": ["s3"]}', "wsgi_proxy_listen.E008"),
         ('{None: 1, "PREFX": "/p", 2: 3}', "wsgi_proxy_listen.E002"),
+        ('{"AUTHENTICATE": 5}', "wsgi_proxy_listen.E009"),
+        ('{"AUTHENTICATE": "no_such_module.user"}', "wsgi_proxy_listen.E009"),
+        ('{"DEFAULT_ACCESS": "everyone"}', "wsgi_proxy_listen.E010"),
+        ('{"DEFAULT_ACCESS": None}', "wsgi_proxy_listen.E010"),
+        ('{"DEFAULT_ACCESS": []}', "wsgi_proxy_listen.E010"),
+        ('{"LOGIN_URL": "accounts/login"}', "wsgi_proxy_listen.E011"),
     ],
 )
 def test_manage_check_reports_a_wrong_setting_with_its_id(setting: str, found: str) -> None:
@@ -285,7 +291,10 @@ def test_manage_check_reports_every_problem_at_once() -> None:
 
 
 def test_manage_check_passes_good_settings() -> None:
-    good = '{"PREFIX": "/tools", "DIRECTORY": "/tmp/x", "FORWARD_COOKIES": ["sessionid"]}'
+    good = (
+        '{"PREFIX": "/tools", "DIRECTORY": "/tmp/x", "FORWARD_COOKIES": ["sessionid"],'
+        ' "AUTHENTICATE": False, "DEFAULT_ACCESS": "authenticated", "LOGIN_URL": "/in/"}'
+    )
     result = manage_check(good)
     assert (result.returncode, result.stdout.strip()) == (
         0,
@@ -304,3 +313,28 @@ def test_every_check_id_is_what_start_up_raises_for() -> None:
         assert error.id == "wsgi_proxy_listen.E006"
         with pytest.raises(ImproperlyConfigured, match="MAX_CONCURRENCY: invalid max_concurrency"):
             get_wsgi_application(registry=Registry())
+
+
+def header_user(environ: dict[str, object]) -> str | None:
+    return t.cast("str | None", environ.get("HTTP_X_USER"))
+
+
+def test_the_login_settings_reach_the_middleware() -> None:
+    """The example project has no django.contrib.auth: its login is the one named."""
+    registry = Registry()
+    registry.listen(lambda request: f"hi {request.remote_user}", session="s", access={"ann"})
+    config = {
+        "AUTHENTICATE": f"{__name__}.header_user",
+        "DEFAULT_ACCESS": ["ann"],
+        "LOGIN_URL": "/in/",
+    }
+    with override_settings(WSGI_PROXY_LISTEN=config):
+        application = get_wsgi_application(registry=registry)
+    assert application.authenticate is header_user
+    assert (application.default_access, application.login_url) == (frozenset({"ann"}), "/in/")
+    client = BufferedClient(application)
+    assert client.get("/proxy/sessions/s/", headers={"X-User": "ann"}).data == b"hi ann"
+    refused = client.get("/proxy/sessions/s/", headers={"Accept": "text/html"})
+    assert refused.headers["Location"] == "/in/?next=%2Fproxy%2Fsessions%2Fs%2F"
+    with override_settings(WSGI_PROXY_LISTEN={}):
+        assert get_wsgi_application(registry=registry).authenticate is None  # no auth app

@@ -127,3 +127,83 @@ def test_default_registry_when_none_given() -> None:
 
     assert ProxyListen().registry is default_registry
     assert repr(ProxyListen()) == f"<ProxyListen registry={default_registry!r}>"
+
+
+def login_app(login_view: str | None = "login") -> flask.Flask:
+    """A host with Flask-Login: ``/login?user=NAME`` logs NAME in."""
+    import flask_login
+
+    app = make_app()
+    app.secret_key = "test-secret"
+    manager = flask_login.LoginManager(app)
+    manager.login_view = login_view  # type: ignore[assignment]
+    torn_down: list[str] = []
+    app.extensions["torn_down"] = torn_down
+
+    class User(flask_login.UserMixin):
+        def __init__(self, name: str) -> None:
+            self.id = name
+
+    manager.user_loader(User)
+
+    @app.get("/login")
+    def login() -> str:
+        flask_login.login_user(User(flask.request.args["user"]))
+        return "in"
+
+    app.before_request(lambda: torn_down.append("before_request"))
+    app.teardown_request(lambda error: torn_down.append("torn down"))
+    return app
+
+
+def test_flask_login_is_the_hosts_login_by_itself(registry: Registry) -> None:
+    app = login_app()
+    ProxyListen(app, registry=registry)
+    registry.listen(lambda request: f"hi {request.remote_user}", session="s", access={"alice"})
+    client = app.test_client()
+    refused = client.get("/proxy/sessions/s/x?y=1", headers={"Accept": "text/html"})
+    assert refused.status_code == 302
+    assert refused.headers["Location"] == "/login?next=%2Fproxy%2Fsessions%2Fs%2Fx%3Fy%3D1"
+    assert client.get("/proxy/sessions/s/").status_code == 401
+    client.get("/login?user=bob")
+    assert client.get("/proxy/sessions/s/").status_code == 403
+    client.get("/login?user=alice")
+    torn_down = app.extensions["torn_down"]
+    torn_down.clear()
+    assert client.get("/proxy/sessions/s/").data == b"hi alice"
+    assert torn_down == ["torn down"], "no hook ran; the context pushed to read the user was popped"
+
+
+def test_flask_login_without_a_login_view_answers_401(registry: Registry) -> None:
+    app = login_app(login_view=None)
+    ProxyListen(app, registry=registry)
+    registry.listen(lambda request: "hi", session="s", access="authenticated")
+    answer = app.test_client().get("/proxy/sessions/s/", headers={"Accept": "text/html"})
+    assert answer.status_code == 401
+
+
+def test_authenticate_false_turns_the_login_off(registry: Registry) -> None:
+    app = login_app()
+    app.config["WSGI_PROXY_LISTEN"] = {"AUTHENTICATE": False, "LOGIN_URL": "/elsewhere"}
+    ProxyListen(app, registry=registry)
+    registry.listen(lambda request: "hi", session="s", access="authenticated")
+    client = app.test_client()
+    client.get("/login?user=alice")
+    assert client.get("/proxy/sessions/s/").status_code == 401
+    answer = client.get("/proxy/sessions/s/", headers={"Accept": "text/html"})
+    assert answer.headers["Location"] == "/elsewhere?next=%2Fproxy%2Fsessions%2Fs%2F"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        pytest.param({"AUTHENTICATE": 5}, "authenticate must be", id="authenticate"),
+        pytest.param({"DEFAULT_ACCESS": "all"}, "invalid DEFAULT_ACCESS 'all'", id="access"),
+        pytest.param({"LOGIN_URL": "in"}, "invalid login_url 'in'", id="login-url"),
+    ],
+)
+def test_bad_login_config_raises_value_error(config: object, message: str) -> None:
+    app = make_app()
+    app.config["WSGI_PROXY_LISTEN"] = config
+    with pytest.raises(ValueError, match=message):
+        ProxyListen(app, registry=Registry())

@@ -97,6 +97,7 @@ def test_every_worker_reaches_every_runtime(shared: Shared) -> None:
                 "script_name": f"/proxy/sessions/{session}",
                 "path_info": "/a/b",
                 "query": "q=1&r=%20",
+                "remote_user": None,
                 "size": 0,
                 "sha256": hashlib.sha256(b"").hexdigest(),
             }
@@ -107,6 +108,27 @@ def test_every_worker_reaches_every_runtime(shared: Shared) -> None:
                     len(body),
                     hashlib.sha256(body).hexdigest(),
                 )
+
+
+def test_a_runtime_listener_for_one_user_is_closed_to_others_in_every_worker(
+    shared: Shared,
+) -> None:
+    """The access a runtime declares is published with its listener: every worker of the
+    host asks its own login (here the X-User header) and answers the same, and the
+    runtime sees the user that the worker let in."""
+    with (
+        gunicorn(shared.name, workers=2, app="tests.support.login_hosts:app") as host,
+        runtime(shared, "private", "alice-only") as job,
+    ):
+        path = "/proxy/sessions/private/"
+        for user, status in (("", 401), ("bob", 403), ("alice", 200)):
+            answers = concurrently(
+                20, 4, lambda user=user: get(host.port, path, headers=f"X-User: {user}\r\n")
+            )
+            assert Counter(answer.status for answer in answers) == Counter({status: 20}), user
+        echoed = json.loads(get(host.port, path, headers="X-User: alice\r\n").body)
+        assert (echoed["pid"], echoed["remote_user"]) == (job.pid, "alice")
+        assert len(set(host.worker_pids())) == 2
 
 
 def until(port: int, path: str, wanted: int, seconds: float) -> tuple[list[int], float]:
@@ -235,6 +257,7 @@ def test_a_host_with_another_prefix_reaches_a_runtime(shared: Shared) -> None:
                 "script_name": "/tools/sessions/job-1",
                 "path_info": "/a",
                 "query": "q=1",
+                "remote_user": None,
                 "size": 0,
                 "sha256": hashlib.sha256(b"").hexdigest(),
             }

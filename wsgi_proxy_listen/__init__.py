@@ -28,7 +28,7 @@ The module-level functions work on :data:`default_registry`.
 from __future__ import annotations
 
 import typing as t
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
 
 from .exceptions import DirectoryUnavailable, InvalidResponse
@@ -69,6 +69,7 @@ def listen(
     request_class: type | None = None,
     options: Mapping[str, t.Any] | None = None,
     max_concurrency: int | None = None,
+    access: str | Collection[str] | None = None,
 ) -> Listener:
     """:meth:`Registry.listen` on :data:`default_registry`."""
     return default_registry.listen(
@@ -79,6 +80,7 @@ def listen(
         request_class=request_class,
         options=options,
         max_concurrency=max_concurrency,
+        access=access,
     )
 
 
@@ -101,6 +103,7 @@ def register_app(
     max_waiting: int = 4,
     idle_timeout: float | None = None,
     stop: t.Callable[[str], object] | None = None,
+    access: str | Collection[str] | None = None,
 ) -> App:
     """:meth:`Registry.register_app` on :data:`default_registry`."""
     return default_registry.register_app(
@@ -111,6 +114,7 @@ def register_app(
         max_waiting=max_waiting,
         idle_timeout=idle_timeout,
         stop=stop,
+        access=access,
     )
 
 

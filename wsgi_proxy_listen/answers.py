@@ -3,9 +3,10 @@ Answers
 =======
 
 The short plain-text answers that the middleware gives itself: 400 for a
-malformed path, 404 where no listener answers, 413 for a body too large, 500
-for a listener that failed, 503 while a listener is not available, 504 for
-one that did not answer in time. Each is ``text/plain; charset=utf-8`` with
+malformed path, 404 where no listener answers, 302 (to the host's login), 401
+and 403 for a caller that may not reach a listener (:mod:`.access`), 413 for a
+body too large, 500 for a listener that failed, 503 while a listener is not
+available, 504 for one that did not answer in time. Each is ``text/plain; charset=utf-8`` with
 ``X-Content-Type-Options: nosniff`` and a ``Content-Length``, and its body
 never echoes the path, an id or a registered name, so nothing a stranger sends
 is reflected back.
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 _MESSAGES = {
+    302: "Log in to continue.",
     401: "Authentication is required.",
     403: "This request is not allowed.",
     400: "This address is not valid for a listener.",
@@ -57,9 +59,7 @@ def _answer(status: int) -> tuple[str, list[tuple[str, str]], bytes]:
         ("Content-Length", str(len(body))),
         ("X-Content-Type-Options", "nosniff"),
     ]
-    if status == 401:
-        headers.append(("WWW-Authenticate", "Bearer"))
-    elif status == 503:
+    if status == 503:
         # Every 503 of the middleware is passing (a start, a limit, an outage).
         headers.append(("Retry-After", "1"))
     return f"{status} {phrase}", headers, body
@@ -106,13 +106,19 @@ FAILURE_STATUS: dict[Failure, int] = {
 
 
 def respond(
-    start_response: StartResponse, status: int, exc_info: OptExcInfo | None = None
+    start_response: StartResponse,
+    status: int,
+    exc_info: OptExcInfo | None = None,
+    *,
+    extra: Iterable[tuple[str, str]] = (),
 ) -> list[bytes]:
+    """The plain answer for ``status``, with ``extra`` headers (a challenge, a
+    ``Location``)."""
     status_line, headers, body = _ANSWERS[status]
     if exc_info is None:
-        start_response(status_line, list(headers))
+        start_response(status_line, [*headers, *extra])
     else:
-        start_response(status_line, list(headers), exc_info)
+        start_response(status_line, [*headers, *extra], exc_info)
     return [body]
 
 

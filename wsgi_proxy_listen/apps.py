@@ -36,6 +36,7 @@ import time
 import typing as t
 from collections import OrderedDict
 
+from .access import Access, access_to_record, check_access
 from .answers import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, Answer
 from .dispatch import check_limit
 from .exceptions import DirectoryUnavailable
@@ -47,7 +48,7 @@ if t.TYPE_CHECKING:
 
     from _typeshed.wsgi import WSGIEnvironment
 
-    from .seam import Destination, Directory
+    from .seam import Destination, Directory, Registered
     from .sharing import Sharing
 
 __all__ = ["App", "Apps", "check_idle_timeout"]
@@ -116,9 +117,14 @@ class App:
     member is found idle it leaves the app (the generic path starts a new session)
     and takes no new request (503 with ``Retry-After`` on its session routes). Needs
     ``idle_timeout``."""
+    access: Access | None
+    """Who may reach the app's routes, and its members that declare no access of their
+    own (:mod:`wsgi_proxy_listen.access`); ``None``: the middleware's
+    ``default_access``."""
 
     __slots__ = (
         "_apps",
+        "access",
         "idle_timeout",
         "max_waiting",
         "multi_session",
@@ -139,7 +145,9 @@ class App:
         max_waiting: int,
         idle_timeout: float | None,
         stop: t.Callable[[str], object] | None,
+        access: object = None,
     ) -> None:
+        self.access = check_access(access)
         if not isinstance(multi_session, bool):
             raise TypeError(f"multi_session must be True or False, not {multi_session!r}")
         if start is not None and not callable(start):
@@ -182,11 +190,12 @@ class App:
         return self._apps.url(app=self.slug, path=path, environ=environ)
 
     def __repr__(self) -> str:
+        access = "" if self.access is None else f" access={access_to_record(self.access)!r}"
         return (
             f"<App {self.slug!r} multi_session={self.multi_session!r}"
             f" start={self.start!r} start_timeout={self.start_timeout!r}"
             f" max_waiting={self.max_waiting!r} idle_timeout={self.idle_timeout!r}"
-            f" stop={self.stop!r}>"
+            f" stop={self.stop!r}{access}>"
         )
 
 
@@ -261,6 +270,17 @@ class Apps:
     def get(self, slug: str) -> App | None:
         """The declaration of ``slug``, or ``None``. Takes no lock."""
         return self._declared.get(slug)
+
+    def access(self, slug: str | None) -> Access | None:
+        """The access that the declaration of ``slug`` gives, or ``None``."""
+        declaration = None if slug is None else self._declared.get(slug)
+        return None if declaration is None else declaration.access
+
+    def access_of(self, listener: Listener | Registered) -> Access | None:
+        """Who may reach ``listener``, as declared: its own access, else its app's;
+        ``None`` leaves it to the middleware's ``default_access``."""
+        access = listener.access
+        return self.access(listener.app) if access is None else access
 
     # -- membership -------------------------------------------------------------------------
 

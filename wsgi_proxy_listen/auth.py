@@ -93,7 +93,7 @@ def require_bearer(
     ) -> Iterable[bytes]:
         if _authorized(environ.get("HTTP_AUTHORIZATION"), current):
             return inner(environ, start_response)
-        return respond(start_response, 401)
+        return respond(start_response, 401, extra=[("WWW-Authenticate", "Bearer")])
 
     name = getattr(listener, "__qualname__", type(listener).__qualname__)
     bearer_protected.__qualname__ = f"require_bearer({name})"

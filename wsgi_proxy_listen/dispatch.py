@@ -119,6 +119,7 @@ class Dispatcher:
         max_content_length: int | None = None,
         forward_cookies: bool | Collection[str] = True,
         max_concurrency: int | None = None,
+        users: bool = False,
     ) -> None:
         check_content_length(max_content_length)
         check_limit("max_concurrency", max_concurrency)
@@ -131,8 +132,11 @@ class Dispatcher:
             else t.cast(frozenset[str], self._withheld)
         )
         self.max_concurrency = max_concurrency
-        # Whether a request may need more than the plain dispatch (cookies or limits).
-        self._options = self._withheld is not None or max_concurrency is not None
+        # Whether the middleware says who the user is: then the REMOTE_USER a listener
+        # gets is the one it gives, or none (never one the server set).
+        self._users = users
+        # Whether a request may need more than the plain dispatch (cookies, limits, user).
+        self._options = self._withheld is not None or max_concurrency is not None or users
         # Requests on their way to a listener of another process, by session.
         self._forwarding: dict[str, int] = {}
         self._forwarding_lock = threading.Lock()
@@ -144,8 +148,10 @@ class Dispatcher:
         start_response: StartResponse,
         path: str,
         split: int,
+        user: str | None = None,
     ) -> Iterable[bytes]:
-        """Call the listener with a copy of the environ, its start_response checked."""
+        """Call the listener with a copy of the environ, its start_response checked;
+        ``user`` is its ``REMOTE_USER``, the one the middleware let in."""
         limit = self.max_content_length
         inner = environ.copy()
         if limit is not None and not _bound_body(inner, limit):
@@ -154,6 +160,8 @@ class Dispatcher:
         inner["PATH_INFO"] = path[split:]
         counted = False
         if self._options or listener.counted:
+            if self._users:
+                _set_user(inner, user)
             if self._withheld is not None:
                 self._withhold(inner)
             concurrency = listener.max_concurrency or self.max_concurrency
@@ -182,12 +190,14 @@ class Dispatcher:
         start_response: StartResponse,
         path: str,
         split: int,
+        user: str | None = None,
     ) -> Iterable[bytes] | None:
         """Hand a request to where the directory found its listener, in another process,
         within the body limit (checked here, so that a body too large never takes the
         hop), without the withheld cookies (the other process may not withhold them),
         and within ``max_concurrency``, counted per session in this process: a
         listener that hangs elsewhere cannot hold every thread of this one either.
+        ``user`` travels as ``REMOTE_USER``: the other process does not ask again.
 
         The answer passes the checks of a local listener's here again, against the
         ``SCRIPT_NAME`` that this process computed (``path[:split]`` under its own):
@@ -197,12 +207,14 @@ class Dispatcher:
         more): see :meth:`~wsgi_proxy_listen.seam.Destination.serve`."""
         # A request without a body takes none to the hop: it needs no bound.
         limit = None if is_bodyless(environ) else self.max_content_length
-        if limit is not None or self._withheld is not None:
+        if limit is not None or self._withheld is not None or self._users:
             environ = environ.copy()
             if limit is not None and not _bound_body(environ, limit):
                 return respond(start_response, 413)
             if self._withheld is not None:
                 self._withhold(environ)
+            if self._users:
+                _set_user(environ, user)
         guard = Guard(start_response, environ.get("SCRIPT_NAME", "") + path[:split])
         concurrency = self.max_concurrency
         if concurrency is None:
@@ -243,7 +255,8 @@ def serve_forwarded(
     Only the proxy routes are served, with every check of a direct request,
     and only from the listener of ``session`` in this process: a host route
     gets 404, and ``None`` is returned (nothing sent) when this process does
-    not serve ``session``.
+    not serve ``session``. Who may reach the listener was decided by the process
+    that received the request: its ``REMOTE_USER`` is the user it let in.
     """
     path: str = environ.get("PATH_INFO", "")
     raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
@@ -252,7 +265,9 @@ def serve_forwarded(
         listener = lookup(session)
         if listener is None:
             return None
-        return dispatcher.dispatch(listener, environ, start_response, path, plain[1])
+        return dispatcher.dispatch(
+            listener, environ, start_response, path, plain[1], environ.get("REMOTE_USER")
+        )
     if not path.startswith((prefix + "/sessions/", prefix + "/apps/")):
         return respond(start_response, 404)
     route = routing.route(path, prefix, environ.get("SCRIPT_NAME", ""), raw_uri)
@@ -265,7 +280,17 @@ def serve_forwarded(
         or (route.app is not None and listener.app != route.app)
     ):
         return None
-    return dispatcher.dispatch(listener, environ, start_response, path, route.split)
+    return dispatcher.dispatch(
+        listener, environ, start_response, path, route.split, environ.get("REMOTE_USER")
+    )
+
+
+def _set_user(environ: WSGIEnvironment, user: str | None) -> None:
+    """``REMOTE_USER`` is ``user``, the one the middleware let in, or none: never one
+    that the server or a front proxy set."""
+    environ.pop("REMOTE_USER", None)
+    if user is not None:
+        environ["REMOTE_USER"] = user
 
 
 def _relay(

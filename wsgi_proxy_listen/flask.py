@@ -21,7 +21,17 @@ extensions plug in: at once or with an app factory.
 ``init_app`` wraps ``app.wsgi_app``, so ``app.test_client()`` and every server
 go through the middleware. ``app.config["WSGI_PROXY_LISTEN"]`` takes the keys
 ``PREFIX``, ``MAX_CONTENT_LENGTH``, ``FORWARD_COOKIES``, ``MAX_CONCURRENCY``,
-``DIRECTORY`` and ``SECRET``, the same as Django's ``settings.WSGI_PROXY_LISTEN``.
+``DIRECTORY``, ``SECRET``, ``AUTHENTICATE``, ``DEFAULT_ACCESS`` and
+``LOGIN_URL``, the same as Django's ``settings.WSGI_PROXY_LISTEN``.
+
+The host's login comes by itself from Flask-Login, when the app uses it (its
+``LoginManager`` was set up before ``init_app``): who is logged in is read from
+the app's own session (its ``session_interface``) with Flask-Login's loaders,
+the user's ``get_id()`` is the id, and browsers are sent to
+``login_manager.login_view``. Reading it pushes a request context, as a
+request does, but runs no view and no ``before_request`` hook (the app's
+teardown functions run when it is popped). ``AUTHENTICATE`` replaces it;
+``False`` turns it off.
 
 The package adds a command to Flask's command line, ``flask wsgi-proxy-listen
 status``: :func:`wsgi_proxy_listen.cli.status` for the app's directory.
@@ -39,7 +49,10 @@ from flask.cli import with_appcontext
 from .cli import UNREACHABLE, status
 from .middleware import ProxyMiddleware
 from .registry import Registry, default_registry
-from .settings import middleware_from_config, problems
+from .settings import Login, middleware_from_config, problems
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
 
 __all__ = ["ProxyListen", "cli"]
 
@@ -86,12 +99,34 @@ class ProxyListen:
             self.registry,
             app.config.get("WSGI_PROXY_LISTEN"),
             'app.config["WSGI_PROXY_LISTEN"]',
+            login=flask_login(app),
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION] = ProxyState(self.registry, middleware)
 
     def __repr__(self) -> str:
         return f"<ProxyListen registry={self.registry!r}>"
+
+
+def flask_login(app: Flask) -> Login | None:
+    """The host's login through Flask-Login, if ``app`` uses it (see the module)."""
+    manager = getattr(app, "login_manager", None)
+    if manager is None:
+        return None
+    import flask_login
+
+    def authenticate(environ: WSGIEnvironment) -> str | None:
+        with app.request_context(environ):
+            user = flask_login.current_user
+            if not user.is_authenticated:
+                return None
+            return str(user.get_id())
+
+    def login_url(environ: WSGIEnvironment) -> str:
+        with app.request_context(environ):
+            return str(flask_login.login_url(manager.login_view))
+
+    return Login(authenticate, login_url if manager.login_view else None)
 
 
 @click.group("wsgi-proxy-listen")

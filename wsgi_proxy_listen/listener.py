@@ -28,6 +28,8 @@ if t.TYPE_CHECKING:
 
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
+    from .access import Access
+
 __all__ = ["ENV_PUBLIC_URL", "Listener"]
 
 #: The environment variable with the host's public base URL, for the links that a
@@ -63,6 +65,7 @@ class Listener:
     __slots__ = (
         "_gate",
         "_holder",
+        "access",
         "active",
         "app",
         "counted",
@@ -90,6 +93,10 @@ class Listener:
     the latest counted one (see :attr:`counted`), or ``None``."""
     max_concurrency: int | None
     """The most requests it serves at once, or ``None`` for the middleware's limit."""
+    access: Access | None
+    """Who may reach it (:mod:`wsgi_proxy_listen.access`): ``"public"``,
+    ``"authenticated"``, a frozenset of user ids, or ``None`` for its app's access, else
+    the middleware's ``default_access``."""
     counted: bool
     """Whether its requests are counted while they run (:attr:`active`): where a
     concurrency limit applies to it, and for a member of an app, whose app may
@@ -107,8 +114,10 @@ class Listener:
         handler: object,
         wsgi_app: WSGIApplication,
         max_concurrency: int | None = None,
+        access: Access | None = None,
     ) -> None:
         self._holder = holder
+        self.access = access
         self.session = session
         self.app = app
         self.handler = handler

@@ -30,6 +30,7 @@ import typing as t
 from collections.abc import Collection, Iterable
 
 from . import routing
+from .access import PUBLIC, Authenticate, Gate, LoginUrl, Refusal
 from .answers import NOT_FOUND, Answer, respond
 from .dispatch import Dispatcher, is_bodyless
 from .registry import Listener, Registry, default_registry
@@ -77,6 +78,16 @@ class ProxyMiddleware:
         bounds the requests forwarded at once to a listener of another process.
         ``None``, the default, sets no limit; with one, the listener's iterable
         is wrapped to count it until it is closed.
+    :param authenticate: the host's login, ``authenticate(environ)``: the id of the
+        user logged in to the host for this request, or ``None``. It decides who
+        reaches listeners that are not public, and the user who got in reaches the
+        listener as ``REMOTE_USER`` (then no ``REMOTE_USER`` of the server's does).
+        ``None``: nobody is logged in. See :mod:`wsgi_proxy_listen.access`.
+    :param default_access: the access of a listener (and app) that declares none:
+        ``"public"`` (the default), ``"authenticated"`` or a collection of user ids.
+    :param login_url: where a browser that is not logged in is sent (302, with
+        ``next=`` the path it asked for): a path, a URL, or a callable that builds
+        one from the environ; ``None`` answers 401.
     """
 
     def __init__(
@@ -87,6 +98,9 @@ class ProxyMiddleware:
         max_content_length: int | None = None,
         forward_cookies: bool | Collection[str] = True,
         max_concurrency: int | None = None,
+        authenticate: Authenticate | str | None = None,
+        default_access: str | Collection[str] = PUBLIC,
+        login_url: LoginUrl | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {app!r}")
@@ -94,16 +108,26 @@ class ProxyMiddleware:
             registry = default_registry
         elif not isinstance(registry, Registry):
             raise TypeError(f"registry must be a Registry or None, not {registry!r}")
+        gate = Gate(authenticate, default_access, login_url)
         dispatcher = Dispatcher(
             max_content_length=max_content_length,
             forward_cookies=forward_cookies,
             max_concurrency=max_concurrency,
+            users=gate.authenticate is not None,
         )
         self.app = app
         self.registry = registry
         self.max_content_length = max_content_length
         self.forward_cookies = dispatcher.forward_cookies
         self.max_concurrency = max_concurrency
+        self.authenticate = gate.authenticate
+        self.default_access = gate.default_access
+        self.login_url = gate.login_url
+        self._gate = gate
+        # Whether a listener that declares no access, in no app, is public: then its
+        # requests take the plain dispatch, and nobody is asked who they are.
+        self._public = gate.public
+        self._access_of = registry.access_of
         self._dispatcher = dispatcher
         self._dispatch = dispatcher.dispatch
         self._prefix = prefix = registry.use_prefix(dispatcher)
@@ -128,7 +152,9 @@ class ProxyMiddleware:
         if plain is not None:
             listener = self._local(plain[0])
             if listener is not None:
-                return self._dispatch(listener, environ, start_response, path, plain[1])
+                if self._public and listener.access is None and listener.app is None:
+                    return self._dispatch(listener, environ, start_response, path, plain[1])
+                return self._serve(listener, environ, start_response, path, plain[1], None)
             if directory is not None and routing.is_valid_id(plain[0]):
                 return self._remote(directory, plain[0], environ, start_response, path, plain[1])
         if not path.startswith(self._owned):
@@ -148,27 +174,38 @@ class ProxyMiddleware:
         self, environ: WSGIEnvironment, start_response: StartResponse, path: str
     ) -> Iterable[bytes]:
         """Every check, in order: dot segments (400), routing segments and ids (404),
-        the raw URI (404), the lookup (404, 400, 503), then the body limit (413)."""
+        the raw URI (404), the lookup (404, 400, 503), who may come in (302, 401,
+        403), then the body limit (413)."""
         route = self._route(environ, path)
         if isinstance(route, Answer):
             return respond(start_response, route.status)
+        user = None
+        if route.kind == routing.APP:
+            # Who may reach the app is decided before its generic path finds (and so
+            # maybe starts) a member: strangers start no app they may not reach.
+            declaration = self.registry.apps.get(t.cast(str, route.app))
+            if declaration is not None:
+                verdict = self._gate.verdict(declaration.access, environ)
+                if isinstance(verdict, Refusal):
+                    return verdict.answer(start_response)
+                user = verdict
         found = self._find(route, environ)
         if isinstance(found, Listener):
-            return self._dispatch(found, environ, start_response, path, route.split)
+            return self._serve(found, environ, start_response, path, route.split, user)
         if isinstance(found, Answer):
             if found is NOT_FOUND and self._directory is None and environ.get("wsgi.multiprocess"):
                 _warn_once_per_process()
             return respond(start_response, found.status)
-        answered = self._dispatcher.forward(found, environ, start_response, path, route.split)
+        answered = self._forward(found, environ, start_response, path, route.split, user)
         if answered is None and route.kind == routing.APP and is_bodyless(environ):
             # The app's member was closed meanwhile (an idle one, say): once more, to the
             # member after it or a new one. A request with a body is never sent twice.
             again = self.registry.apps.after_miss(t.cast(str, route.app), found)
             if isinstance(again, Listener):
-                return self._dispatch(again, environ, start_response, path, route.split)
+                return self._serve(again, environ, start_response, path, route.split, user)
             if isinstance(again, Answer):
                 return respond(start_response, again.status)
-            answered = self._dispatcher.forward(again, environ, start_response, path, route.split)
+            answered = self._forward(again, environ, start_response, path, route.split, user)
         return respond(start_response, 404) if answered is None else answered
 
     def _remote(
@@ -184,8 +221,43 @@ class ProxyMiddleware:
         found = directory.locate(session, environ)
         if isinstance(found, Answer):
             return respond(start_response, found.status)
-        answered = self._dispatcher.forward(found, environ, start_response, path, split)
+        answered = self._forward(found, environ, start_response, path, split, None)
         return respond(start_response, 404) if answered is None else answered
+
+    def _serve(
+        self,
+        listener: Listener,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        path: str,
+        split: int,
+        user: str | None,
+    ) -> Iterable[bytes]:
+        """A listener of this process, for whoever may reach it (``user``: who was let
+        in already, on the way)."""
+        verdict = self._gate.verdict(self._access_of(listener), environ, user)
+        if isinstance(verdict, Refusal):
+            return verdict.answer(start_response)
+        return self._dispatch(listener, environ, start_response, path, split, verdict)
+
+    def _forward(
+        self,
+        destination: Destination,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        path: str,
+        split: int,
+        user: str | None,
+    ) -> Iterable[bytes] | None:
+        """A listener of another process, for whoever may reach it, decided here: by
+        the access its owner published, else by its app's here."""
+        access = destination.access
+        if access is None:
+            access = self.registry.apps.access(destination.app)
+        verdict = self._gate.verdict(access, environ, user)
+        if isinstance(verdict, Refusal):
+            return verdict.answer(start_response)
+        return self._dispatcher.forward(destination, environ, start_response, path, split, verdict)
 
     def _route(self, environ: WSGIEnvironment, path: str) -> routing.Route | Answer:
         """The route of a path under the prefix, or the answer for a malformed one."""

@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+from .access import check_access
 from .apps import App, Apps
 from .dispatch import check_limit
 from .handlers import to_wsgi
@@ -38,12 +39,13 @@ from .routing import check_id, public_path, validate_prefix
 from .sharing import Sharing
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Collection, Iterable
 
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
+    from .access import Access
     from .dispatch import Dispatcher
-    from .seam import Directory
+    from .seam import Directory, Registered
 
 __all__ = ["App", "Listener", "Registry", "default_registry"]
 
@@ -155,6 +157,11 @@ class Registry:
     def runtime(self, runtime: bool | None) -> None:
         self._sharing.runtime = runtime
 
+    def access_of(self, listener: Registered) -> Access | None:
+        """Who may reach ``listener``, as declared: its access, else its app's; ``None``
+        leaves it to the middleware's ``default_access``."""
+        return self.apps.access_of(listener)
+
     def serve_forwarded(
         self, environ: WSGIEnvironment, start_response: StartResponse, session: str, prefix: str
     ) -> Iterable[bytes] | None:
@@ -224,6 +231,7 @@ class Registry:
         request_class: type | None = None,
         options: Mapping[str, t.Any] | None = None,
         max_concurrency: int | None = None,
+        access: str | Collection[str] | None = None,
     ) -> Listener:
         """Register ``handler`` as the listener of ``session``.
 
@@ -236,8 +244,12 @@ class Registry:
             (a stream counts until it is closed); more get 503 with
             ``Retry-After`` at once. ``None`` takes the middleware's
             ``max_concurrency``.
+        :param access: who may reach it: ``"public"``, ``"authenticated"`` (any user
+            logged in to the host) or a collection of user ids; ``None`` takes its
+            app's, else the middleware's ``default_access`` (see
+            :mod:`wsgi_proxy_listen.access`).
         :raises LookupError: no session was given or bound.
-        :raises ValueError: an invalid session id, app slug or limit.
+        :raises ValueError: an invalid session id, app slug, limit or access.
         :raises TypeError: a handler that cannot be resolved (see
             :func:`~wsgi_proxy_listen.handlers.to_wsgi`), or an argument of the
             wrong type.
@@ -250,11 +262,12 @@ class Registry:
         if app is not None:
             check_id("app slug", app)
         check_limit("max_concurrency", max_concurrency)
+        access = check_access(access)
         wsgi_app = to_wsgi(handler, kind=kind, request_class=request_class, options=options)
         sharing = self._sharing
         if sharing.active:
             sharing.before_listen()  # before the listener shows: it may raise
-        listener = Listener(self, session, app, handler, wsgi_app, max_concurrency)
+        listener = Listener(self, session, app, handler, wsgi_app, max_concurrency, access)
         with self._lock:
             replaced = self._listeners.get(session)
             # Lookups take no lock, so every intermediate state must be one they can
@@ -369,13 +382,14 @@ class Registry:
         max_waiting: int = 4,
         idle_timeout: float | None = None,
         stop: t.Callable[[str], object] | None = None,
+        access: str | Collection[str] | None = None,
     ) -> App:
         """Declare the app ``slug``; a later call replaces the declaration (and a start
         that runs goes on: requests wait for it, never launch a second one). Each option
         is described with the attribute of that name of the :class:`App` it returns.
 
-        :raises ValueError: an invalid slug, timeout or limit, or ``stop`` without
-            ``idle_timeout``.
+        :raises ValueError: an invalid slug, timeout, limit or access, or ``stop``
+            without ``idle_timeout``.
         :raises TypeError: an option of the wrong type.
         """
         return self.apps.declare(
@@ -388,6 +402,7 @@ class Registry:
                 max_waiting=max_waiting,
                 idle_timeout=idle_timeout,
                 stop=stop,
+                access=access,
             )
         )
 

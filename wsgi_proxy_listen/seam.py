@@ -29,6 +29,7 @@ if t.TYPE_CHECKING:
 
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
+    from .access import Access
     from .answers import Answer
 
 __all__ = [
@@ -98,6 +99,10 @@ class Registered(t.Protocol):
     @property
     def app(self) -> str | None: ...
 
+    @property
+    def access(self) -> Access | None:
+        """Who may reach it, as ``listen()`` declared it (see :mod:`.access`)."""
+
     def close(self) -> None:
         """Remove the listener from its registry (the directory calls it when another
         process took the session over)."""
@@ -110,6 +115,10 @@ class Host(t.Protocol):
     def prefix(self) -> str: ...
 
     def get(self, session: str, /) -> Registered | None: ...
+
+    def access_of(self, listener: Registered) -> Access | None:
+        """Who may reach ``listener`` (its access, else its app's), as published: the
+        host that receives a request decides with it, ``None`` by its default."""
 
     def serve_forwarded(
         self, environ: WSGIEnvironment, start_response: StartResponse, session: str, prefix: str
@@ -132,6 +141,11 @@ class Destination(t.Protocol):
     @property
     def owner(self) -> str:
         """The process that owns it."""
+
+    @property
+    def access(self) -> Access | None:
+        """Who may reach it, as its owner published it (see :mod:`.access`); ``None``:
+        the default of the middleware that received the request."""
 
     def serve(
         self, environ: WSGIEnvironment, start_response: StartResponse

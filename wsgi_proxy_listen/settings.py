@@ -16,6 +16,7 @@ import os
 import typing as t
 from collections.abc import Mapping
 
+from .access import PUBLIC, check_access, check_authenticate, check_login_url
 from .dispatch import check_content_length, check_limit, withheld_cookies
 from .middleware import ProxyMiddleware
 from .naming import ENV_DIRECTORY, check_name, resolve_secret
@@ -25,6 +26,8 @@ from .routing import validate_prefix
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
+    from .access import Authenticate, LoginUrl
+
 #: The keys of the settings dict, and the ProxyMiddleware option each sets.
 KEYS = {
     "PREFIX": "prefix",
@@ -33,7 +36,18 @@ KEYS = {
     "MAX_CONCURRENCY": "max_concurrency",
     "DIRECTORY": "directory",
     "SECRET": "secret",
+    "AUTHENTICATE": "authenticate",
+    "DEFAULT_ACCESS": "default_access",
+    "LOGIN_URL": "login_url",
 }
+
+
+class Login(t.NamedTuple):
+    """The host's login as a framework integration finds it (Flask-Login, Django's
+    auth): what ``AUTHENTICATE`` and ``LOGIN_URL`` default to."""
+
+    authenticate: Authenticate
+    login_url: LoginUrl | None
 
 
 class Problem(t.NamedTuple):
@@ -104,6 +118,12 @@ _SECRET_HINT = (
 )
 
 
+def _check_default_access(value: object) -> object:
+    if check_access(value, name="DEFAULT_ACCESS") is None:
+        raise TypeError("DEFAULT_ACCESS must not be None: leave it out for 'public'")
+    return value
+
+
 _DIRECTORY_HINT = (
     "an absolute folder path for the processes of one machine, or a redis://, rediss://"
     " or unix:// URL with a SECRET for several machines"
@@ -130,6 +150,22 @@ _CHECKS: dict[str, tuple[str, t.Callable[[t.Any], object], str]] = {
         resolve_secret,
         "a str (or bytes), the same in every process; None to take WSGI_PROXY_LISTEN_SECRET",
     ),
+    "AUTHENTICATE": (
+        "E009",
+        lambda value: value is False or check_authenticate(value),
+        "a callable taking the environ and returning the user id or None, a dotted path to"
+        " one, False to use none, or None for the framework's login",
+    ),
+    "DEFAULT_ACCESS": (
+        "E010",
+        _check_default_access,
+        "'public', 'authenticated', or a collection of user ids such as ['alice']",
+    ),
+    "LOGIN_URL": (
+        "E011",
+        check_login_url,
+        "a path such as '/login', an http(s) URL, a callable taking the environ, or None",
+    ),
 }
 
 
@@ -139,8 +175,11 @@ def middleware_from_config(
     config: object,
     where: str,
     error: type[Exception] = ValueError,
+    login: Login | None = None,
 ) -> ProxyMiddleware:
-    """Wrap ``app`` as ``config`` says; raise ``error`` naming ``where`` if it is wrong."""
+    """Wrap ``app`` as ``config`` says; raise ``error`` naming ``where`` if it is wrong.
+    ``login``: the framework's login, for ``AUTHENTICATE`` and ``LOGIN_URL`` left out
+    (``AUTHENTICATE: False`` turns it off)."""
     found = [problem for problem in problems(config) if not problem.id.startswith("W")]
     if found:
         raise error(f"{where}: {found[0].message}")
@@ -152,12 +191,23 @@ def middleware_from_config(
         if "PREFIX" in config:
             registry.prefix = config["PREFIX"]
         _connect(registry, config)
+        authenticate = config.get("AUTHENTICATE")
+        login_url = config.get("LOGIN_URL")
+        if authenticate is False:
+            authenticate = None
+        elif authenticate is None and login is not None:
+            authenticate = login.authenticate
+            if login_url is None:
+                login_url = login.login_url
         return ProxyMiddleware(
             app,
             registry,
             max_content_length=config.get("MAX_CONTENT_LENGTH"),
             forward_cookies=config.get("FORWARD_COOKIES", True),
             max_concurrency=config.get("MAX_CONCURRENCY"),
+            authenticate=authenticate,
+            default_access=config.get("DEFAULT_ACCESS", PUBLIC),
+            login_url=login_url,
         )
     except (TypeError, ValueError, RuntimeError) as problem:
         raise error(f"{where}: {problem}") from problem

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import typing as t
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -72,16 +74,19 @@ class Watched:
     400 or more, each with the URL of the page it happened on, and every URL it requests;
     :meth:`check` fails the test on a problem, or on a request outside ``under``."""
 
-    def __init__(self, page: Page, under: str | None = None) -> None:
+    def __init__(
+        self, page: Page, under: str | None = None, expected: Collection[str] = ()
+    ) -> None:
         self.page = page
         self.under = under
+        self.expected = set(expected)
         self.problems: list[str] = []
         self.requested: list[str] = []
         page.on(
             "console",
             lambda message: (
                 self.note(f"console {message.type}: {message.text}")
-                if message.type == "error"
+                if message.type == "error" and not self.asked_for(message)
                 else None
             ),
         )
@@ -98,8 +103,16 @@ class Watched:
             lambda response: (
                 self.note(f"answer {response.status}: {response.request.method} {response.url}")
                 if response.status >= 400
+                and f"{response.status} {response.url}" not in self.expected
                 else None
             ),
+        )
+
+    def asked_for(self, message: t.Any) -> bool:
+        """Whether a console error is Chromium's word on an answer in ``expected``."""
+        failed = re.match(r"Failed to load resource: .* status of (\d+)", message.text)
+        return failed is not None and (
+            f"{failed.group(1)} {message.location.get('url')}" in self.expected
         )
 
     def note(self, problem: str) -> None:
@@ -126,9 +139,13 @@ class Watched:
 
 
 @contextlib.contextmanager
-def watched(browser: Browser, under: str | None = None) -> Iterator[Page]:
+def watched(
+    browser: Browser, under: str | None = None, expected: Collection[str] = ()
+) -> Iterator[Page]:
+    """A new page, checked as :class:`Watched` says when the block ends; ``expected``:
+    the answers of 400 or more that the test asks for, as ``"403 URL"``."""
     page = browser.new_page()
-    watcher = Watched(page, under)
+    watcher = Watched(page, under, expected)
     try:
         yield page
         watcher.check()

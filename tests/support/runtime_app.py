@@ -12,6 +12,7 @@ the environment (WSGI_PROXY_LISTEN_DIRECTORY, and WSGI_PROXY_LISTEN_SECRET for R
     app-handler     its own SIGTERM handler, then serve_forever()
     app-member      a member of the app "notebook-app" with idle_timeout=TEST_IDLE_TIMEOUT,
                     ends when its stop() is called
+    alice-only      a listener with access={"alice"}, then serve_forever()
 
 ``?sleep=SECONDS`` makes the listener take that long to answer.
 """
@@ -40,6 +41,7 @@ def echo(request: Request) -> dict[str, object]:
         "script_name": request.environ["SCRIPT_NAME"],
         "path_info": request.environ["PATH_INFO"],
         "query": request.environ["QUERY_STRING"],
+        "remote_user": request.remote_user,
         "size": len(body),
         "sha256": hashlib.sha256(body).hexdigest(),
     }
@@ -62,6 +64,8 @@ def main(session: str, mode: str) -> None:
             stop=lambda session: stopped.set(),
         )
         listen(echo, session=session, app="notebook-app")
+    elif mode == "alice-only":
+        listen(echo, session=session, access={"alice"})
     else:
         listen(echo, session=session)
     if mode == "fork":

@@ -311,7 +311,7 @@ class EmbeddedDirectory(SharedDirectory):
 
     def _store_publish(self, session: str, entry: Owner) -> None:
         now = time.time()
-        row = (session, entry.owner, entry.app, now, session_record(entry.owner, entry.app, now))
+        row = (session, entry.owner, entry.app, now, session_record(entry, now))
         if self._owned:
             self._write(_PUBLISH, row)  # the owner's row is there: its renewals keep it
             return
@@ -363,7 +363,7 @@ class EmbeddedDirectory(SharedDirectory):
                             entry.owner,
                             entry.app,
                             now,
-                            session_record(entry.owner, entry.app, now),
+                            session_record(entry, now),
                         ),
                     )
                 elif row[0] != self.owner:
@@ -418,7 +418,9 @@ class EmbeddedDirectory(SharedDirectory):
             return None
         owner, text = row
         record, address = decode_record(text), self._socket(owner)
-        return None if record is None or address is None else Owner(owner, address, record["app"])
+        if record is None or address is None:
+            return None
+        return Owner(owner, address, record["app"], record["access"])
 
     def _store_changed(self) -> bool:
         # PRAGMA data_version changes when another connection commits: one cheap read
@@ -446,7 +448,7 @@ class EmbeddedDirectory(SharedDirectory):
         for session, owner, text in rows:
             record, address = decode_record(text), self._socket(owner)
             if record is not None and address is not None:
-                return session, Owner(owner, address, slug)
+                return session, Owner(owner, address, slug, record["access"])
         return None
 
     def _store_probe(self) -> None:

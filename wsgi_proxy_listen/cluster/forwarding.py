@@ -32,6 +32,7 @@ if t.TYPE_CHECKING:
 
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
+    from ..access import Access
     from ..seam import Host
     from .health import Health
     from .hop import HopClient
@@ -143,6 +144,10 @@ class Remote:
     @property
     def owner(self) -> str:
         return self.location.owner
+
+    @property
+    def access(self) -> Access | None:
+        return self.location.access
 
     def serve(
         self, environ: WSGIEnvironment, start_response: StartResponse

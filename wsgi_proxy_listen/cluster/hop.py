@@ -83,6 +83,7 @@ FORWARDED = frozenset(
         "CONTENT_LENGTH",
         "REMOTE_ADDR",
         "REMOTE_PORT",
+        "REMOTE_USER",
         "SERVER_NAME",
         "SERVER_PORT",
         "SERVER_PROTOCOL",

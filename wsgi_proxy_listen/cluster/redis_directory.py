@@ -249,7 +249,7 @@ def _location(session_value: bytes, owner_value: bytes) -> Owner | None:
     session, owner = decode_record(session_value), decode_record(owner_value)
     if session is None or owner is None:
         return None
-    return Owner(session["owner"], owner["address"], session["app"])
+    return Owner(session["owner"], owner["address"], session["app"], session["access"])
 
 
 class RedisDirectory(SharedDirectory):
@@ -350,7 +350,7 @@ class RedisDirectory(SharedDirectory):
 
     def _store_publish(self, session: str, entry: Owner) -> None:
         now = time.time()
-        record = session_record(entry.owner, entry.app, now)
+        record = session_record(entry, now)
         self._publish_script(
             args=[
                 self._prefix,
@@ -392,7 +392,7 @@ class RedisDirectory(SharedDirectory):
         sessions = list(entries)
         for session in sessions:
             entry = entries[session]
-            record = session_record(entry.owner, entry.app, now)
+            record = session_record(entry, now)
             self._republish_script(
                 args=[self._prefix, session, entry.owner, entry.app or "", record, now],
                 client=pipe,

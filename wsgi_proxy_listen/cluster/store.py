@@ -28,7 +28,10 @@ import logging
 import time
 import typing as t
 
+from ..access import access_from_record, access_to_record
+
 if t.TYPE_CHECKING:
+    from ..access import Access
     from ..seam import Entry
 
 __all__ = [
@@ -77,12 +80,27 @@ def decode_record(text: str | bytes | None) -> dict[str, t.Any] | None:
                 RECORD_VERSION,
             )
         return None
+    try:
+        record["access"] = access_from_record(record.get("access"))
+    except ValueError:
+        if "access" not in _warned_versions:
+            _warned_versions.add("access")
+            logger.error(
+                "the directory holds an entry whose access this wsgi-proxy-listen cannot"
+                " read: it is skipped (and so is any other such entry)"
+            )
+        return None
     return record
 
 
-def session_record(owner: str, app: str | None, since: float | None = None) -> str:
-    """The record of a published session."""
-    return encode_record(owner=owner, app=app, since=time.time() if since is None else since)
+def session_record(entry: Owner, since: float | None = None) -> str:
+    """The record of a session that ``entry`` publishes."""
+    return encode_record(
+        owner=entry.owner,
+        app=entry.app,
+        access=access_to_record(entry.access),
+        since=time.time() if since is None else since,
+    )
 
 
 class Owner(t.NamedTuple):
@@ -94,6 +112,9 @@ class Owner(t.NamedTuple):
     """Its internal endpoint: a Unix socket path, or ``host:port``."""
     app: str | None
     """The app the session belongs to, or ``None``."""
+    access: Access | None = None
+    """Who may reach the listener, as its registry declared it (see
+    :mod:`wsgi_proxy_listen.access`); ``None``: the receiving host's default."""
 
 
 class Store(abc.ABC):

@@ -23,6 +23,9 @@ wsgi_proxy_listen.E005    ``FORWARD_COOKIES`` is not ``True``, ``False`` or cook
 wsgi_proxy_listen.E006    ``MAX_CONCURRENCY`` is not a number of requests or ``None``
 wsgi_proxy_listen.E007    ``DIRECTORY`` names no directory (or Redis without a secret)
 wsgi_proxy_listen.E008    ``SECRET`` is not a string
+wsgi_proxy_listen.E009    ``AUTHENTICATE`` is no callable, dotted path, ``False`` or ``None``
+wsgi_proxy_listen.E010    ``DEFAULT_ACCESS`` is no access
+wsgi_proxy_listen.E011    ``LOGIN_URL`` is no path, URL, callable or ``None``
 wsgi_proxy_listen.W001    ``SECRET`` without a directory, here
 ========================  ==========================================================
 """
