@@ -4,6 +4,7 @@ request or an answer of 400 or more fails the test, whatever it asserts."""
 
 from __future__ import annotations
 
+import json
 import os
 import typing as t
 from urllib.parse import parse_qs, urlsplit
@@ -138,7 +139,8 @@ def test_the_hosts_login_stands_in_front_of_its_listeners(
     with served("tests.support.login_hosts", kind) as base:
         browser.clear_cookies()
         alices = f"{base}/proxy/sessions/alices/report?year=2026"
-        with watched(browser, expected=[f"403 {alices}"]) as page:
+        expected = [f"answer 403: GET {alices}", "the server responded with a status of 403"]
+        with watched(browser, expected=expected) as page:
             assert user_on(page, f"{base}/proxy/sessions/open/") == "nobody"
             page.goto(alices)
             assert urlsplit(page.url).path == login_path
@@ -163,3 +165,54 @@ def test_the_hosts_login_stands_in_front_of_its_listeners(
             assert user_on(page, f"{base}/proxy/sessions/members/") == "bob"
             assert page.goto(alices).status == 403
             assert t.cast(str, page.text_content("body")).startswith("403 ")
+
+
+def pried(page: Page, url: str) -> dict[str, str]:
+    """What the prying page of tests/support/origin_hosts.py got."""
+    page.goto(url)
+    out = page.locator("#out")
+    out.filter(has_text="account").wait_for(timeout=10_000)
+    return t.cast(dict[str, str], json.loads(t.cast(str, out.text_content())))
+
+
+def host_login(page: Page) -> dict[str, str]:
+    return {cookie["name"]: cookie["value"] for cookie in page.context.cookies()}
+
+
+def test_a_listener_page_on_the_hosts_origin_acts_as_the_hosts_user(browser: Browser) -> None:
+    """What the docs say a listener's page can do on the host's origin, shown: it reads
+    the user's account, CSRF token included, and tosses a cookie that the browser then
+    sends to the host's /account before the host's own."""
+    with served("tests.support.origin_hosts", "same") as base, watched(browser) as page:
+        browser.clear_cookies()
+        page.goto(f"{base}/login?user=alice")
+        got = pried(page, f"{base}/proxy/sessions/prying/")
+        assert got["account"] == "account of alice, csrf=csrf-of-alice"
+        assert got["read"] == ""  # the host's cookie is HttpOnly: that much holds
+        assert got["wrote"] == "done"
+        tossed = [c for c in page.context.cookies() if c["value"] == "tossed"]
+        assert [(c["name"], c["path"]) for c in tossed] == [("host_session", "/account")]
+        page.goto(f"{base}/account")
+        assert page.text_content("body") == "nobody", "the tossed cookie shadows the login"
+
+
+def test_a_sandboxed_listener_page_cannot_act_as_the_hosts_user(browser: Browser) -> None:
+    """sandbox=True: the page's origin is opaque; its script cannot read the host's
+    account, nor read or write cookies, and the host's login is unchanged."""
+    expected = ["blocked by CORS policy", "net::ERR_FAILED"]
+    with (
+        served("tests.support.origin_hosts", "same") as base,
+        watched(browser, expected=expected) as page,
+    ):
+        browser.clear_cookies()
+        page.goto(f"{base}/login?user=alice")
+        before = host_login(page)
+        got = pried(page, f"{base}/proxy/sessions/boxed/")
+        assert got == {
+            "read": "threw SecurityError",
+            "wrote": "threw SecurityError",
+            "account": "failed TypeError",
+        }
+        assert host_login(page) == before
+        page.goto(f"{base}/account")
+        assert page.text_content("body") == "account of alice, csrf=csrf-of-alice"

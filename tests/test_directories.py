@@ -268,6 +268,23 @@ def test_an_app_access_holds_in_a_worker_that_has_no_member(workers: Workers) ->
             assert response.status_code == status, (path, user)
 
 
+def test_the_sandbox_a_listener_declares_is_applied_by_the_receiving_worker(
+    workers: Workers,
+) -> None:
+    """The receiving worker adds the sandbox's policy to the answer of a listener of
+    another process: the owner may run code that would leave it out."""
+    from wsgi_proxy_listen.terms import SANDBOX_POLICY
+
+    _, a, _ = workers.worker()
+    _, _, b = workers.worker()
+    a.listen(text("boxed"), session="boxed", sandbox=True)
+    a.listen(text("open"), session="open")
+    boxed = b.get("/proxy/sessions/boxed/", buffered=True)
+    assert boxed.data == b"boxed"
+    assert boxed.headers.getlist("Content-Security-Policy") == [SANDBOX_POLICY]
+    assert "Content-Security-Policy" not in b.get("/proxy/sessions/open/", buffered=True).headers
+
+
 def test_concurrent_listens_in_one_worker_stay_published(workers: Workers) -> None:
     """Two threads of one worker listen() for the same session at once, many times: the
     session stays reachable from the other worker, by the listener that won."""

@@ -230,6 +230,7 @@ def manage_check(setting: str, **environment: str) -> subprocess.CompletedProces
         ('{"DEFAULT_ACCESS": None}', "wsgi_proxy_listen.E010"),
         ('{"DEFAULT_ACCESS": []}', "wsgi_proxy_listen.E010"),
         ('{"LOGIN_URL": "accounts/login"}', "wsgi_proxy_listen.E011"),
+        ('{"SANDBOX": None}', "wsgi_proxy_listen.E012"),
     ],
 )
 def test_manage_check_reports_a_wrong_setting_with_its_id(setting: str, found: str) -> None:
@@ -293,7 +294,8 @@ def test_manage_check_reports_every_problem_at_once() -> None:
 def test_manage_check_passes_good_settings() -> None:
     good = (
         '{"PREFIX": "/tools", "DIRECTORY": "/tmp/x", "FORWARD_COOKIES": ["sessionid"],'
-        ' "AUTHENTICATE": False, "DEFAULT_ACCESS": "authenticated", "LOGIN_URL": "/in/"}'
+        ' "AUTHENTICATE": False, "DEFAULT_ACCESS": "authenticated", "LOGIN_URL": "/in/",'
+        ' "SANDBOX": True}'
     )
     result = manage_check(good)
     assert (result.returncode, result.stdout.strip()) == (

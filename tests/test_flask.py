@@ -200,6 +200,7 @@ def test_authenticate_false_turns_the_login_off(registry: Registry) -> None:
         pytest.param({"AUTHENTICATE": 5}, "authenticate must be", id="authenticate"),
         pytest.param({"DEFAULT_ACCESS": "all"}, "invalid DEFAULT_ACCESS 'all'", id="access"),
         pytest.param({"LOGIN_URL": "in"}, "invalid login_url 'in'", id="login-url"),
+        pytest.param({"SANDBOX": 1}, "SANDBOX must be True or False", id="sandbox"),
     ],
 )
 def test_bad_login_config_raises_value_error(config: object, message: str) -> None:

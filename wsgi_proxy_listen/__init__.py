@@ -70,6 +70,7 @@ def listen(
     options: Mapping[str, t.Any] | None = None,
     max_concurrency: int | None = None,
     access: str | Collection[str] | None = None,
+    sandbox: bool | None = None,
 ) -> Listener:
     """:meth:`Registry.listen` on :data:`default_registry`."""
     return default_registry.listen(
@@ -81,6 +82,7 @@ def listen(
         options=options,
         max_concurrency=max_concurrency,
         access=access,
+        sandbox=sandbox,
     )
 
 
@@ -104,6 +106,7 @@ def register_app(
     idle_timeout: float | None = None,
     stop: t.Callable[[str], object] | None = None,
     access: str | Collection[str] | None = None,
+    sandbox: bool | None = None,
 ) -> App:
     """:meth:`Registry.register_app` on :data:`default_registry`."""
     return default_registry.register_app(
@@ -115,6 +118,7 @@ def register_app(
         idle_timeout=idle_timeout,
         stop=stop,
         access=access,
+        sandbox=sandbox,
     )
 
 

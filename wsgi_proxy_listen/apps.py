@@ -36,12 +36,13 @@ import time
 import typing as t
 from collections import OrderedDict
 
-from .access import Access, access_to_record, check_access
+from .access import Access, access_to_record
 from .answers import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, Answer
 from .dispatch import check_limit
 from .exceptions import DirectoryUnavailable
 from .listener import Listener
 from .retiring import MAX_PERIOD, Reaper, retire
+from .terms import UNDECLARED, Terms
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -121,6 +122,9 @@ class App:
     """Who may reach the app's routes, and its members that declare no access of their
     own (:mod:`wsgi_proxy_listen.access`); ``None``: the middleware's
     ``default_access``."""
+    sandbox: bool | None
+    """Whether the answers of its members that do not say otherwise are sandboxed
+    (:mod:`wsgi_proxy_listen.terms`); ``None``: the middleware's ``sandbox``."""
 
     __slots__ = (
         "_apps",
@@ -128,6 +132,7 @@ class App:
         "idle_timeout",
         "max_waiting",
         "multi_session",
+        "sandbox",
         "slug",
         "start",
         "start_timeout",
@@ -146,8 +151,9 @@ class App:
         idle_timeout: float | None,
         stop: t.Callable[[str], object] | None,
         access: object = None,
+        sandbox: object = None,
     ) -> None:
-        self.access = check_access(access)
+        self.access, self.sandbox = Terms.checked(access, sandbox)
         if not isinstance(multi_session, bool):
             raise TypeError(f"multi_session must be True or False, not {multi_session!r}")
         if start is not None and not callable(start):
@@ -191,12 +197,18 @@ class App:
 
     def __repr__(self) -> str:
         access = "" if self.access is None else f" access={access_to_record(self.access)!r}"
+        sandbox = "" if self.sandbox is None else f" sandbox={self.sandbox!r}"
         return (
             f"<App {self.slug!r} multi_session={self.multi_session!r}"
             f" start={self.start!r} start_timeout={self.start_timeout!r}"
             f" max_waiting={self.max_waiting!r} idle_timeout={self.idle_timeout!r}"
-            f" stop={self.stop!r}{access}>"
+            f" stop={self.stop!r}{access}{sandbox}>"
         )
+
+    @property
+    def terms(self) -> Terms:
+        """Its :attr:`access` and :attr:`sandbox`, as declared."""
+        return Terms(self.access, self.sandbox)
 
 
 class _Start(threading.Event):
@@ -271,16 +283,18 @@ class Apps:
         """The declaration of ``slug``, or ``None``. Takes no lock."""
         return self._declared.get(slug)
 
-    def access(self, slug: str | None) -> Access | None:
-        """The access that the declaration of ``slug`` gives, or ``None``."""
+    def terms(self, slug: str | None) -> Terms:
+        """The terms that the declaration of ``slug`` gives (none declared: none)."""
         declaration = None if slug is None else self._declared.get(slug)
-        return None if declaration is None else declaration.access
+        return UNDECLARED if declaration is None else declaration.terms
 
-    def access_of(self, listener: Listener | Registered) -> Access | None:
-        """Who may reach ``listener``, as declared: its own access, else its app's;
-        ``None`` leaves it to the middleware's ``default_access``."""
-        access = listener.access
-        return self.access(listener.app) if access is None else access
+    def terms_of(self, listener: Listener | Registered) -> Terms:
+        """The terms of ``listener``, as declared: its own, else its app's; what both
+        leave open is the middleware's choice."""
+        terms = listener.terms
+        if listener.app is None or (terms.access is not None and terms.sandbox is not None):
+            return terms
+        return terms.over(self.terms(listener.app))
 
     # -- membership -------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from . import routing
 from .answers import Answer, respond
 from .cookies import withhold
 from .guard import Guard, failed
+from .terms import SANDBOX_POLICY
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -42,6 +43,9 @@ __all__ = [
     "serve_forwarded",
     "withheld_cookies",
 ]
+
+# The header a sandboxed listener's answers carry (see wsgi_proxy_listen.terms).
+_SANDBOXED = (("Content-Security-Policy", SANDBOX_POLICY),)
 
 
 class Dispatchable(t.Protocol):
@@ -149,9 +153,11 @@ class Dispatcher:
         path: str,
         split: int,
         user: str | None = None,
+        sandbox: bool = False,
     ) -> Iterable[bytes]:
         """Call the listener with a copy of the environ, its start_response checked;
-        ``user`` is its ``REMOTE_USER``, the one the middleware let in."""
+        ``user`` is its ``REMOTE_USER``, the one the middleware let in; with ``sandbox``
+        its answer carries :data:`~wsgi_proxy_listen.terms.SANDBOX_POLICY`."""
         limit = self.max_content_length
         inner = environ.copy()
         if limit is not None and not _bound_body(inner, limit):
@@ -171,7 +177,7 @@ class Dispatcher:
                 counted = True
         listener.last_request = monotonic()
         # The listener may change its environ: cookies are confined to what it was given.
-        guard = Guard(start_response, inner["SCRIPT_NAME"])
+        guard = Guard(start_response, inner["SCRIPT_NAME"], _SANDBOXED if sandbox else ())
         try:
             iterable = listener.wsgi_app(inner, guard)
         except BaseException as error:
@@ -191,13 +197,15 @@ class Dispatcher:
         path: str,
         split: int,
         user: str | None = None,
+        sandbox: bool = False,
     ) -> Iterable[bytes] | None:
         """Hand a request to where the directory found its listener, in another process,
         within the body limit (checked here, so that a body too large never takes the
         hop), without the withheld cookies (the other process may not withhold them),
         and within ``max_concurrency``, counted per session in this process: a
         listener that hangs elsewhere cannot hold every thread of this one either.
-        ``user`` travels as ``REMOTE_USER``: the other process does not ask again.
+        ``user`` travels as ``REMOTE_USER``: the other process does not ask again;
+        ``sandbox`` is applied here.
 
         The answer passes the checks of a local listener's here again, against the
         ``SCRIPT_NAME`` that this process computed (``path[:split]`` under its own):
@@ -215,7 +223,11 @@ class Dispatcher:
                 self._withhold(environ)
             if self._users:
                 _set_user(environ, user)
-        guard = Guard(start_response, environ.get("SCRIPT_NAME", "") + path[:split])
+        guard = Guard(
+            start_response,
+            environ.get("SCRIPT_NAME", "") + path[:split],
+            _SANDBOXED if sandbox else (),
+        )
         concurrency = self.max_concurrency
         if concurrency is None:
             return _relay(destination, environ, start_response, guard, None)

@@ -152,9 +152,11 @@ class Guard:
 
     :param script_name: the listener's ``SCRIPT_NAME``, taken before the listener runs
         (it may change its environ): its cookies reach that path only.
+    :param extra: headers added to the listener's, once checked (the sandbox's policy).
     """
 
     __slots__ = (
+        "extra",
         "held",
         "invalid",
         "released",
@@ -164,9 +166,15 @@ class Guard:
         "start_response",
     )
 
-    def __init__(self, start_response: StartResponse, script_name: str) -> None:
+    def __init__(
+        self,
+        start_response: StartResponse,
+        script_name: str,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.start_response = start_response
         self.script_name = script_name
+        self.extra = extra
         self.held: tuple[str, list[tuple[str, str]], OptExcInfo | None] | None = None
         self.invalid = False
         self.released = False
@@ -198,6 +206,8 @@ class Guard:
                 # Called from inside the iterable the server is iterating: raise there.
                 raise InvalidResponse("the listener sent an invalid status line or header")
             return _refuse
+        if self.extra:
+            checked.extend(self.extra)
         self.held = (status, checked, exc_info)
         if self.released:
             self.server_write = None

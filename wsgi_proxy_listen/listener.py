@@ -22,6 +22,8 @@ import threading
 import time
 import typing as t
 
+from .terms import Terms
+
 if t.TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
@@ -73,7 +75,9 @@ class Listener:
         "last_request",
         "listened",
         "max_concurrency",
+        "plain",
         "retiring",
+        "sandbox",
         "session",
         "wsgi_app",
     )
@@ -97,6 +101,12 @@ class Listener:
     """Who may reach it (:mod:`wsgi_proxy_listen.access`): ``"public"``,
     ``"authenticated"``, a frozenset of user ids, or ``None`` for its app's access, else
     the middleware's ``default_access``."""
+    sandbox: bool | None
+    """Whether its answers are sandboxed (:mod:`wsgi_proxy_listen.terms`), or ``None``
+    for its app's choice, else the middleware's ``sandbox``."""
+    plain: bool
+    """Whether it declares nothing that the middleware must apply: no app, no access,
+    no sandbox (then a request to it takes the shortest path)."""
     counted: bool
     """Whether its requests are counted while they run (:attr:`active`): where a
     concurrency limit applies to it, and for a member of an app, whose app may
@@ -114,10 +124,11 @@ class Listener:
         handler: object,
         wsgi_app: WSGIApplication,
         max_concurrency: int | None = None,
-        access: Access | None = None,
+        terms: Terms | None = None,
     ) -> None:
         self._holder = holder
-        self.access = access
+        self.access, self.sandbox = (None, None) if terms is None else terms
+        self.plain = app is None and self.access is None and self.sandbox is None
         self.session = session
         self.app = app
         self.handler = handler
@@ -184,6 +195,11 @@ class Listener:
         """The public URL path of this listener, with ``path`` appended:
         :meth:`~wsgi_proxy_listen.Registry.url` for its session and app."""
         return self._holder.url(session=self.session, app=self.app, path=path, environ=environ)
+
+    @property
+    def terms(self) -> Terms:
+        """Its :attr:`access` and :attr:`sandbox`, as declared."""
+        return Terms(self.access, self.sandbox)
 
     def __enter__(self) -> Listener:
         return self

@@ -35,6 +35,7 @@ from .answers import NOT_FOUND, Answer, respond
 from .dispatch import Dispatcher, is_bodyless
 from .registry import Listener, Registry, default_registry
 from .routing import plain_session_route
+from .terms import Terms
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -88,6 +89,10 @@ class ProxyMiddleware:
     :param login_url: where a browser that is not logged in is sent (302, with
         ``next=`` the path it asked for): a path, a URL, or a callable that builds
         one from the environ; ``None`` answers 401.
+    :param sandbox: whether the answers of a listener (and app) that does not say
+        otherwise carry a ``Content-Security-Policy`` that gives its pages an origin
+        of their own, which cannot act as the host's user (see
+        :mod:`wsgi_proxy_listen.terms`).
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class ProxyMiddleware:
         authenticate: Authenticate | str | None = None,
         default_access: str | Collection[str] = PUBLIC,
         login_url: LoginUrl | None = None,
+        sandbox: bool = False,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {app!r}")
@@ -109,6 +115,8 @@ class ProxyMiddleware:
         elif not isinstance(registry, Registry):
             raise TypeError(f"registry must be a Registry or None, not {registry!r}")
         gate = Gate(authenticate, default_access, login_url)
+        if not isinstance(sandbox, bool):
+            raise TypeError(f"sandbox must be True or False, not {sandbox!r}")
         dispatcher = Dispatcher(
             max_content_length=max_content_length,
             forward_cookies=forward_cookies,
@@ -123,11 +131,14 @@ class ProxyMiddleware:
         self.authenticate = gate.authenticate
         self.default_access = gate.default_access
         self.login_url = gate.login_url
+        self.sandbox = sandbox
         self._gate = gate
-        # Whether a listener that declares no access, in no app, is public: then its
-        # requests take the plain dispatch, and nobody is asked who they are.
-        self._public = gate.public
-        self._access_of = registry.access_of
+        # What a listener that declares nothing gets.
+        self._defaults = Terms(gate.default_access, sandbox)
+        # Whether such a listener is public and not sandboxed: then a listener that
+        # declares nothing takes the plain dispatch, and nobody is asked who they are.
+        self._plain = gate.public and not sandbox
+        self._terms_of = registry.terms_of
         self._dispatcher = dispatcher
         self._dispatch = dispatcher.dispatch
         self._prefix = prefix = registry.use_prefix(dispatcher)
@@ -152,7 +163,7 @@ class ProxyMiddleware:
         if plain is not None:
             listener = self._local(plain[0])
             if listener is not None:
-                if self._public and listener.access is None and listener.app is None:
+                if self._plain and listener.plain:
                     return self._dispatch(listener, environ, start_response, path, plain[1])
                 return self._serve(listener, environ, start_response, path, plain[1], None)
             if directory is not None and routing.is_valid_id(plain[0]):
@@ -234,11 +245,14 @@ class ProxyMiddleware:
         user: str | None,
     ) -> Iterable[bytes]:
         """A listener of this process, for whoever may reach it (``user``: who was let
-        in already, on the way)."""
-        verdict = self._gate.verdict(self._access_of(listener), environ, user)
+        in already, on the way), on its terms."""
+        terms = self._terms_of(listener).over(self._defaults)
+        verdict = self._gate.verdict(terms.access, environ, user)
         if isinstance(verdict, Refusal):
             return verdict.answer(start_response)
-        return self._dispatch(listener, environ, start_response, path, split, verdict)
+        return self._dispatch(
+            listener, environ, start_response, path, split, verdict, bool(terms.sandbox)
+        )
 
     def _forward(
         self,
@@ -249,15 +263,16 @@ class ProxyMiddleware:
         split: int,
         user: str | None,
     ) -> Iterable[bytes] | None:
-        """A listener of another process, for whoever may reach it, decided here: by
-        the access its owner published, else by its app's here."""
-        access = destination.access
-        if access is None:
-            access = self.registry.apps.access(destination.app)
-        verdict = self._gate.verdict(access, environ, user)
+        """A listener of another process, on its terms, applied here: those its owner
+        published, else its app's here, else this middleware's."""
+        terms = destination.terms.over(self.registry.apps.terms(destination.app))
+        terms = terms.over(self._defaults)
+        verdict = self._gate.verdict(terms.access, environ, user)
         if isinstance(verdict, Refusal):
             return verdict.answer(start_response)
-        return self._dispatcher.forward(destination, environ, start_response, path, split, verdict)
+        return self._dispatcher.forward(
+            destination, environ, start_response, path, split, verdict, bool(terms.sandbox)
+        )
 
     def _route(self, environ: WSGIEnvironment, path: str) -> routing.Route | Answer:
         """The route of a path under the prefix, or the answer for a malformed one."""

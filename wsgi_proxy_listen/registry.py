@@ -30,20 +30,19 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from .access import check_access
 from .apps import App, Apps
 from .dispatch import check_limit
 from .handlers import to_wsgi
 from .listener import Listener
 from .routing import check_id, public_path, validate_prefix
 from .sharing import Sharing
+from .terms import Terms
 
 if t.TYPE_CHECKING:
     from collections.abc import Collection, Iterable
 
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from .access import Access
     from .dispatch import Dispatcher
     from .seam import Directory, Registered
 
@@ -157,10 +156,10 @@ class Registry:
     def runtime(self, runtime: bool | None) -> None:
         self._sharing.runtime = runtime
 
-    def access_of(self, listener: Registered) -> Access | None:
-        """Who may reach ``listener``, as declared: its access, else its app's; ``None``
-        leaves it to the middleware's ``default_access``."""
-        return self.apps.access_of(listener)
+    def terms_of(self, listener: Registered) -> Terms:
+        """The terms of ``listener``, as declared: its own, else its app's (see
+        :mod:`wsgi_proxy_listen.terms`)."""
+        return self.apps.terms_of(listener)
 
     def serve_forwarded(
         self, environ: WSGIEnvironment, start_response: StartResponse, session: str, prefix: str
@@ -232,6 +231,7 @@ class Registry:
         options: Mapping[str, t.Any] | None = None,
         max_concurrency: int | None = None,
         access: str | Collection[str] | None = None,
+        sandbox: bool | None = None,
     ) -> Listener:
         """Register ``handler`` as the listener of ``session``.
 
@@ -248,6 +248,10 @@ class Registry:
             logged in to the host) or a collection of user ids; ``None`` takes its
             app's, else the middleware's ``default_access`` (see
             :mod:`wsgi_proxy_listen.access`).
+        :param sandbox: whether its answers carry a ``Content-Security-Policy``
+            that gives its pages an origin of their own (see
+            :mod:`wsgi_proxy_listen.terms`); ``None`` takes its app's, else the
+            middleware's ``sandbox``.
         :raises LookupError: no session was given or bound.
         :raises ValueError: an invalid session id, app slug, limit or access.
         :raises TypeError: a handler that cannot be resolved (see
@@ -262,12 +266,12 @@ class Registry:
         if app is not None:
             check_id("app slug", app)
         check_limit("max_concurrency", max_concurrency)
-        access = check_access(access)
+        terms = Terms.checked(access, sandbox)
         wsgi_app = to_wsgi(handler, kind=kind, request_class=request_class, options=options)
         sharing = self._sharing
         if sharing.active:
             sharing.before_listen()  # before the listener shows: it may raise
-        listener = Listener(self, session, app, handler, wsgi_app, max_concurrency, access)
+        listener = Listener(self, session, app, handler, wsgi_app, max_concurrency, terms)
         with self._lock:
             replaced = self._listeners.get(session)
             # Lookups take no lock, so every intermediate state must be one they can
@@ -383,6 +387,7 @@ class Registry:
         idle_timeout: float | None = None,
         stop: t.Callable[[str], object] | None = None,
         access: str | Collection[str] | None = None,
+        sandbox: bool | None = None,
     ) -> App:
         """Declare the app ``slug``; a later call replaces the declaration (and a start
         that runs goes on: requests wait for it, never launch a second one). Each option
@@ -403,6 +408,7 @@ class Registry:
                 idle_timeout=idle_timeout,
                 stop=stop,
                 access=access,
+                sandbox=sandbox,
             )
         )
 

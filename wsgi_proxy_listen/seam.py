@@ -29,8 +29,8 @@ if t.TYPE_CHECKING:
 
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from .access import Access
     from .answers import Answer
+    from .terms import Terms
 
 __all__ = [
     "Destination",
@@ -100,8 +100,9 @@ class Registered(t.Protocol):
     def app(self) -> str | None: ...
 
     @property
-    def access(self) -> Access | None:
-        """Who may reach it, as ``listen()`` declared it (see :mod:`.access`)."""
+    def terms(self) -> Terms:
+        """Who may reach it and whether it is sandboxed, as ``listen()`` declared it
+        (see :mod:`wsgi_proxy_listen.terms`)."""
 
     def close(self) -> None:
         """Remove the listener from its registry (the directory calls it when another
@@ -116,9 +117,9 @@ class Host(t.Protocol):
 
     def get(self, session: str, /) -> Registered | None: ...
 
-    def access_of(self, listener: Registered) -> Access | None:
-        """Who may reach ``listener`` (its access, else its app's), as published: the
-        host that receives a request decides with it, ``None`` by its default."""
+    def terms_of(self, listener: Registered) -> Terms:
+        """The terms of ``listener`` (its own, else its app's), as published: the
+        host that receives a request applies them, what they leave open by its own."""
 
     def serve_forwarded(
         self, environ: WSGIEnvironment, start_response: StartResponse, session: str, prefix: str
@@ -143,9 +144,10 @@ class Destination(t.Protocol):
         """The process that owns it."""
 
     @property
-    def access(self) -> Access | None:
-        """Who may reach it, as its owner published it (see :mod:`.access`); ``None``:
-        the default of the middleware that received the request."""
+    def terms(self) -> Terms:
+        """Who may reach it and whether it is sandboxed, as its owner published them
+        (see :mod:`wsgi_proxy_listen.terms`); what they leave open is the choice of the
+        middleware that received the request."""
 
     def serve(
         self, environ: WSGIEnvironment, start_response: StartResponse

@@ -39,6 +39,7 @@ KEYS = {
     "AUTHENTICATE": "authenticate",
     "DEFAULT_ACCESS": "default_access",
     "LOGIN_URL": "login_url",
+    "SANDBOX": "sandbox",
 }
 
 
@@ -124,6 +125,12 @@ def _check_default_access(value: object) -> object:
     return value
 
 
+def _check_sandbox(value: object) -> object:
+    if not isinstance(value, bool):
+        raise TypeError(f"SANDBOX must be True or False, not {value!r}")
+    return value
+
+
 _DIRECTORY_HINT = (
     "an absolute folder path for the processes of one machine, or a redis://, rediss://"
     " or unix:// URL with a SECRET for several machines"
@@ -165,6 +172,11 @@ _CHECKS: dict[str, tuple[str, t.Callable[[t.Any], object], str]] = {
         "E011",
         check_login_url,
         "a path such as '/login', an http(s) URL, a callable taking the environ, or None",
+    ),
+    "SANDBOX": (
+        "E012",
+        _check_sandbox,
+        "True to sandbox the listeners that do not say otherwise, or False",
     ),
 }
 
@@ -208,6 +220,7 @@ def middleware_from_config(
             authenticate=authenticate,
             default_access=config.get("DEFAULT_ACCESS", PUBLIC),
             login_url=login_url,
+            sandbox=config.get("SANDBOX", False),
         )
     except (TypeError, ValueError, RuntimeError) as problem:
         raise error(f"{where}: {problem}") from problem

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import typing as t
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -72,21 +70,25 @@ def browser() -> Iterator[Browser]:
 class Watched:
     """A page that records every console error, page error, failed request and answer of
     400 or more, each with the URL of the page it happened on, and every URL it requests;
-    :meth:`check` fails the test on a problem, or on a request outside ``under``."""
+    :meth:`check` fails the test on a problem, or on a request outside ``under``.
+
+    ``expected``: the problems the test provokes on purpose (a 403 it asserts, the CORS
+    error of a fetch that must fail), each a piece of text that the problem's line
+    contains; each must show up at least once, and no other problem may."""
 
     def __init__(
         self, page: Page, under: str | None = None, expected: Collection[str] = ()
     ) -> None:
         self.page = page
         self.under = under
-        self.expected = set(expected)
+        self.expected = dict.fromkeys(expected, 0)
         self.problems: list[str] = []
         self.requested: list[str] = []
         page.on(
             "console",
             lambda message: (
                 self.note(f"console {message.type}: {message.text}")
-                if message.type == "error" and not self.asked_for(message)
+                if message.type == "error"
                 else None
             ),
         )
@@ -103,19 +105,15 @@ class Watched:
             lambda response: (
                 self.note(f"answer {response.status}: {response.request.method} {response.url}")
                 if response.status >= 400
-                and f"{response.status} {response.url}" not in self.expected
                 else None
             ),
         )
 
-    def asked_for(self, message: t.Any) -> bool:
-        """Whether a console error is Chromium's word on an answer in ``expected``."""
-        failed = re.match(r"Failed to load resource: .* status of (\d+)", message.text)
-        return failed is not None and (
-            f"{failed.group(1)} {message.location.get('url')}" in self.expected
-        )
-
     def note(self, problem: str) -> None:
+        for piece in self.expected:
+            if piece in problem:
+                self.expected[piece] += 1
+                return
         self.problems.append(f"{problem} (on page {self.page.url})")
 
     def outside(self) -> list[str]:
@@ -134,6 +132,8 @@ class Watched:
             "expected no console error, page error, failed request or answer of 400 or more;"
             f" the browser saw {len(self.problems)}:\n  {problems}"
         )
+        missing = [piece for piece, seen in self.expected.items() if not seen]
+        assert not missing, f"expected these problems, which the browser never saw: {missing}"
         outside = "\n  ".join(self.outside())
         assert not outside, f"expected every request under {self.under}; outside:\n  {outside}"
 
@@ -142,8 +142,7 @@ class Watched:
 def watched(
     browser: Browser, under: str | None = None, expected: Collection[str] = ()
 ) -> Iterator[Page]:
-    """A new page, checked as :class:`Watched` says when the block ends; ``expected``:
-    the answers of 400 or more that the test asks for, as ``"403 URL"``."""
+    """A new page, checked as :class:`Watched` says when the block ends."""
     page = browser.new_page()
     watcher = Watched(page, under, expected)
     try:

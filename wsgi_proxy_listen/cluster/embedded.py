@@ -133,12 +133,14 @@ class EmbeddedDirectory(SharedDirectory):
     """A directory for the processes of one machine, in ``folder``.
 
     :param folder: an absolute path; created ``0700`` if missing. No other user may
-        be able to reach or replace it (:mod:`.folder` says what is checked).
+        be able to reach or replace it (:mod:`~wsgi_proxy_listen.cluster.folder` says
+        what is checked).
     :param secret: signs hop requests; not needed (the folder keeps others out).
     :param lease: seconds the listeners of a silent (paused) owner stay listed.
     :param read_timeout: seconds a hop waits for the owner's answer (then 504).
     :raises ValueError: a relative or too long path, or a folder others can reach or
-        replace (:exc:`~.folder.UnsafeFolder`, with what to do).
+        replace (:exc:`~wsgi_proxy_listen.cluster.folder.UnsafeFolder`, with what
+        to do).
     """
 
     unreachable = (sqlite3.OperationalError, sqlite3.DatabaseError, StoreMismatch, UnsafeFolder)
@@ -420,7 +422,7 @@ class EmbeddedDirectory(SharedDirectory):
         record, address = decode_record(text), self._socket(owner)
         if record is None or address is None:
             return None
-        return Owner(owner, address, record["app"], record["access"])
+        return Owner(owner, address, record["app"], record["terms"])
 
     def _store_changed(self) -> bool:
         # PRAGMA data_version changes when another connection commits: one cheap read
@@ -448,7 +450,7 @@ class EmbeddedDirectory(SharedDirectory):
         for session, owner, text in rows:
             record, address = decode_record(text), self._socket(owner)
             if record is not None and address is not None:
-                return session, Owner(owner, address, slug, record["access"])
+                return session, Owner(owner, address, slug, record["terms"])
         return None
 
     def _store_probe(self) -> None:

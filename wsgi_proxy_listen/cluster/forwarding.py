@@ -32,8 +32,8 @@ if t.TYPE_CHECKING:
 
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from ..access import Access
     from ..seam import Host
+    from ..terms import Terms
     from .health import Health
     from .hop import HopClient
     from .locations import Locations
@@ -146,8 +146,8 @@ class Remote:
         return self.location.owner
 
     @property
-    def access(self) -> Access | None:
-        return self.location.access
+    def terms(self) -> Terms:
+        return self.location.terms
 
     def serve(
         self, environ: WSGIEnvironment, start_response: StartResponse

@@ -238,4 +238,4 @@ class Publication:
                     self._unpublished[session] = entry
 
     def _entry(self, listener: Registered) -> Owner:
-        return Owner(self.owner, self.address, listener.app, self._host.access_of(listener))
+        return Owner(self.owner, self.address, listener.app, self._host.terms_of(listener))

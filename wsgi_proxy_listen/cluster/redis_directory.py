@@ -249,7 +249,7 @@ def _location(session_value: bytes, owner_value: bytes) -> Owner | None:
     session, owner = decode_record(session_value), decode_record(owner_value)
     if session is None or owner is None:
         return None
-    return Owner(session["owner"], owner["address"], session["app"], session["access"])
+    return Owner(session["owner"], owner["address"], session["app"], session["terms"])
 
 
 class RedisDirectory(SharedDirectory):

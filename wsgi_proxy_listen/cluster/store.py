@@ -28,10 +28,9 @@ import logging
 import time
 import typing as t
 
-from ..access import access_from_record, access_to_record
+from ..terms import UNDECLARED, Terms
 
 if t.TYPE_CHECKING:
-    from ..access import Access
     from ..seam import Entry
 
 __all__ = [
@@ -81,13 +80,14 @@ def decode_record(text: str | bytes | None) -> dict[str, t.Any] | None:
             )
         return None
     try:
-        record["access"] = access_from_record(record.get("access"))
+        record["terms"] = Terms.from_record(record)
     except ValueError:
-        if "access" not in _warned_versions:
-            _warned_versions.add("access")
+        if "terms" not in _warned_versions:
+            _warned_versions.add("terms")
             logger.error(
-                "the directory holds an entry whose access this wsgi-proxy-listen cannot"
-                " read: it is skipped (and so is any other such entry)"
+                "the directory holds an entry whose access or sandbox this"
+                " wsgi-proxy-listen cannot read: it is skipped (and so is any other such"
+                " entry)"
             )
         return None
     return record
@@ -98,7 +98,7 @@ def session_record(entry: Owner, since: float | None = None) -> str:
     return encode_record(
         owner=entry.owner,
         app=entry.app,
-        access=access_to_record(entry.access),
+        **entry.terms.to_record(),
         since=time.time() if since is None else since,
     )
 
@@ -112,9 +112,10 @@ class Owner(t.NamedTuple):
     """Its internal endpoint: a Unix socket path, or ``host:port``."""
     app: str | None
     """The app the session belongs to, or ``None``."""
-    access: Access | None = None
-    """Who may reach the listener, as its registry declared it (see
-    :mod:`wsgi_proxy_listen.access`); ``None``: the receiving host's default."""
+    terms: Terms = UNDECLARED
+    """Who may reach the listener and whether it is sandboxed, as its registry declared
+    them (see :mod:`wsgi_proxy_listen.terms`); what they leave open is the receiving
+    host's choice."""
 
 
 class Store(abc.ABC):

@@ -29,7 +29,7 @@ before.
 
 With ``django.contrib.sessions`` and ``django.contrib.auth`` installed, the
 host's login comes by itself: who is logged in is read through the session
-engine and :func:`django.contrib.auth.get_user` (the configured backends), the
+engine and ``django.contrib.auth.get_user`` (the configured backends), the
 user's ``get_username()`` is the id, and browsers are sent to
 ``settings.LOGIN_URL``. No view and no middleware of the project runs for it.
 The keys ``AUTHENTICATE`` (``False`` turns it off), ``DEFAULT_ACCESS`` and
@@ -37,7 +37,7 @@ The keys ``AUTHENTICATE`` (``False`` turns it off), ``DEFAULT_ACCESS`` and
 
 Optionally, add ``"wsgi_proxy_listen.django"`` to ``INSTALLED_APPS``: then
 ``manage.py check`` reports a wrong ``WSGI_PROXY_LISTEN`` (an unknown key, a
-value that means nothing) with an id, ``wsgi_proxy_listen.E001`` to ``E011``
+value that means nothing) with an id, ``wsgi_proxy_listen.E001`` to ``E012``
 (or the warning ``W001``), and a hint, rather than leaving it to the start of the server
 (:mod:`wsgi_proxy_listen.django.checks`).
 """

@@ -26,6 +26,7 @@ wsgi_proxy_listen.E008    ``SECRET`` is not a string
 wsgi_proxy_listen.E009    ``AUTHENTICATE`` is no callable, dotted path, ``False`` or ``None``
 wsgi_proxy_listen.E010    ``DEFAULT_ACCESS`` is no access
 wsgi_proxy_listen.E011    ``LOGIN_URL`` is no path, URL, callable or ``None``
+wsgi_proxy_listen.E012    ``SANDBOX`` is not ``True`` or ``False``
 wsgi_proxy_listen.W001    ``SECRET`` without a directory, here
 ========================  ==========================================================
 """
