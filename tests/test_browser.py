@@ -4,8 +4,11 @@ request or an answer of 400 or more fails the test, whatever it asserts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import time
 import typing as t
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,6 +16,7 @@ import pytest
 
 from examples import demo
 from wsgi_proxy_listen import Registry
+from wsgi_proxy_listen.origins import label
 
 from .support.browser import Browser, Page, browser, served, watched
 from .support.wsgi import running_server
@@ -216,3 +220,102 @@ def test_a_sandboxed_listener_page_cannot_act_as_the_hosts_user(browser: Browser
         assert host_login(page) == before
         page.goto(f"{base}/account")
         assert page.text_content("body") == "account of alice, csrf=csrf-of-alice"
+
+
+class Origins(t.NamedTuple):
+    host: str
+    port: int
+
+    def of(self, session: str) -> str:
+        return f"http://{label('session', session)}.listeners.localhost:{self.port}"
+
+
+@contextlib.contextmanager
+def origins_host(**environment: str) -> t.Iterator[Origins]:
+    with served("tests.support.origin_hosts", "origins", **environment) as base:
+        port = t.cast(int, urlsplit(base).port)
+        yield Origins(f"http://localhost:{port}", port)
+
+
+def test_each_session_has_an_origin_of_its_own(browser: Browser) -> None:
+    """A user not logged in follows a link to alice's listener on the host's page: the
+    host's login page, then the listener's own origin, its page rendered. Its script
+    cannot read the host's /account nor another session's page (CORS), sees no cookie,
+    and its server no host cookie; the token it came with is good once; a listener that
+    sets a cookie named as the host's login changes nothing of the host's."""
+    with origins_host() as site:
+        browser.clear_cookies()
+        prying = site.of("prying")
+        tokens: list[str] = []
+        expected = [
+            "blocked by CORS policy",
+            "net::ERR_FAILED",
+            f"answer 403: GET {prying}",
+            "the server responded with a status of 403",
+        ]
+        with watched(browser, expected=expected) as page:
+            page.on("request", lambda r: tokens.append(r.url) if "wpl-token=" in r.url else None)
+            page.goto(f"{site.host}/links")
+            page.click("#prying")
+            page.wait_for_url(re.compile(r".*/login\?next=.*"))
+            page.fill("input[name=user]", "alice")
+            landing = f"{prying}/proxy/sessions/prying/?target={site.host}/account"
+            with page.expect_navigation(url=landing):
+                page.click("button")
+            assert page.locator("#user").text_content() == "alice"
+            assert page.locator("#cookies").text_content() == ""
+
+            out = page.locator("#out")
+            out.filter(has_text="account").wait_for(timeout=10_000)
+            got = json.loads(t.cast(str, out.text_content()))
+            assert got == {"read": "", "account": "failed TypeError", "wrote": "done"}
+            other = f"{site.of('other')}/proxy/sessions/other/"
+            got = pried(page, f"{prying}/proxy/sessions/prying/?target={other}")
+            assert got["account"] == "failed TypeError"
+
+            assert len(tokens) == 1
+            assert page.goto(tokens[0]).status == 403  # type: ignore[union-attr]
+
+            page.goto(f"{site.host}/proxy/sessions/tosser/")
+            assert page.url == f"{site.of('tosser')}/proxy/sessions/tosser/"
+            page.goto(f"{site.host}/account")
+            assert page.text_content("body") == "account of alice, csrf=csrf-of-alice"
+            host_cookies = [c for c in page.context.cookies() if c["domain"] == "localhost"]
+            assert [c["name"] for c in host_cookies] == ["host_session"]
+            assert all(c["value"] != "tossed-by-a-listener" for c in host_cookies)
+
+
+def test_a_token_that_waited_too_long_is_refused(browser: Browser) -> None:
+    with origins_host(TEST_TOKEN_SECONDS="1") as site:
+        browser.clear_cookies()
+        prying = site.of("prying")
+        expected = [f"answer 403: GET {prying}", "the server responded with a status of 403"]
+        with watched(browser, expected=expected) as page:
+            page.goto(f"{site.host}/login?user=alice")
+            answer = page.request.get(
+                f"{site.host}/proxy/sessions/prying/",
+                headers={"Accept": "text/html"},
+                max_redirects=0,
+            )
+            token_url = answer.headers["location"]
+            assert "wpl-token=" in token_url
+            time.sleep(1.5)
+            assert page.goto(token_url).status == 403  # type: ignore[union-attr]
+
+
+def test_the_django_admin_recipe_on_an_origin_of_its_own(browser: Browser) -> None:
+    with origins_host() as site:
+        browser.clear_cookies()
+        admin = site.of("dj")
+        with watched(browser) as page:
+            page.goto(f"{site.host}/links")
+            page.click("#dj")
+            page.wait_for_url(
+                f"{admin}/proxy/sessions/dj/admin/login/?next=/proxy/sessions/dj/admin/"
+            )
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", "admin-password")
+            page.click("input[type=submit]")
+            page.wait_for_url(f"{admin}/proxy/sessions/dj/admin/")
+            assert "Site administration" in t.cast(str, page.text_content("h1"))
+            assert page.evaluate("getComputedStyle(document.body).fontFamily") != "", "styled"

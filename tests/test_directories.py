@@ -25,7 +25,7 @@ from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory, Owner, embedded, store
 
 from .support.cluster import NO_REDIS, REDIS, SECRET, RedisServer, short_folder
-from .support.wsgi import Host
+from .support.wsgi import Host, at
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,11 +49,15 @@ class Workers:
         return directory
 
     def worker(
-        self, authenticate: t.Any = None, **options: t.Any
+        self,
+        authenticate: t.Any = None,
+        middleware: dict[str, t.Any] | None = None,
+        **options: t.Any,
     ) -> tuple[t.Any, Registry, Client]:
         directory = self.directory(**options)
         registry = Registry(directory=directory)
-        client = Client(ProxyMiddleware(Host(), registry, authenticate=authenticate))
+        wrapped = ProxyMiddleware(Host(), registry, authenticate=authenticate, **(middleware or {}))
+        client = Client(wrapped)
         client.get("/", buffered=True)  # the first request starts the directory's threads
         return directory, registry, client
 
@@ -283,6 +287,38 @@ def test_the_sandbox_a_listener_declares_is_applied_by_the_receiving_worker(
     assert boxed.data == b"boxed"
     assert boxed.headers.getlist("Content-Security-Policy") == [SANDBOX_POLICY]
     assert "Content-Security-Policy" not in b.get("/proxy/sessions/open/", buffered=True).headers
+
+
+def test_a_token_is_good_once_across_workers_and_its_cookie_in_every_one(
+    workers: Workers,
+) -> None:
+    """Per-session origins with a directory: a token taken by one worker is refused by
+    another (the used ones are in the directory), and the login cookie it gave is good in
+    every worker, for a listener of any process."""
+    from wsgi_proxy_listen.origins import label
+
+    def login(environ: dict[str, t.Any]) -> str | None:
+        return environ.get("HTTP_X_USER") or None
+
+    options = {
+        "listener_domain": "listeners.test",
+        "listener_secret": "listener-secret",
+        "public_url": "http://host.test",
+    }
+    _, a, a_client = workers.worker(login, options)
+    _, _, b_client = workers.worker(login, options)
+    a.listen(lambda request: f"hello {request.remote_user}", session="s", access={"alice"})
+    navigation = {"Accept": "text/html", "X-User": "alice"}
+    there = at(b_client, "http://host.test/proxy/sessions/s/", headers=navigation)
+    token_url = there.headers["Location"]
+    assert token_url.startswith(f"http://{label('session', 's')}.listeners.test/")
+    taken = at(a_client, token_url)
+    assert taken.status_code == 302
+    assert at(b_client, token_url).status_code == 403, "replayed in another worker"
+    name, _, value = taken.headers["Set-Cookie"].split(";")[0].partition("=")
+    b_client.set_cookie(name, value, domain=f"{label('session', 's')}.listeners.test")
+    page = at(b_client, taken.headers["Location"])
+    assert (page.status_code, page.get_data()) == (200, b"hello alice")
 
 
 def test_concurrent_listens_in_one_worker_stay_published(workers: Workers) -> None:

@@ -231,6 +231,9 @@ def manage_check(setting: str, **environment: str) -> subprocess.CompletedProces
         ('{"DEFAULT_ACCESS": []}', "wsgi_proxy_listen.E010"),
         ('{"LOGIN_URL": "accounts/login"}', "wsgi_proxy_listen.E011"),
         ('{"SANDBOX": None}', "wsgi_proxy_listen.E012"),
+        ('{"LISTENER_DOMAIN": "localhost"}', "wsgi_proxy_listen.E013"),
+        ('{"LISTENER_SECRET": 5}', "wsgi_proxy_listen.E014"),
+        ('{"PUBLIC_URL": "host.example.com"}', "wsgi_proxy_listen.E015"),
     ],
 )
 def test_manage_check_reports_a_wrong_setting_with_its_id(setting: str, found: str) -> None:

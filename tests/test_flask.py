@@ -201,6 +201,14 @@ def test_authenticate_false_turns_the_login_off(registry: Registry) -> None:
         pytest.param({"DEFAULT_ACCESS": "all"}, "invalid DEFAULT_ACCESS 'all'", id="access"),
         pytest.param({"LOGIN_URL": "in"}, "invalid login_url 'in'", id="login-url"),
         pytest.param({"SANDBOX": 1}, "SANDBOX must be True or False", id="sandbox"),
+        pytest.param(
+            {"LISTENER_DOMAIN": "x.test"}, "needs a listener_secret", id="domain-without-secret"
+        ),
+        pytest.param(
+            {"LISTENER_DOMAIN": "x.test", "LISTENER_SECRET": "s"},
+            "invalid public_url",
+            id="domain-without-public-url",
+        ),
     ],
 )
 def test_bad_login_config_raises_value_error(config: object, message: str) -> None:
@@ -208,3 +216,22 @@ def test_bad_login_config_raises_value_error(config: object, message: str) -> No
     app.config["WSGI_PROXY_LISTEN"] = config
     with pytest.raises(ValueError, match=message):
         ProxyListen(app, registry=Registry())
+
+
+def test_listener_origins_from_config(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WSGI_PROXY_LISTEN_PUBLIC_URL", raising=False)
+    app = make_app()
+    app.config["WSGI_PROXY_LISTEN"] = {
+        "LISTENER_DOMAIN": "Listeners.Example.com",
+        "LISTENER_SECRET": "listener-secret",
+        "PUBLIC_URL": "https://notebooks.example.com",
+    }
+    ProxyListen(app, registry=registry)
+    assert registry.listener_domain == "listeners.example.com"
+    handle = registry.listen(lambda request: "hi", session="s")
+    answer = app.test_client().get(
+        "/proxy/sessions/s/",
+        headers={"Accept": "text/html"},
+        base_url="https://notebooks.example.com",
+    )
+    assert answer.headers["Location"] == handle.public_url()

@@ -58,6 +58,7 @@ __all__ = [
     "check_access",
     "check_authenticate",
     "check_login_url",
+    "is_navigation",
 ]
 
 logger = logging.getLogger("wsgi_proxy_listen")
@@ -154,6 +155,14 @@ def access_from_record(value: object) -> Access | None:
         raise ValueError(str(error)) from None
 
 
+def is_navigation(environ: WSGIEnvironment) -> bool:
+    """Whether a request is a browser's navigation (``GET`` or ``HEAD`` that accepts
+    ``text/html``), which a redirect to a login page can serve."""
+    return environ.get("REQUEST_METHOD") in ("GET", "HEAD") and "text/html" in environ.get(
+        "HTTP_ACCEPT", ""
+    )
+
+
 class Refusal(t.NamedTuple):
     """The answer for a request that may not reach its listener."""
 
@@ -178,15 +187,19 @@ class Gate:
         logged in, and only public listeners can be reached.
     :param default_access: the access of a listener that declares none.
     :param login_url: where a browser that is not logged in is sent, or ``None``.
+    :param log_in: the answer for a request of nobody to a listener that is not
+        public, instead of the one ``login_url`` gives.
     """
 
-    __slots__ = ("authenticate", "default_access", "login_url", "public")
+    __slots__ = ("_log_in", "authenticate", "default_access", "login_url", "public")
 
     def __init__(
         self,
         authenticate: object = None,
         default_access: object = PUBLIC,
         login_url: object = None,
+        *,
+        log_in: t.Callable[[WSGIEnvironment], Refusal] | None = None,
     ) -> None:
         self.authenticate = check_authenticate(authenticate)
         default = check_access(default_access, name="default_access")
@@ -196,6 +209,7 @@ class Gate:
         self.login_url = check_login_url(login_url)
         self.public = default == PUBLIC
         """Whether a listener that declares no access is public."""
+        self._log_in = self._to_login_url if log_in is None else log_in
 
     def verdict(
         self, access: Access | None, environ: WSGIEnvironment, known: str | None = None
@@ -235,13 +249,9 @@ class Gate:
             return FAILED
         return user
 
-    def _log_in(self, environ: WSGIEnvironment) -> Refusal:
+    def _to_login_url(self, environ: WSGIEnvironment) -> Refusal:
         login_url = self.login_url
-        if (
-            login_url is None
-            or environ.get("REQUEST_METHOD") not in ("GET", "HEAD")
-            or "text/html" not in environ.get("HTTP_ACCEPT", "")
-        ):
+        if login_url is None or not is_navigation(environ):
             return UNAUTHORIZED
         if callable(login_url):
             try:

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 _MESSAGES = {
-    302: "Log in to continue.",
+    302: "Go on at the address in the Location header.",
     401: "Authentication is required.",
     403: "This request is not allowed.",
     400: "This address is not valid for a listener.",
@@ -66,6 +66,8 @@ def _answer(status: int) -> tuple[str, list[tuple[str, str]], bytes]:
 
 
 _ANSWERS = {status: _answer(status) for status in _MESSAGES}
+# Nothing to say, nothing to sniff: a favicon a listener origin does not have.
+_ANSWERS[204] = ("204 No Content", [], b"")
 
 
 class Answer(t.NamedTuple):

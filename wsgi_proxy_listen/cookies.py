@@ -29,7 +29,9 @@ values are passed on byte for byte, nothing is decoded or re-quoted.
 
 from __future__ import annotations
 
-__all__ = ["MAX_PER_ANSWER", "confine", "withhold"]
+from collections.abc import Collection
+
+__all__ = ["MAX_PER_ANSWER", "RESERVED", "confine", "drop", "withhold"]
 
 
 #: Browsers ignore an attribute value longer than this (RFC 6265bis §5.6), which
@@ -38,6 +40,9 @@ MAX_ATTRIBUTE = 1024
 #: The cookies one answer of a listener may set: browsers keep about 180 per site
 #: (Chromium), and evict the least recently used beyond.
 MAX_PER_ANSWER = 20
+#: Names a listener may not set: the login cookie of listener origins
+#: (:mod:`wsgi_proxy_listen.origins`), which only the middleware sets.
+RESERVED = frozenset({"wpl-user"})
 
 
 def confine(set_cookie: str, path: str) -> str | None:
@@ -47,7 +52,8 @@ def confine(set_cookie: str, path: str) -> str | None:
     :param path: the listener's public path (its ``SCRIPT_NAME``, URL-encoded).
     """
     name_value, *attributes = set_cookie.split(";")
-    if name_value.strip().lower().startswith("__host-"):
+    name = name_value.partition("=")[0].strip()
+    if name.lower().startswith("__host-") or name in RESERVED:
         return None
     kept = []
     given = None
@@ -65,6 +71,12 @@ def confine(set_cookie: str, path: str) -> str | None:
 
 def _within(cookie_path: str, path: str) -> bool:
     return cookie_path == path or cookie_path.startswith(path.rstrip("/") + "/")
+
+
+def drop(cookie: str, names: Collection[str]) -> str:
+    """The ``Cookie`` header without any cookie called one of ``names``."""
+    pairs = (segment.strip() for segment in cookie.split(";"))
+    return "; ".join(pair for pair in pairs if pair and pair.partition("=")[0].strip() not in names)
 
 
 def withhold(cookie: str, names: frozenset[str]) -> str:

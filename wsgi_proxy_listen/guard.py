@@ -135,7 +135,8 @@ def _confine_cookies(headers: list[tuple[str, str]], script_name: str) -> list[t
             rewritten = confine(value, path)
             if rewritten is None:
                 logger.warning(
-                    "dropped a __Host- cookie of a listener: it would belong to the whole origin"
+                    "dropped a __Host- cookie of a listener (it would belong to the whole"
+                    " origin) or one named as the login cookie of listener origins"
                 )
                 continue
             value = rewritten

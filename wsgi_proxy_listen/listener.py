@@ -17,7 +17,6 @@ first or is refused: the rule itself, when a member of an app is idle, is
 from __future__ import annotations
 
 import html
-import os
 import threading
 import time
 import typing as t
@@ -53,6 +52,10 @@ class Holder(t.Protocol):
         app: str | None = None,
         path: str = "/",
         environ: WSGIEnvironment | None = None,
+    ) -> str: ...
+
+    def public_url(
+        self, *, session: str | None = None, app: str | None = None, path: str = "/"
     ) -> str: ...
 
 
@@ -196,6 +199,12 @@ class Listener:
         :meth:`~wsgi_proxy_listen.Registry.url` for its session and app."""
         return self._holder.url(session=self.session, app=self.app, path=path, environ=environ)
 
+    def public_url(self, path: str = "/") -> str:
+        """The absolute URL of this listener, with ``path`` appended:
+        :meth:`~wsgi_proxy_listen.Registry.public_url` for its session and app (on its
+        own origin, with a listener domain)."""
+        return self._holder.public_url(session=self.session, app=self.app, path=path)
+
     @property
     def terms(self) -> Terms:
         """Its :attr:`access` and :attr:`sandbox`, as declared."""
@@ -221,9 +230,8 @@ class Listener:
         )
 
     def _repr_html_(self) -> str:
-        """A link to the listener, as Jupyter shows it: to the host's public URL when
-        ``WSGI_PROXY_LISTEN_PUBLIC_URL`` gives it (``https://notebooks.example.com``),
-        else to the path on the page's own origin."""
-        url = os.environ.get(ENV_PUBLIC_URL, "").rstrip("/") + self.url()
+        """A link to the listener, as Jupyter shows it: :meth:`public_url` (the path on
+        the page's own origin when no public URL or listener domain is known)."""
+        url = self.public_url()
         link = html.escape(url)
         return f'<a href="{link}" target="_blank">{link}</a>'

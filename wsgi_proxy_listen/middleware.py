@@ -30,9 +30,29 @@ import typing as t
 from collections.abc import Collection, Iterable
 
 from . import routing
-from .access import PUBLIC, Authenticate, Gate, LoginUrl, Refusal
+from .access import (
+    AUTHENTICATED,
+    PUBLIC,
+    UNAUTHORIZED,
+    Authenticate,
+    Gate,
+    LoginUrl,
+    Refusal,
+    is_navigation,
+)
 from .answers import NOT_FOUND, Answer, respond
 from .dispatch import Dispatcher, is_bodyless
+from .exceptions import DirectoryUnavailable
+from .listener import ENV_PUBLIC_URL
+from .origins import (
+    ENV_LISTENER_SECRET,
+    LOGIN_PARAMETER,
+    TOKEN_PARAMETER,
+    Origins,
+    check_listener_domain,
+    label_of_route,
+    take_parameter,
+)
 from .registry import Listener, Registry, default_registry
 from .routing import plain_session_route
 from .terms import Terms
@@ -93,6 +113,14 @@ class ProxyMiddleware:
         otherwise carry a ``Content-Security-Policy`` that gives its pages an origin
         of their own, which cannot act as the host's user (see
         :mod:`wsgi_proxy_listen.terms`).
+    :param listener_domain: serve each session and app from an origin of its own under
+        this domain (``"listeners.example.com"``; see :mod:`wsgi_proxy_listen.origins`);
+        ``None`` takes the registry's.
+    :param listener_secret: signs the tokens and cookies of listener origins; ``None``
+        takes ``WSGI_PROXY_LISTEN_LISTENER_SECRET``. Required with a listener domain.
+    :param public_url: the host's own origin (``"https://notebooks.example.com"``),
+        where a listener's origin sends a browser to log in; ``None`` takes
+        ``WSGI_PROXY_LISTEN_PUBLIC_URL``. Required with a listener domain.
     """
 
     def __init__(
@@ -107,6 +135,9 @@ class ProxyMiddleware:
         default_access: str | Collection[str] = PUBLIC,
         login_url: LoginUrl | None = None,
         sandbox: bool = False,
+        listener_domain: str | None = None,
+        listener_secret: str | bytes | None = None,
+        public_url: str | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {app!r}")
@@ -121,7 +152,7 @@ class ProxyMiddleware:
             max_content_length=max_content_length,
             forward_cookies=forward_cookies,
             max_concurrency=max_concurrency,
-            users=gate.authenticate is not None,
+            users=gate.authenticate is not None or registry.listener_domain is not None,
         )
         self.app = app
         self.registry = registry
@@ -147,11 +178,33 @@ class ProxyMiddleware:
         self._owned = (self._sessions, prefix + "/apps/")
         self._local = registry.get
         self._directory = registry.directory
+        self.listener_domain = domain = _listener_domain(registry, listener_domain)
+        self._origins: Origins | None = None
+        if domain is not None:
+            secret = listener_secret or os.environ.get(ENV_LISTENER_SECRET)
+            if not secret:
+                raise ValueError(
+                    "a listener domain needs a listener_secret (or"
+                    f" {ENV_LISTENER_SECRET}), which signs the logins it carries: a secret"
+                    " of its own, the same in every process of the host"
+                )
+            self._origins = Origins(
+                domain,
+                secret,
+                public_url or os.environ.get(ENV_PUBLIC_URL, ""),
+                # A used token is remembered where every process sees it.
+                None if self._directory is None else self._directory.first_use,
+            )
+            # On a listener's origin the user comes from its login cookie, given to
+            # the gate as known; a request without one is nobody.
+            self._origin_gate = Gate(_nobody, gate.default_access, log_in=self._back_to_host)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         directory = self._directory
         if directory is not None and not directory.serving:
             directory.start_serving()
+        if self._origins is not None:
+            return self._by_origin(self._origins, environ, start_response)
         path: str = environ.get("PATH_INFO", "")
         if not path.startswith(self._base):
             return self.app(environ, start_response)
@@ -165,7 +218,9 @@ class ProxyMiddleware:
             if listener is not None:
                 if self._plain and listener.plain:
                     return self._dispatch(listener, environ, start_response, path, plain[1])
-                return self._serve(listener, environ, start_response, path, plain[1], None)
+                return self._serve(
+                    listener, environ, start_response, path, plain[1], self._gate, None
+                )
             if directory is not None and routing.is_valid_id(plain[0]):
                 return self._remote(directory, plain[0], environ, start_response, path, plain[1])
         if not path.startswith(self._owned):
@@ -182,41 +237,58 @@ class ProxyMiddleware:
         return self.registry.serve_forwarded(environ, start_response, session, prefix)
 
     def _checked(
-        self, environ: WSGIEnvironment, start_response: StartResponse, path: str
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        path: str,
+        gate: Gate | None = None,
+        user: str | None = None,
     ) -> Iterable[bytes]:
         """Every check, in order: dot segments (400), routing segments and ids (404),
         the raw URI (404), the lookup (404, 400, 503), who may come in (302, 401,
-        403), then the body limit (413)."""
+        403), then the body limit (413). ``gate`` decides who may come in (the host's
+        login by default), ``user`` is who came in already (a listener origin's)."""
         route = self._route(environ, path)
         if isinstance(route, Answer):
             return respond(start_response, route.status)
-        user = None
+        return self._routed(environ, start_response, path, route, gate or self._gate, user)
+
+    def _routed(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        path: str,
+        route: routing.Route,
+        gate: Gate,
+        user: str | None,
+    ) -> Iterable[bytes]:
         if route.kind == routing.APP:
             # Who may reach the app is decided before its generic path finds (and so
             # maybe starts) a member: strangers start no app they may not reach.
             declaration = self.registry.apps.get(t.cast(str, route.app))
             if declaration is not None:
-                verdict = self._gate.verdict(declaration.access, environ)
+                verdict = gate.verdict(declaration.access, environ, user)
                 if isinstance(verdict, Refusal):
                     return verdict.answer(start_response)
                 user = verdict
         found = self._find(route, environ)
+        split = route.split
         if isinstance(found, Listener):
-            return self._serve(found, environ, start_response, path, route.split, user)
+            return self._serve(found, environ, start_response, path, split, gate, user)
         if isinstance(found, Answer):
             if found is NOT_FOUND and self._directory is None and environ.get("wsgi.multiprocess"):
                 _warn_once_per_process()
             return respond(start_response, found.status)
-        answered = self._forward(found, environ, start_response, path, route.split, user)
+        answered = self._forward(found, environ, start_response, path, split, gate, user)
         if answered is None and route.kind == routing.APP and is_bodyless(environ):
             # The app's member was closed meanwhile (an idle one, say): once more, to the
             # member after it or a new one. A request with a body is never sent twice.
             again = self.registry.apps.after_miss(t.cast(str, route.app), found)
             if isinstance(again, Listener):
-                return self._serve(again, environ, start_response, path, route.split, user)
+                return self._serve(again, environ, start_response, path, split, gate, user)
             if isinstance(again, Answer):
                 return respond(start_response, again.status)
-            answered = self._forward(again, environ, start_response, path, route.split, user)
+            answered = self._forward(again, environ, start_response, path, split, gate, user)
         return respond(start_response, 404) if answered is None else answered
 
     def _remote(
@@ -232,7 +304,7 @@ class ProxyMiddleware:
         found = directory.locate(session, environ)
         if isinstance(found, Answer):
             return respond(start_response, found.status)
-        answered = self._forward(found, environ, start_response, path, split, None)
+        answered = self._forward(found, environ, start_response, path, split, self._gate, None)
         return respond(start_response, 404) if answered is None else answered
 
     def _serve(
@@ -242,12 +314,13 @@ class ProxyMiddleware:
         start_response: StartResponse,
         path: str,
         split: int,
+        gate: Gate,
         user: str | None,
     ) -> Iterable[bytes]:
         """A listener of this process, for whoever may reach it (``user``: who was let
         in already, on the way), on its terms."""
         terms = self._terms_of(listener).over(self._defaults)
-        verdict = self._gate.verdict(terms.access, environ, user)
+        verdict = gate.verdict(terms.access, environ, user)
         if isinstance(verdict, Refusal):
             return verdict.answer(start_response)
         return self._dispatch(
@@ -261,18 +334,118 @@ class ProxyMiddleware:
         start_response: StartResponse,
         path: str,
         split: int,
+        gate: Gate,
         user: str | None,
     ) -> Iterable[bytes] | None:
         """A listener of another process, on its terms, applied here: those its owner
         published, else its app's here, else this middleware's."""
-        terms = destination.terms.over(self.registry.apps.terms(destination.app))
-        terms = terms.over(self._defaults)
-        verdict = self._gate.verdict(terms.access, environ, user)
+        terms = self._published_terms(destination).over(self._defaults)
+        verdict = gate.verdict(terms.access, environ, user)
         if isinstance(verdict, Refusal):
             return verdict.answer(start_response)
         return self._dispatcher.forward(
             destination, environ, start_response, path, split, verdict, bool(terms.sandbox)
         )
+
+    def _published_terms(self, destination: Destination) -> Terms:
+        return destination.terms.over(self.registry.apps.terms(destination.app))
+
+    # -- origins of their own ---------------------------------------------------------------
+
+    def _by_origin(
+        self, origins: Origins, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """A request, with a listener domain: on the host's origin, listener paths are
+        sent to their own origins; on a listener's origin, only its own paths are
+        served, to the user its login cookie names (see :mod:`wsgi_proxy_listen.origins`)."""
+        path: str = environ.get("PATH_INFO", "")
+        origin = origins.label_of(environ)
+        owned = path.startswith(self._owned)
+        if origin is None:
+            if not owned:
+                return self.app(environ, start_response)
+            return self._to_listener_origin(origins, environ, start_response, path)
+        if not owned or not origin:
+            if path == "/favicon.ico" and origin:
+                # What a browser asks every origin for by itself: no error in the
+                # console of every listener page (a page names its icon with <link>).
+                return respond(start_response, 204)
+            return respond(start_response, 404)
+        route = self._route(environ, path)
+        if isinstance(route, Answer):
+            return respond(start_response, route.status)
+        if label_of_route(route) != origin:
+            return respond(start_response, 404)
+        query, token = take_parameter(environ.get("QUERY_STRING", ""), TOKEN_PARAMETER)
+        if token is not None:
+            try:
+                user = origins.redeem(token, origin)
+            except DirectoryUnavailable:
+                return respond(start_response, 503)
+            if user is None:
+                logger.info("a listener origin refused a forged, expired or used token")
+                return respond(start_response, 403)
+            back = origins.location(environ, origin, query=query)
+            cookie = origins.set_cookie(environ, user, origin)
+            return respond(start_response, 302, extra=[("Location", back), ("Set-Cookie", cookie)])
+        user = origins.user(environ, origin)
+        inner = origins.without_cookie(environ)
+        return self._routed(inner, start_response, path, route, self._origin_gate, user)
+
+    def _to_listener_origin(
+        self,
+        origins: Origins,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        path: str,
+    ) -> Iterable[bytes]:
+        """A listener path on the host's origin: a navigation goes to the listener's
+        origin, with a token for the user the host's login lets in; nothing else is
+        served here."""
+        route = self._route(environ, path)
+        if isinstance(route, Answer):
+            return respond(start_response, route.status)
+        if not is_navigation(environ):
+            return respond(start_response, 403)
+        terms = self._declared_terms(route, environ)
+        if isinstance(terms, Answer):
+            return respond(start_response, terms.status)
+        query, back = take_parameter(environ.get("QUERY_STRING", ""), LOGIN_PARAMETER)
+        access = terms.over(self._defaults).access
+        if back is not None and access == PUBLIC:
+            # The listener's origin sent the browser back: who it is is needed there.
+            access = AUTHENTICATED
+        verdict = self._gate.verdict(access, environ)
+        if isinstance(verdict, Refusal):
+            return verdict.answer(start_response)
+        origin = label_of_route(route)
+        token = None if verdict is None else origins.token(verdict, origin)
+        location = origins.location(environ, origin, query=query, token=token)
+        return respond(start_response, 302, extra=[("Location", location)])
+
+    def _declared_terms(self, route: routing.Route, environ: WSGIEnvironment) -> Terms | Answer:
+        """The terms of the listener ``route`` leads to, without starting an app: an
+        app's own, where it is declared here."""
+        if route.kind == routing.APP:
+            declaration = self.registry.apps.get(t.cast(str, route.app))
+            if declaration is not None:
+                return declaration.terms
+        found = self._find(route, environ)
+        if isinstance(found, Answer):
+            return found
+        if isinstance(found, Listener):
+            return self._terms_of(found)
+        return self._published_terms(found)
+
+    def _back_to_host(self, environ: WSGIEnvironment) -> Refusal:
+        """Nobody on a listener's origin: a navigation goes to the same path on the
+        host's origin, to log in there; anything else gets 401."""
+        if not is_navigation(environ):
+            return UNAUTHORIZED
+        query = environ.get("QUERY_STRING", "")
+        query = f"{query}&{LOGIN_PARAMETER}=1" if query else f"{LOGIN_PARAMETER}=1"
+        origins = t.cast(Origins, self._origins)
+        return Refusal(302, origins.location(environ, "", query=query))
 
     def _route(self, environ: WSGIEnvironment, path: str) -> routing.Route | Answer:
         """The route of a path under the prefix, or the answer for a malformed one."""
@@ -323,3 +496,24 @@ def _warn_once_per_process() -> None:
         " session to one worker. This warning is logged once per process.",
         pid,
     )
+
+
+def _nobody(environ: WSGIEnvironment) -> None:
+    """The login of a listener's origin for a request without a good login cookie."""
+    return None
+
+
+def _listener_domain(registry: Registry, given: str | None) -> str | None:
+    """The middleware's listener domain: the one given, else the registry's. They must
+    agree, so that the URLs listeners give match where they are served: a registry
+    without one takes the middleware's."""
+    domain = check_listener_domain(given)
+    if domain is None:
+        return registry.listener_domain
+    if registry.listener_domain not in (None, domain):
+        raise ValueError(
+            f"listener_domain {domain!r} differs from the registry's"
+            f" {registry.listener_domain!r}: name it in one place"
+        )
+    registry.listener_domain = domain
+    return domain

@@ -29,11 +29,13 @@ import typing as t
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from .apps import App, Apps
 from .dispatch import check_limit
 from .handlers import to_wsgi
-from .listener import Listener
+from .listener import ENV_PUBLIC_URL, Listener
+from .origins import ENV_LISTENER_DOMAIN, check_listener_domain, label
 from .routing import check_id, public_path, validate_prefix
 from .sharing import Sharing
 from .terms import Terms
@@ -100,8 +102,15 @@ class Registry:
         directory: Directory | str | None = None,
         secret: str | bytes | None = None,
         runtime: bool | None = None,
+        listener_domain: str | None = None,
     ) -> None:
         self._prefix = validate_prefix(prefix)
+        if listener_domain is None:
+            listener_domain = os.environ.get(ENV_LISTENER_DOMAIN) or None
+        self.listener_domain = check_listener_domain(listener_domain)
+        """The domain under which each session and app has an origin of its own, or
+        ``None`` (see :mod:`wsgi_proxy_listen.origins`): ``listener_domain``, else
+        ``WSGI_PROXY_LISTEN_LISTENER_DOMAIN``. :meth:`public_url` builds with it."""
         self._lock = threading.Lock()
         self._listeners: dict[str, Listener] = {}
         self.get = self._listeners.get
@@ -328,6 +337,24 @@ class Registry:
             route += f"/sessions/{check_id('session id', session)}"
         script_name = "" if environ is None else environ.get("SCRIPT_NAME", "")
         return public_path(script_name, self._prefix + route + path)
+
+    def public_url(
+        self, *, session: str | None = None, app: str | None = None, path: str = "/"
+    ) -> str:
+        """The absolute URL of a route (see :meth:`url` for the arguments), for a
+        notebook or a message to show: on the route's own origin with a
+        :attr:`listener_domain` (its scheme that of ``WSGI_PROXY_LISTEN_PUBLIC_URL``,
+        else ``https``), else under ``WSGI_PROXY_LISTEN_PUBLIC_URL``; without either,
+        the path alone."""
+        url = self.url(session=session, app=app, path=path)
+        public = os.environ.get(ENV_PUBLIC_URL, "").rstrip("/")
+        if self.listener_domain is None:
+            return public + url
+        if session is None and app is None:
+            session, app = _bound("public_url() needs a session or an app")
+        kind, id = ("app", app) if app is not None else ("session", session)
+        scheme = urlsplit(public).scheme or "https"
+        return f"{scheme}://{label(kind, t.cast(str, id))}.{self.listener_domain}{url}"
 
     def close_session(self, session: str) -> bool:
         """Remove the listener of ``session`` and its app membership.

@@ -203,6 +203,13 @@ class Directory(t.Protocol):
         :raises DirectoryUnavailable: the directory cannot be reached.
         """
 
+    def first_use(self, key: str, seconds: float) -> bool:
+        """Whether ``key`` (a token's) is used for the first time in ``seconds``, across
+        every process of the directory.
+
+        :raises DirectoryUnavailable: the directory cannot be reached.
+        """
+
     def unlock_start(self, slug: str) -> None:
         """Release the start lock of ``slug``, if this process holds it; an unreachable
         directory is no error (the lock expires by itself)."""

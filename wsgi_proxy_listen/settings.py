@@ -20,6 +20,7 @@ from .access import PUBLIC, check_access, check_authenticate, check_login_url
 from .dispatch import check_content_length, check_limit, withheld_cookies
 from .middleware import ProxyMiddleware
 from .naming import ENV_DIRECTORY, check_name, resolve_secret
+from .origins import check_listener_domain, check_public_url
 from .registry import Registry, default_registry
 from .routing import validate_prefix
 
@@ -40,6 +41,9 @@ KEYS = {
     "DEFAULT_ACCESS": "default_access",
     "LOGIN_URL": "login_url",
     "SANDBOX": "sandbox",
+    "LISTENER_DOMAIN": "listener_domain",
+    "LISTENER_SECRET": "listener_secret",
+    "PUBLIC_URL": "public_url",
 }
 
 
@@ -125,6 +129,12 @@ def _check_default_access(value: object) -> object:
     return value
 
 
+def _check_listener_secret(value: object) -> object:
+    if value is not None and (not isinstance(value, (str, bytes)) or not value):
+        raise TypeError(f"LISTENER_SECRET must be a non-empty str, not {type(value).__name__}")
+    return value
+
+
 def _check_sandbox(value: object) -> object:
     if not isinstance(value, bool):
         raise TypeError(f"SANDBOX must be True or False, not {value!r}")
@@ -178,6 +188,22 @@ _CHECKS: dict[str, tuple[str, t.Callable[[t.Any], object], str]] = {
         _check_sandbox,
         "True to sandbox the listeners that do not say otherwise, or False",
     ),
+    "LISTENER_DOMAIN": (
+        "E013",
+        lambda value: check_listener_domain(value, name="LISTENER_DOMAIN"),
+        "a domain whose every subdomain reaches this host, such as 'listeners.example.com'",
+    ),
+    "LISTENER_SECRET": (
+        "E014",
+        _check_listener_secret,
+        "a str of its own (not SECRET), the same in every process; None to take"
+        " WSGI_PROXY_LISTEN_LISTENER_SECRET",
+    ),
+    "PUBLIC_URL": (
+        "E015",
+        lambda value: value is None or check_public_url(value),
+        "the host's own origin, such as 'https://notebooks.example.com'",
+    ),
 }
 
 
@@ -221,6 +247,9 @@ def middleware_from_config(
             default_access=config.get("DEFAULT_ACCESS", PUBLIC),
             login_url=login_url,
             sandbox=config.get("SANDBOX", False),
+            listener_domain=config.get("LISTENER_DOMAIN"),
+            listener_secret=config.get("LISTENER_SECRET"),
+            public_url=config.get("PUBLIC_URL"),
         )
     except (TypeError, ValueError, RuntimeError) as problem:
         raise error(f"{where}: {problem}") from problem

@@ -59,6 +59,10 @@ def browser() -> Iterator[Browser]:
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                # localhost and its subdomains (the listener origins of tests that give
+                # each session an origin of its own) are 127.0.0.1, where the servers
+                # listen; nothing else is mapped.
+                "--host-resolver-rules=MAP localhost 127.0.0.1, MAP *.localhost 127.0.0.1",
             ],
         )
         try:
@@ -153,15 +157,15 @@ def watched(
 
 
 @contextlib.contextmanager
-def served(module: str, *arguments: str) -> Iterator[str]:
-    """``python -m module *arguments PORT`` in a process of its own, until it listens on
-    127.0.0.1:PORT; yields its base URL."""
+def served(module: str, *arguments: str, **environment: str) -> Iterator[str]:
+    """``python -m module *arguments PORT`` in a process of its own (``environment`` added
+    to its variables), until it listens on 127.0.0.1:PORT; yields its base URL."""
     port = free_port()
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             [sys.executable, "-m", module, *arguments, str(port)],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **environment},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -112,15 +112,16 @@ def form_token(request: Request) -> Response:
     return response
 
 
-def django_admin() -> t.Any:
-    """Django's admin, as a listener, with a superuser in a fresh database."""
+def django_admin(allowed: str = "localhost") -> t.Any:
+    """Django's admin, as a listener, with a superuser in a fresh database; ``allowed``:
+    one more of ``ALLOWED_HOSTS`` (``.localhost`` for listener origins)."""
     import django
     from django.conf import settings
 
     settings.configure(
         DEBUG=False,
         SECRET_KEY="django-listener-secret",
-        ALLOWED_HOSTS=["127.0.0.1", "localhost"],
+        ALLOWED_HOSTS=["127.0.0.1", allowed],
         ROOT_URLCONF="tests.support.browser_django_urls",
         INSTALLED_APPS=[
             "django.contrib.admin",

@@ -9,6 +9,7 @@ import io
 import threading
 import typing as t
 from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
 from wsgiref.handlers import SimpleHandler
 from wsgiref.validate import validator
 
@@ -31,6 +32,19 @@ def start_response_stub(
     status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
 ) -> t.Any:
     return None
+
+
+def at(client: Client, url: str, method: str = "GET", **options: t.Any) -> t.Any:
+    """``method url`` with the URL's host as the Host header (werkzeug's client takes a
+    full URL's path only)."""
+    parts = urlsplit(url)
+    return client.open(
+        parts.path,
+        method=method,
+        base_url=f"{parts.scheme}://{parts.netloc}",
+        query_string=parts.query,
+        **options,
+    )
 
 
 class Host:

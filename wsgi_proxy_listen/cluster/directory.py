@@ -220,6 +220,11 @@ class SharedDirectory(Store):
     def lock_start(self, slug: str, seconds: float) -> bool:
         return self._health.call(self._store_lock, slug, seconds)
 
+    def first_use(self, key: str, seconds: float) -> bool:
+        # A lock that nobody releases: the first to take it is the first use. Its name
+        # cannot be an app's (a slug has no ':').
+        return self._health.call(self._store_lock, f"used:{key}", seconds)
+
     def unlock_start(self, slug: str) -> None:
         with contextlib.suppress(DirectoryUnavailable):  # the lock expires by itself
             self._health.call(self._store_unlock, slug)

@@ -399,6 +399,9 @@ class EmbeddedDirectory(SharedDirectory):
     def _store_lock(self, slug: str, seconds: float) -> bool:
         now = time.time()
         with self._transaction(self._writer()) as writer:
+            # Locks that ran out are of no use: the table keeps only live ones (a used
+            # token's lock is never released).
+            writer.execute("DELETE FROM locks WHERE expires <= ?", (now,))
             row = writer.execute("SELECT expires FROM locks WHERE name = ?", (slug,)).fetchone()
             if row is not None and row[0] > now:
                 return False

@@ -27,6 +27,9 @@ wsgi_proxy_listen.E009    ``AUTHENTICATE`` is no callable, dotted path, ``False`
 wsgi_proxy_listen.E010    ``DEFAULT_ACCESS`` is no access
 wsgi_proxy_listen.E011    ``LOGIN_URL`` is no path, URL, callable or ``None``
 wsgi_proxy_listen.E012    ``SANDBOX`` is not ``True`` or ``False``
+wsgi_proxy_listen.E013    ``LISTENER_DOMAIN`` is no domain name
+wsgi_proxy_listen.E014    ``LISTENER_SECRET`` is not a string
+wsgi_proxy_listen.E015    ``PUBLIC_URL`` is no ``http(s)://`` origin
 wsgi_proxy_listen.W001    ``SECRET`` without a directory, here
 ========================  ==========================================================
 """
