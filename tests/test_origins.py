@@ -383,3 +383,28 @@ def test_a_refused_token_is_logged_below_warning(
     setup.registry.listen(Recorder(), session="s", access="authenticated")
     at(setup.client, f"{origin('session', 's')}/proxy/sessions/s/?{TOKEN_PARAMETER}=x.y")
     assert [r.levelname for r in caplog.records] == ["INFO"]
+
+
+def test_on_a_listener_origin_no_remote_user_but_the_cookies_reaches_a_listener() -> None:
+    """Even where this process asks no login of its own: a REMOTE_USER that the server or
+    a front proxy set never reaches a listener on a listener origin."""
+    registry = Registry()
+    listener = Recorder()
+    registry.listen(listener, session="s")
+    middleware = ProxyMiddleware(
+        Host(), registry, listener_domain=DOMAIN, listener_secret="s3", public_url=HOST
+    )
+    forged = {"REMOTE_USER": "admin"}
+    at(Client(middleware), f"{origin('session', 's')}/proxy/sessions/s/", environ_overrides=forged)
+    assert "REMOTE_USER" not in listener.environs[0]
+
+
+def test_a_middleware_refused_for_its_settings_leaves_the_registry_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("WSGI_PROXY_LISTEN_LISTENER_SECRET", raising=False)
+    registry = Registry()
+    with pytest.raises(ValueError, match="needs a listener_secret"):
+        ProxyMiddleware(Host(), registry, listener_domain=DOMAIN, public_url=HOST)
+    assert registry.listener_domain is None
+    registry.prefix = "/tools"  # not frozen by a middleware that was never made

@@ -148,11 +148,31 @@ class ProxyMiddleware:
         gate = Gate(authenticate, default_access, login_url)
         if not isinstance(sandbox, bool):
             raise TypeError(f"sandbox must be True or False, not {sandbox!r}")
+        domain = _listener_domain(registry, listener_domain)
+        origins = None
+        if domain is not None:
+            secret = listener_secret or os.environ.get(ENV_LISTENER_SECRET)
+            if not secret:
+                raise ValueError(
+                    "a listener domain needs a listener_secret (or"
+                    f" {ENV_LISTENER_SECRET}), which signs the logins it carries: a secret"
+                    " of its own, the same in every process of the host"
+                )
+            directory = registry.directory
+            origins = Origins(
+                domain,
+                secret,
+                public_url or os.environ.get(ENV_PUBLIC_URL, ""),
+                # A used token is remembered where every process sees it.
+                None if directory is None else directory.first_use,
+            )
         dispatcher = Dispatcher(
             max_content_length=max_content_length,
             forward_cookies=forward_cookies,
             max_concurrency=max_concurrency,
-            users=gate.authenticate is not None or registry.listener_domain is not None,
+            # Who the user is, the middleware says: the host's login, or a listener
+            # origin's login cookie.
+            users=gate.authenticate is not None or domain is not None,
         )
         self.app = app
         self.registry = registry
@@ -178,23 +198,10 @@ class ProxyMiddleware:
         self._owned = (self._sessions, prefix + "/apps/")
         self._local = registry.get
         self._directory = registry.directory
-        self.listener_domain = domain = _listener_domain(registry, listener_domain)
-        self._origins: Origins | None = None
-        if domain is not None:
-            secret = listener_secret or os.environ.get(ENV_LISTENER_SECRET)
-            if not secret:
-                raise ValueError(
-                    "a listener domain needs a listener_secret (or"
-                    f" {ENV_LISTENER_SECRET}), which signs the logins it carries: a secret"
-                    " of its own, the same in every process of the host"
-                )
-            self._origins = Origins(
-                domain,
-                secret,
-                public_url or os.environ.get(ENV_PUBLIC_URL, ""),
-                # A used token is remembered where every process sees it.
-                None if self._directory is None else self._directory.first_use,
-            )
+        # The registry builds the listeners' public URLs with the same domain.
+        registry.listener_domain = self.listener_domain = domain
+        self._origins = origins
+        if origins is not None:
             # On a listener's origin the user comes from its login cookie, given to
             # the gate as known; a request without one is nobody.
             self._origin_gate = Gate(_nobody, gate.default_access, log_in=self._back_to_host)
@@ -505,8 +512,7 @@ def _nobody(environ: WSGIEnvironment) -> None:
 
 def _listener_domain(registry: Registry, given: str | None) -> str | None:
     """The middleware's listener domain: the one given, else the registry's. They must
-    agree, so that the URLs listeners give match where they are served: a registry
-    without one takes the middleware's."""
+    agree, so that the URLs listeners give match where they are served."""
     domain = check_listener_domain(given)
     if domain is None:
         return registry.listener_domain
@@ -515,5 +521,4 @@ def _listener_domain(registry: Registry, given: str | None) -> str | None:
             f"listener_domain {domain!r} differs from the registry's"
             f" {registry.listener_domain!r}: name it in one place"
         )
-    registry.listener_domain = domain
     return domain
