@@ -319,6 +319,9 @@ def test_a_token_is_good_once_across_workers_and_its_cookie_in_every_one(
     b_client.set_cookie(name, value, domain=f"{label('session', 's')}.listeners.test")
     page = at(b_client, taken.headers["Location"])
     assert (page.status_code, page.get_data()) == (200, b"hello alice")
+    # A process that took a token ends (a reload, max_requests): the token stays used.
+    workers.made[0].leave()
+    assert at(b_client, token_url).status_code == 403, "replayed once its taker left"
 
 
 def test_concurrent_listens_in_one_worker_stay_published(workers: Workers) -> None:

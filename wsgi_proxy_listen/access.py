@@ -40,7 +40,7 @@ from urllib.parse import urlencode
 from werkzeug.utils import import_string
 
 from .answers import respond
-from .routing import url_path
+from .routing import request_path, url_path
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -262,9 +262,9 @@ class Gate:
             if not isinstance(login_url, str):
                 logger.error("login_url returned %r, not a str", type(login_url).__name__)
                 return FAILED
-        there = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        there = request_path(environ)
         query = environ.get("QUERY_STRING")
-        there = url_path(there + "?" + query if query else there)
+        there = there + "?" + url_path(query) if query else there
         # A path of this origin only: '//x' or '/\\x' would lead a browser to another.
         there = "/" + there.lstrip("/\\")
         joiner = "&" if "?" in login_url else "?"

@@ -49,9 +49,11 @@ from .origins import (
     LOGIN_PARAMETER,
     TOKEN_PARAMETER,
     Origins,
+    SeveralLogins,
     check_listener_domain,
     label_of_route,
     take_parameter,
+    with_parameter,
 )
 from .registry import Listener, Registry, default_registry
 from .routing import plain_session_route
@@ -277,7 +279,8 @@ class ProxyMiddleware:
                 verdict = gate.verdict(declaration.access, environ, user)
                 if isinstance(verdict, Refusal):
                     return verdict.answer(start_response)
-                user = verdict
+                if verdict is not None:  # a public app forgets nobody already let in
+                    user = verdict
         found = self._find(route, environ)
         split = route.split
         if isinstance(found, Listener):
@@ -393,9 +396,17 @@ class ProxyMiddleware:
                 logger.info("a listener origin refused a forged, expired or used token")
                 return respond(start_response, 403)
             back = origins.location(environ, origin, query=query)
-            cookie = origins.set_cookie(environ, user, origin)
+            cookie = origins.set_cookie(user, origin)
             return respond(start_response, 302, extra=[("Location", back), ("Set-Cookie", cookie)])
-        user = origins.user(environ, origin)
+        try:
+            user = origins.user(environ, origin)
+        except SeveralLogins:
+            logger.warning(
+                "a request to a listener origin carried several login cookies: another"
+                " listener origin may have planted one (serve listener origins over"
+                " HTTPS, where the cookie is __Host-); it was refused"
+            )
+            return respond(start_response, 403)
         inner = origins.without_cookie(environ)
         return self._routed(inner, start_response, path, route, self._origin_gate, user)
 
@@ -449,8 +460,7 @@ class ProxyMiddleware:
         host's origin, to log in there; anything else gets 401."""
         if not is_navigation(environ):
             return UNAUTHORIZED
-        query = environ.get("QUERY_STRING", "")
-        query = f"{query}&{LOGIN_PARAMETER}=1" if query else f"{LOGIN_PARAMETER}=1"
+        query = with_parameter(environ.get("QUERY_STRING", ""), LOGIN_PARAMETER, "1")
         origins = t.cast(Origins, self._origins)
         return Refusal(302, origins.location(environ, "", query=query))
 

@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 from werkzeug.http import dump_cookie, parse_cookie
 
 from .cookies import drop
-from .routing import APP, Route, url_path
+from .routing import APP, Route, request_path
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -144,7 +144,7 @@ class _Signer:
     def unsign(self, text: str) -> dict[str, t.Any] | None:
         """The fields, if ``text`` is signed by this key and not expired."""
         body, _, mac = text.partition(".")
-        if not mac or not hmac.compare_digest(mac, self._mac(body)):
+        if not mac or not text.isascii() or not hmac.compare_digest(mac, self._mac(body)):
             return None
         try:
             fields = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
@@ -159,18 +159,26 @@ class _Signer:
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
+class SeveralLogins(Exception):
+    """A request with more than one login cookie of a listener origin: over HTTP,
+    another listener origin under the same domain may have planted one (with a
+    ``Domain``); which one is the user's cannot be told, so neither is taken."""
+
+
 class _UsedHere:
     """The tokens used in this process, while they could still be used."""
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
+        self._limit = 1024
         self._lock = threading.Lock()
 
     def first_use(self, nonce: str, seconds: float) -> bool:
         now = time.monotonic()
         with self._lock:
-            if len(self._until) > 1024:
+            if len(self._until) > self._limit:
                 self._until = {key: end for key, end in self._until.items() if end > now}
+                self._limit = max(1024, 2 * len(self._until))
             if self._until.get(nonce, 0) > now:
                 return False
             self._until[nonce] = now + seconds
@@ -203,6 +211,9 @@ class Origins:
         self._tokens = _Signer(key, "wsgi-proxy-listen token")
         self._cookies = _Signer(key, "wsgi-proxy-listen cookie")
         self.public_url = check_public_url(public_url)
+        # The deployment's scheme, which a proxy that ends TLS may hide from the app.
+        self.scheme = urlsplit(self.public_url).scheme
+        self._secure = self.scheme == "https"
         self._first_use = first_use or _UsedHere().first_use
 
     def label_of(self, environ: WSGIEnvironment) -> str | None:
@@ -211,6 +222,7 @@ class Origins:
         any other (the host's)."""
         host: str = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
         hostname, _, port = host.lower().partition(":")
+        hostname = hostname.rstrip(".")  # the same name, fully qualified
         if hostname != self.hostname and not hostname.endswith("." + self.hostname):
             return None
         name, _, rest = hostname.partition(".")
@@ -224,12 +236,9 @@ class Origins:
         """The URL of the requested path on ``origin`` (a listener's label, or ``""``
         for the host's), with ``query`` and a token."""
         if token is not None:
-            query = f"{query}&{TOKEN_PARAMETER}={token}" if query else f"{TOKEN_PARAMETER}={token}"
-        path = url_path(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
-        if origin:
-            base = f"{environ.get('wsgi.url_scheme', 'https')}://{origin}.{self.domain}"
-        else:
-            base = self.public_url
+            query = with_parameter(query, TOKEN_PARAMETER, token)
+        base = f"{self.scheme}://{origin}.{self.domain}" if origin else self.public_url
+        path = request_path(environ)
         return f"{base}{path}?{query}" if query else f"{base}{path}"
 
     def token(self, user: str, origin: str) -> str:
@@ -249,31 +258,39 @@ class Origins:
             return None
         return user if self._first_use(nonce, TOKEN_SECONDS * 2) else None
 
-    def cookie_name(self, environ: WSGIEnvironment) -> str:
-        return "__Host-" + COOKIE if environ.get("wsgi.url_scheme") == "https" else COOKIE
+    @property
+    def cookie_name(self) -> str:
+        """The login cookie's name: ``__Host-`` on HTTPS, where no other origin can set
+        a cookie of that name."""
+        return "__Host-" + COOKIE if self._secure else COOKIE
 
-    def set_cookie(self, environ: WSGIEnvironment, user: str, origin: str) -> str:
+    def set_cookie(self, user: str, origin: str) -> str:
         """The ``Set-Cookie`` value of the login cookie of ``user`` on ``origin``."""
-        https = environ.get("wsgi.url_scheme") == "https"
         return dump_cookie(
-            self.cookie_name(environ),
+            self.cookie_name,
             self._cookies.sign({"u": user, "l": origin}, COOKIE_SECONDS),
             path="/",
-            secure=https,
+            secure=self._secure,
             httponly=True,
             samesite="Lax",
         )
 
     def user(self, environ: WSGIEnvironment, origin: str) -> str | None:
-        """The user that the login cookie of ``origin`` names, if one is good."""
-        cookies = parse_cookie(environ)
-        for value in cookies.getlist(self.cookie_name(environ)):
-            fields = self._cookies.unsign(value)
-            if fields is not None and fields.get("l") == origin:
-                user = fields.get("u")
-                if isinstance(user, str) and user:
-                    return user
-        return None
+        """The user that the login cookie of ``origin`` names, if it is good.
+
+        :raises SeveralLogins: the request carries more than one login cookie.
+        """
+        try:
+            values = parse_cookie(environ).getlist(self.cookie_name)
+        except ValueError:  # not text: no cookie of ours
+            return None
+        if len(values) > 1:
+            raise SeveralLogins
+        fields = self._cookies.unsign(values[0]) if values else None
+        if fields is None or fields.get("l") != origin:
+            return None
+        user = fields.get("u")
+        return user if isinstance(user, str) and user else None
 
     def without_cookie(self, environ: WSGIEnvironment) -> WSGIEnvironment:
         """A copy of ``environ`` without the login cookie (a listener never sees it)."""
@@ -287,6 +304,11 @@ class Origins:
             else:
                 del inner["HTTP_COOKIE"]
         return inner
+
+
+def with_parameter(query: str, name: str, value: str) -> str:
+    """``query`` with ``name=value`` added (``value`` needs no quoting)."""
+    return f"{query}&{name}={value}" if query else f"{name}={value}"
 
 
 def take_parameter(query: str, name: str) -> tuple[str, str | None]:

@@ -19,12 +19,15 @@ Paths under the prefix are matched most specific first::
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 from werkzeug.urls import iri_to_uri
 
 from .answers import BAD_REQUEST, NOT_FOUND, Answer
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
 
 __all__ = [
     "ID_PATTERN",
@@ -247,6 +250,15 @@ def url_path(script_name: str) -> str:
     percent-encode what a URL cannot hold; existing ``%`` escapes are kept.
     """
     return iri_to_uri(script_name.encode("latin-1").decode("utf-8", "replace"))
+
+
+def request_path(environ: WSGIEnvironment) -> str:
+    """The URL path of the request, for a redirect to the same path elsewhere:
+    ``SCRIPT_NAME + PATH_INFO`` with every character that means something in a URL
+    quoted (a ``%``, ``?`` or ``#`` that the client sent encoded stays encoded), so
+    that the server there decodes the same ``PATH_INFO``."""
+    path: str = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    return quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE)
 
 
 def route(path: str, prefix: str, script_name: str, raw_uri: str | None) -> Route | Answer:

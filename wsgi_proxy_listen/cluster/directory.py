@@ -221,9 +221,7 @@ class SharedDirectory(Store):
         return self._health.call(self._store_lock, slug, seconds)
 
     def first_use(self, key: str, seconds: float) -> bool:
-        # A lock that nobody releases: the first to take it is the first use. Its name
-        # cannot be an app's (a slug has no ':').
-        return self._health.call(self._store_lock, f"used:{key}", seconds)
+        return self._health.call(self._store_first_use, key, seconds)
 
     def unlock_start(self, slug: str) -> None:
         with contextlib.suppress(DirectoryUnavailable):  # the lock expires by itself

@@ -399,9 +399,6 @@ class EmbeddedDirectory(SharedDirectory):
     def _store_lock(self, slug: str, seconds: float) -> bool:
         now = time.time()
         with self._transaction(self._writer()) as writer:
-            # Locks that ran out are of no use: the table keeps only live ones (a used
-            # token's lock is never released).
-            writer.execute("DELETE FROM locks WHERE expires <= ?", (now,))
             row = writer.execute("SELECT expires FROM locks WHERE name = ?", (slug,)).fetchone()
             if row is not None and row[0] > now:
                 return False
@@ -413,6 +410,18 @@ class EmbeddedDirectory(SharedDirectory):
     def _store_unlock(self, slug: str) -> None:
         with self._transaction(self._writer()) as writer:
             writer.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (slug, self.owner))
+
+    def _store_first_use(self, key: str, seconds: float) -> bool:
+        # A row of the locks' table that belongs to no owner, so that it outlives the
+        # process that noted it; renewals delete it once it ran out. Its name cannot be
+        # an app's (a slug has no ':').
+        now, name = time.time(), f"used:{key}"
+        with self._transaction(self._writer()) as writer:
+            row = writer.execute("SELECT expires FROM locks WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] > now:
+                return False
+            writer.execute("INSERT OR REPLACE INTO locks VALUES (?, '', ?)", (name, now + seconds))
+            return True
 
     # -- reads -----------------------------------------------------------------------------
 

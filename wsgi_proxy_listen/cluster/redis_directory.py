@@ -414,6 +414,10 @@ class RedisDirectory(SharedDirectory):
     def _store_unlock(self, slug: str) -> None:
         self._redis.eval(_DELETE_IF, 1, f"{self._prefix}start:{slug}", self.owner)
 
+    def _store_first_use(self, key: str, seconds: float) -> bool:
+        key = f"{self._prefix}used:{key}"
+        return bool(self._redis.set(key, "1", nx=True, px=int(seconds * 1000)))
+
     # -- reads -----------------------------------------------------------------------------
 
     def _store_locate(self, session: str) -> Owner | None:

@@ -181,6 +181,11 @@ class Store(abc.ABC):
     def _store_unlock(self, slug: str) -> None:
         """Release the start lock of ``slug`` if this owner holds it."""
 
+    @abc.abstractmethod
+    def _store_first_use(self, key: str, seconds: float) -> bool:
+        """Note ``key`` as used for ``seconds``, whoever the owner and whenever it ends;
+        whether it was not noted already."""
+
     # -- reads ----------------------------------------------------------------------------
 
     @abc.abstractmethod
