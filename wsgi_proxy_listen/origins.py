@@ -65,6 +65,7 @@ __all__ = [
     "TOKEN_PARAMETER",
     "TOKEN_SECONDS",
     "Origins",
+    "SeveralLogins",
     "check_listener_domain",
     "label",
 ]
@@ -278,7 +279,8 @@ class Origins:
     def user(self, environ: WSGIEnvironment, origin: str) -> str | None:
         """The user that the login cookie of ``origin`` names, if it is good.
 
-        :raises SeveralLogins: the request carries more than one login cookie.
+        :raises ~wsgi_proxy_listen.origins.SeveralLogins: the request carries more than one
+            login cookie.
         """
         try:
             values = parse_cookie(environ).getlist(self.cookie_name)
