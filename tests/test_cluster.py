@@ -321,20 +321,24 @@ def test_the_folder_and_sockets_are_closed_to_others() -> None:
 # -- faults ------------------------------------------------------------------------------------
 
 
-def test_killed_owner_gives_503_then_404(shared: Shared) -> None:
+def test_killed_owner_gives_502_then_404(shared: Shared) -> None:
     with gunicorn(shared.name) as cluster:
         owner = start_session(cluster, "doomed")
         for _ in range(20):
             get(cluster.port, "/proxy/sessions/doomed/")  # cached where it is
         os.kill(owner, signal.SIGKILL)
-        statuses, took = answers_within(cluster, "/proxy/sessions/doomed/", 404, 3.0)
+        # On one machine a refused connection to the owner's socket proves it gone; across
+        # machines (Redis) the owner's lease decides: gone once it missed a renewal, a
+        # heartbeat (lease / 3) and half a second after its last one.
+        within = 3.0 if shared.kind == "embedded" else 10 / 3 + 0.5 + 2.0
+        statuses, took = answers_within(cluster, "/proxy/sessions/doomed/", 404, within)
         print(f"\n{shared.kind}: after SIGKILL of the owner: {statuses} in {took:.2f} s")
-        assert set(statuses) <= {503, 404, 200}, statuses
+        assert set(statuses) <= {502, 404, 200}, statuses
         assert statuses[-1] == 404, "the stale entry was removed"
-        assert took < 3.0
-        if 503 in statuses:
+        assert took < within
+        if 502 in statuses:
             first_404 = statuses.index(404)
-            assert 503 not in statuses[first_404:]
+            assert 502 not in statuses[first_404:]
         assert shared.owner_of("doomed") is None
 
 
@@ -364,12 +368,12 @@ def test_paused_owner_gives_504_at_the_read_timeout_then_404(shared: Shared) -> 
                 assert time.monotonic() - began < 5
             print(f"\n{shared.kind}: with the owner paused: {statuses}")
             # While its lease lasts: 504 at the read timeout on a connection it accepted
-            # before, 503 where a new connection's handshake times out; then its entry
+            # before, 502 where a new connection's handshake times out; then its entry
             # expires (404).
-            assert statuses[0] in (503, 504)
-            assert set(statuses) <= {503, 504, 404}
+            assert statuses[0] in (502, 504)
+            assert set(statuses) <= {502, 504, 404}
             assert 404 in statuses
-            assert not {503, 504} & set(statuses[statuses.index(404) :])
+            assert not {502, 504} & set(statuses[statuses.index(404) :])
         finally:
             os.kill(owner, signal.SIGCONT)
 

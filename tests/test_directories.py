@@ -914,3 +914,31 @@ def test_processes_that_open_a_fresh_table_together_all_get_it() -> None:
         assert [out.strip() for out, _ in outputs] == ["0"] * 8, [err for _, err in outputs]
     finally:
         shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]"])
+def test_an_address_of_every_interface_is_not_an_advertised_one(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    with pytest.raises(ValueError, match="other processes cannot connect to it"):
+        RedisDirectory("redis://127.0.0.1:1/0", secret=SECRET, advertise_host=host)
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_ADVERTISE", host)
+    with pytest.raises(ValueError, match="other processes cannot connect to it"):
+        RedisDirectory("redis://127.0.0.1:1/0", secret=SECRET)
+
+
+def test_the_advertised_address_is_the_one_that_reaches_redis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With nothing configured, a process advertises the address it reaches Redis with
+    (tests/test_topology.py shows it across namespaces); the variable overrides it."""
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    monkeypatch.delenv("WSGI_PROXY_LISTEN_ADVERTISE", raising=False)
+    for url in ["redis://127.0.0.1:6379/0", "unix:///run/redis.sock"]:
+        directory = RedisDirectory(url, secret=SECRET)
+        assert directory._endpoint_address("owner") == "127.0.0.1", url
+    monkeypatch.setenv("WSGI_PROXY_LISTEN_ADVERTISE", "10.1.2.3")
+    assert RedisDirectory("redis://127.0.0.1/0", secret=SECRET).advertise_host == "10.1.2.3"

@@ -46,6 +46,7 @@ _MESSAGES = {
     404: "No listener answers at this address.",
     413: "The request body is too large.",
     500: "The listener failed to answer.",
+    502: "The process of the listener could not be reached.",
     503: "The listener is not available yet. Try again later.",
     504: "The listener did not answer in time.",
 }
@@ -86,21 +87,24 @@ class Failure(enum.Enum):
     the listener's."""
 
     MISS = "the owner does not serve the session"
-    GONE = "the owner's endpoint refused the connection: the owner is gone"
-    UNRESPONSIVE = "the owner did not accept the connection in time"
+    GONE = "the owner's endpoint refused the connection"
+    UNRESPONSIVE = "the owner did not accept the connection in time, or cannot be reached"
     BROKEN = "the owner closed the connection without an answer"
     TIMEOUT = "the owner did not answer in time"
     ABORTED = "the client went away while sending its body"
     TOO_LARGE = "the body was longer than max_content_length"
 
 
-#: The status each :class:`Failure` is answered with. A miss is a 404 unless the
-#: directory finds the session elsewhere, or the app's generic path another member.
+#: The status each :class:`Failure` is answered with: the owner's process gone or
+#: unreachable, 502; no answer within the read timeout, 504. A miss is a 404 unless
+#: the directory finds the session elsewhere, or the app's generic path another
+#: member. (503, with ``Retry-After``, is for what passes: a start, a limit, the
+#: directory down.)
 FAILURE_STATUS: dict[Failure, int] = {
     Failure.MISS: 404,
-    Failure.GONE: 503,
-    Failure.UNRESPONSIVE: 503,
-    Failure.BROKEN: 503,
+    Failure.GONE: 502,
+    Failure.UNRESPONSIVE: 502,
+    Failure.BROKEN: 502,
     Failure.TIMEOUT: 504,
     Failure.ABORTED: 400,
     Failure.TOO_LARGE: 413,

@@ -34,6 +34,7 @@ if t.TYPE_CHECKING:
     from .seam import Directory
 
 __all__ = [
+    "ENV_ADVERTISE",
     "ENV_DIRECTORY",
     "ENV_RUNTIME",
     "ENV_SECRET",
@@ -50,6 +51,9 @@ ENV_DIRECTORY = "WSGI_PROXY_LISTEN_DIRECTORY"
 ENV_SECRET = "WSGI_PROXY_LISTEN_SECRET"
 #: The environment variable that says whether a process is a runtime.
 ENV_RUNTIME = "WSGI_PROXY_LISTEN_RUNTIME"
+#: The environment variable with the address that other machines reach this process at
+#: (a Redis directory; see :class:`~wsgi_proxy_listen.cluster.RedisDirectory`).
+ENV_ADVERTISE = "WSGI_PROXY_LISTEN_ADVERTISE"
 _YES = ("1", "true", "yes", "on")
 _NO = ("0", "false", "no", "off")
 

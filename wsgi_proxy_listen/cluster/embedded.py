@@ -372,13 +372,15 @@ class EmbeddedDirectory(SharedDirectory):
                     taken.append(session)
         return taken
 
-    def _store_forget(self, session: str, entry: Owner) -> None:
-        # Its socket refused the connection: no process listens there any more, so every
-        # entry of that owner goes (compare-and-delete on the owner id).
+    def _store_forget(self, session: str, entry: Owner) -> bool:
+        # Its socket in the folder refused the connection: on one machine that is proof
+        # that no process listens there any more, so every entry of that owner goes
+        # (compare-and-delete on the owner id).
         with self._transaction(self._writer()) as writer:
             writer.execute("DELETE FROM sessions WHERE owner = ?", (entry.owner,))
             writer.execute("DELETE FROM owners WHERE owner = ?", (entry.owner,))
         self._remove_socket(entry.owner)
+        return True
 
     def _remove_socket(self, owner: str) -> None:
         """Remove the socket file a dead owner left: the path is computed from its id,

@@ -47,7 +47,8 @@ logger = logging.getLogger("wsgi_proxy_listen")
 class Forwarder:
     """Forwards requests from this process (``owner``, once it serves) to others.
 
-    :param forget: the store's removal of an owner that cannot be reached.
+    :param forget: the store's removal of an owner that refused a connection, where that
+        proves it gone (whether it removed it).
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class Forwarder:
         health: Health,
         locations: Locations,
         *,
-        forget: Callable[[str, Owner], None],
+        forget: Callable[[str, Owner], bool],
     ) -> None:
         self._host = host
         self._client = client
@@ -113,11 +114,26 @@ class Forwarder:
         # (its lease expired), and the store says nothing when a lease expires.
         self._locations.forget(session)
         if result is Failure.GONE:
-            # Only a refused connection proves that nobody listens there any more: a
-            # broken or slow one may be a live owner's, whose lease decides.
-            logger.warning("the owner of session %r at %s is gone", session, owner.address)
+            # A refused connection: the store says whether that proves the owner gone (a
+            # socket of the folder on one machine, an owner that missed a renewal across
+            # machines); a broken or slow one may be a live owner's, whose lease decides.
+            forgotten = False
             with contextlib.suppress(DirectoryUnavailable):
-                self._health.call(self._forget, session, owner)
+                forgotten = self._health.call(self._forget, session, owner)
+            if forgotten:
+                logger.warning(
+                    "the owner of session %r at %s is gone: its entries were removed",
+                    session,
+                    owner.address,
+                )
+            else:
+                logger.warning(
+                    "the owner of session %r at %s refused the connection from here, but"
+                    " renews its lease: its entries stay (a partition or a firewall"
+                    " between the two?)",
+                    session,
+                    owner.address,
+                )
         elif result in (Failure.TIMEOUT, Failure.UNRESPONSIVE):
             logger.warning("the owner at %s did not answer in time", owner.address)
         elif result is Failure.BROKEN:

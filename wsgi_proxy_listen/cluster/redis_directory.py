@@ -28,6 +28,7 @@ node and every script touches one slot:
 ``{ns}:owned:{owner}``              set of the sessions an owner published
 ``{ns}:app:{slug}``                 sorted set of member sessions, scored by join time
 ``{ns}:start:{slug}``               the cluster-wide auto-start lock
+``{ns}:used:{key}``                 a token used on a listener origin, while it could be
 ``{ns}:notices``                    pub/sub channel: ``"{session} {new owner id or -}"``
 ==================================  =======================================================
 
@@ -36,22 +37,28 @@ Records are JSON objects with a version (``{"v": 1, ...}``): see :mod:`.store`.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import secrets
 import socket
 import time
 import typing as t
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..naming import ENV_ADVERTISE
 from ..seam import Entry, shown_name
 from .directory import SharedDirectory
 from .health import PROBE_INTERVAL
 from .store import Owner, decode_record, encode_record, session_record
 
 __all__ = ["RedisDirectory"]
+
+logger = logging.getLogger("wsgi_proxy_listen")
 
 # Every script gets the namespace's prefix (ARGV[1], "{ns}:") and builds the names of the
 # keys it touches from it: all of them carry the same hash tag, so they are in one slot.
@@ -139,6 +146,12 @@ return 1
 _FORGET = (
     _HELPERS
     + """
+if ARGV[3] then
+    -- Across machines a refused connection proves nothing of the owner (a firewall's
+    -- reject reads the same): its lease decides. An owner that renewed it lately lives.
+    local expires = redis.call('zscore', ARGV[1] .. 'owners', ARGV[2])
+    if expires and tonumber(expires) > now_ms() + tonumber(ARGV[3]) then return 0 end
+end
 forget(ARGV[1], ARGV[2])
 return 1
 """
@@ -245,6 +258,46 @@ def _client(url: str, timeout: float, retry: Retry) -> _Commands:
     return t.cast(_Commands, client)
 
 
+def check_advertise(host: str) -> str:
+    """``host`` as an address that other processes can connect to.
+
+    :raises ValueError: an address of every interface (``0.0.0.0``, ``::``), which
+        says where to listen, not where to connect.
+    """
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host  # a name: resolved where it is used
+    if address.is_unspecified:
+        raise ValueError(
+            f"invalid advertised address {host!r}: other processes cannot connect to it;"
+            " give this machine's address that they reach (a pod's IP, a LAN address)"
+        )
+    return host
+
+
+def _route_to(url: str) -> str:
+    """The address this machine uses to reach the Redis server of ``url``: the one the
+    routing table picks (a UDP socket's connect sends nothing)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix" or not parts.hostname:
+        return "127.0.0.1"
+    try:
+        family, _, _, _, where = socket.getaddrinfo(
+            parts.hostname, parts.port or 6379, type=socket.SOCK_DGRAM
+        )[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(where)
+            return str(probe.getsockname()[0])
+    except OSError:
+        logger.warning(
+            "cannot tell which address reaches the Redis server %s: advertising 127.0.0.1"
+            " (set WSGI_PROXY_LISTEN_ADVERTISE)",
+            shown_name(url),
+        )
+        return "127.0.0.1"
+
+
 def _location(session_value: bytes, owner_value: bytes) -> Owner | None:
     session, owner = decode_record(session_value), decode_record(owner_value)
     if session is None or owner is None:
@@ -258,8 +311,11 @@ class RedisDirectory(SharedDirectory):
     :param url: the Redis server: ``redis://``, ``rediss://`` or ``unix://``.
     :param secret: signs the hop between processes; required, non-empty, the
         same in every process and host.
-    :param advertise_host: the address other processes reach this one at (a
-        LAN address across hosts); the internal endpoint binds to it.
+    :param advertise_host: the address other processes reach this one at; the
+        internal endpoint binds to it. ``None`` takes ``WSGI_PROXY_LISTEN_ADVERTISE``,
+        else the address this machine uses to reach the Redis server (so two machines
+        find each other with nothing configured; ``127.0.0.1`` for a local Redis).
+        ``0.0.0.0`` and ``::`` are refused: nobody can connect to them.
     :param lease: seconds a registration outlives a silent owner.
     :param read_timeout: seconds a hop waits for the owner's answer (then 504).
     :param namespace: prefix of the Redis keys, to share one Redis between hosts.
@@ -272,7 +328,7 @@ class RedisDirectory(SharedDirectory):
         url: str,
         *,
         secret: str | bytes,
-        advertise_host: str = "127.0.0.1",
+        advertise_host: str | None = None,
         lease: float = 10.0,
         read_timeout: float = 60.0,
         namespace: str = "wsgi-proxy-listen",
@@ -288,6 +344,10 @@ class RedisDirectory(SharedDirectory):
             secret=secret.encode() if isinstance(secret, str) else secret,
         )
         self.url = url
+        if advertise_host is None:
+            advertise_host = os.environ.get(ENV_ADVERTISE) or None
+        if advertise_host is not None:
+            check_advertise(advertise_host)
         self.advertise_host = advertise_host
         self.namespace = namespace
         # One timeout per outage (the directory then answers 503 at once): no retry on a
@@ -330,6 +390,8 @@ class RedisDirectory(SharedDirectory):
         return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
     def _endpoint_address(self, owner: str) -> str:
+        if self.advertise_host is None:
+            self.advertise_host = _route_to(self.url)
         return self.advertise_host
 
     def _store_close(self) -> None:
@@ -367,8 +429,14 @@ class RedisDirectory(SharedDirectory):
     def _store_withdraw(self, session: str, entry: Owner) -> None:
         self._withdraw_script(args=[self._prefix, session, entry.owner, entry.app or ""])
 
-    def _store_forget(self, session: str, entry: Owner) -> None:
-        self._forget_script(args=[self._prefix, entry.owner])
+    def _store_forget(self, session: str, entry: Owner) -> bool:
+        # An owner's lease runs ``lease`` from its last renewal, renewed every lease / 3:
+        # one that has not renewed for a heartbeat (and half a second) missed one.
+        silent_after = self.lease - self.lease / 3 - 0.5
+        forgotten = self._forget_script(
+            args=[self._prefix, entry.owner, max(0, int(silent_after * 1000))]
+        )
+        return bool(forgotten)
 
     def _store_withdraw_all(self, entries: dict[str, Owner]) -> None:
         self._forget_script(args=[self._prefix, self.owner])

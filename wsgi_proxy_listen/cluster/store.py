@@ -166,8 +166,9 @@ class Store(abc.ABC):
         out), and return the sessions that another owner holds now."""
 
     @abc.abstractmethod
-    def _store_forget(self, session: str, entry: Owner) -> None:
-        """``entry``'s owner cannot be reached: delete what names it (compare-and-delete)."""
+    def _store_forget(self, session: str, entry: Owner) -> bool:
+        """``entry``'s owner refused a connection: delete what names it
+        (compare-and-delete) where that proves it gone, and say whether it did."""
 
     @abc.abstractmethod
     def _store_withdraw_all(self, entries: dict[str, Owner]) -> None:
