@@ -942,3 +942,59 @@ def test_the_advertised_address_is_the_one_that_reaches_redis(
         assert directory._endpoint_address("owner") == "127.0.0.1", url
     monkeypatch.setenv("WSGI_PROXY_LISTEN_ADVERTISE", "10.1.2.3")
     assert RedisDirectory("redis://127.0.0.1/0", secret=SECRET).advertise_host == "10.1.2.3"
+
+
+def test_a_background_thread_survives_any_error_and_says_why(
+    workers: Workers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat meets an error that is no outage (a replica's ReadOnlyError, an ACL
+    refusal, a bug): it is logged once with its reason, and the heartbeat goes on."""
+    caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
+    directory = workers.directory()
+    renew = directory._store_renew
+    calls: list[float] = []
+
+    def fails_twice() -> t.Any:
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise RuntimeError("You can't write against a read only replica.")
+        return renew()
+
+    directory._store_renew = fails_twice  # before the registry attaches it
+    registry = Registry(directory=directory)
+    Client(ProxyMiddleware(Host(), registry)).get("/", buffered=True)  # starts its threads
+    registry.listen(text("kept"), session="kept")
+    deadline = time.monotonic() + 10
+    while len(calls) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(calls) >= 4, "the heartbeat died"
+    failed = [r for r in caplog.records if "heartbeat thread" in r.getMessage()]
+    assert len(failed) == 1, "said once"
+    assert "RuntimeError: You can't write against a read only replica." in failed[0].getMessage()
+
+
+def test_an_outage_says_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis that refuses the password is down with that reason, not just 'cannot be
+    reached'."""
+    if REDIS is None:
+        pytest.skip(NO_REDIS)
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    server = RedisServer()
+    server.start()
+    try:
+        url = server.url.replace("redis://", "redis://:wrong-password@")
+        # requirepass, set at run time on the server the fixture started
+        import redis
+
+        admin = redis.Redis.from_url(server.url)
+        admin.config_set("requirepass", "right-password")
+        admin.close()
+        caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
+        directory = RedisDirectory(url, secret=SECRET)
+        registry = Registry(directory=directory)
+        Client(ProxyMiddleware(Host(), registry)).get("/proxy/sessions/any/", buffered=True)
+        directory.close()
+        assert "the password or the user was refused" in caplog.text
+    finally:
+        server.stop()

@@ -36,7 +36,7 @@ from ..answers import NOT_FOUND, UNAVAILABLE, Answer
 from ..exceptions import DirectoryUnavailable
 from .endpoint import InternalEndpoint
 from .forwarding import Forwarder, Remote
-from .health import Health
+from .health import Health, survive
 from .hop import HopClient
 from .locations import Locations
 from .publication import Publication
@@ -174,7 +174,11 @@ class SharedDirectory(Store):
             forwarder.owner = owner
             self._stop.clear()
             self._threads = [
-                threading.Thread(target=target, name=f"wsgi_proxy_listen {name}", daemon=True)
+                threading.Thread(
+                    target=survive(target, name, self._stop),
+                    name=f"wsgi_proxy_listen {name}",
+                    daemon=True,
+                )
                 for target, name in (
                     (publication.heartbeat, "heartbeat"),
                     (self._store_watch, "watcher"),

@@ -24,7 +24,7 @@ from ..exceptions import DirectoryUnavailable
 if t.TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["PROBE_INTERVAL", "Health"]
+__all__ = ["PROBE_INTERVAL", "Health", "reason", "survive"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
 
@@ -33,6 +33,57 @@ R = t.TypeVar("R")
 
 #: Seconds between two probes of a store that is down.
 PROBE_INTERVAL = 0.25
+
+# What an operator can do something about, by the exception that says it (anywhere in
+# the chain of causes: a client library wraps what the socket said).
+_REASONS = (
+    ("AuthenticationError", "the password or the user was refused"),
+    ("AuthenticationWrongNumberOfArgsError", "the password or the user was refused"),
+    ("NoPermissionError", "the user lacks a command, a key or a channel in its ACL"),
+    ("ReadOnlyError", "the server is a read-only replica (after a failover?)"),
+    ("SSLError", "TLS failed (the certificate, its CA, or the server's TLS port)"),
+    ("SSLCertVerificationError", "TLS failed (the certificate, its CA, or the server's TLS port)"),
+    ("gaierror", "the server's name does not resolve (DNS)"),
+    ("ConnectionRefusedError", "the connection was refused (nothing listens there)"),
+    ("TimeoutError", "it did not answer in time"),
+)
+
+
+def reason(error: BaseException) -> str:
+    """Why ``error`` happened, in the words an operator acts on, with the error itself."""
+    seen: BaseException | None = error
+    while seen is not None:
+        names = {kind.__name__ for kind in type(seen).__mro__}
+        for name, why in _REASONS:
+            if name in names:
+                return f"{why}: {error}"
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(error).__name__}: {error}"
+
+
+def survive(target: Callable[[], None], name: str, stop: threading.Event) -> Callable[[], None]:
+    """``target`` for a background thread that never dies of an error: each kind of
+    error is logged once with its reason, and ``target`` runs again a little later,
+    until ``stop`` is set."""
+
+    def run() -> None:
+        logged: set[type[BaseException]] = set()
+        while not stop.is_set():
+            try:
+                target()
+                return
+            except Exception as error:
+                if type(error) not in logged:
+                    logged.add(type(error))
+                    logger.error(
+                        "the %s thread of the directory failed (%s): it goes on",
+                        name,
+                        reason(error),
+                        exc_info=True,
+                    )
+                stop.wait(1.0)
+
+    return run
 
 
 class Health:
@@ -93,7 +144,7 @@ class Health:
             "%r cannot be reached (%s): listeners of this process keep working, requests"
             " for other processes' listeners get 503 until it is back",
             self._directory,
-            error,
+            reason(error),
         )
         threading.Thread(target=self._probe, name="wsgi_proxy_listen probe", daemon=True).start()
 
@@ -101,7 +152,7 @@ class Health:
         while not self._stop.wait(PROBE_INTERVAL):
             try:
                 self._probe_store()
-            except self.unreachable:
+            except Exception:  # noqa: BLE001 (whatever it is, the store does not answer yet)
                 continue
             self._changed()  # changes announced meanwhile were missed
             self.down = False
