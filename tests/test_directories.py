@@ -23,8 +23,9 @@ from werkzeug.test import Client
 
 from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory, Owner, embedded, store
+from wsgi_proxy_listen.naming import namespace_for
 
-from .support.cluster import NO_REDIS, REDIS, SECRET, RedisServer, short_folder
+from .support.cluster import NAMESPACE, NO_REDIS, REDIS, SECRET, RedisServer, short_folder
 from .support.wsgi import Host, at
 
 pytestmark = pytest.mark.timeout(60)
@@ -652,8 +653,8 @@ def lose_lease(workers: Workers, owner: str) -> None:
 
         client = redis.Redis.from_url(workers.name)
         try:
-            assert client.scard(f"{{wsgi-proxy-listen}}:owned:{owner}")
-            client.register_script(redis_directory._FORGET)(args=["{wsgi-proxy-listen}:", owner])
+            assert client.scard(f"{{{NAMESPACE}}}:owned:{owner}")
+            client.register_script(redis_directory._FORGET)(args=[f"{{{NAMESPACE}}}:", owner])
         finally:
             client.close()
 
@@ -787,7 +788,7 @@ def test_an_entry_of_another_version_is_skipped_and_said_once(
             import redis
 
             client = redis.Redis.from_url(workers.name)
-            client.set("{wsgi-proxy-listen}:session:s1", future)
+            client.set(f"{{{NAMESPACE}}}:session:s1", future)
             client.close()
         for _ in range(2):
             assert b.get("/proxy/sessions/s1/", buffered=True).status_code == 404
@@ -997,4 +998,36 @@ def test_an_outage_says_its_reason(caplog: pytest.LogCaptureFixture) -> None:
         directory.close()
         assert "the password or the user was refused" in caplog.text
     finally:
+        server.stop()
+
+
+def test_two_deployments_on_one_database_never_meet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Different secrets, one Redis database: each deployment's keys are under a namespace
+    derived from its secret, so a session name in one is nothing to the other."""
+    if REDIS is None:
+        pytest.skip(NO_REDIS)
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    monkeypatch.delenv("WSGI_PROXY_LISTEN_NAMESPACE", raising=False)
+    server = RedisServer()
+    server.start()
+    made = []
+    try:
+        clients = {}
+        for secret in ("first-secret", "second-secret"):
+            directory = RedisDirectory(server.url, secret=secret, lease=3)
+            made.append(directory)
+            registry = Registry(directory=directory)
+            clients[secret] = Client(ProxyMiddleware(Host(), registry))
+            clients[secret].get("/", buffered=True)
+            registry.listen(text(f"of {secret}"), session="s1")
+        for secret, client in clients.items():
+            assert client.get("/proxy/sessions/s1/", buffered=True).data == f"of {secret}".encode()
+        namespaces = {key.split("}")[0] for key in server.keys_now()}
+        assert namespaces == {"{" + namespace_for(s) for s in clients}
+        monkeypatch.setenv("WSGI_PROXY_LISTEN_NAMESPACE", "kept-from-before")
+        assert RedisDirectory(server.url, secret="x").namespace == "kept-from-before"
+    finally:
+        for directory in made:
+            directory.close()
         server.stop()

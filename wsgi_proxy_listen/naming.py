@@ -25,6 +25,7 @@ in their environment: the directory, and whether the process is a runtime.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import typing as t
 
@@ -36,11 +37,13 @@ if t.TYPE_CHECKING:
 __all__ = [
     "ENV_ADVERTISE",
     "ENV_DIRECTORY",
+    "ENV_NAMESPACE",
     "ENV_RUNTIME",
     "ENV_SECRET",
     "Environment",
     "check_name",
     "from_environment",
+    "namespace_for",
     "open_directory",
     "resolve_secret",
 ]
@@ -54,6 +57,8 @@ ENV_RUNTIME = "WSGI_PROXY_LISTEN_RUNTIME"
 #: The environment variable with the address that other machines reach this process at
 #: (a Redis directory; see :class:`~wsgi_proxy_listen.cluster.RedisDirectory`).
 ENV_ADVERTISE = "WSGI_PROXY_LISTEN_ADVERTISE"
+#: The environment variable with a Redis directory's namespace, the prefix of its keys.
+ENV_NAMESPACE = "WSGI_PROXY_LISTEN_NAMESPACE"
 _YES = ("1", "true", "yes", "on")
 _NO = ("0", "false", "no", "off")
 
@@ -78,6 +83,14 @@ def open_directory(name: str, *, secret: str | bytes | None = None) -> Directory
     from .cluster.embedded import EmbeddedDirectory
 
     return EmbeddedDirectory(name, secret=resolve_secret(secret))
+
+
+def namespace_for(secret: str | bytes) -> str:
+    """The namespace of a deployment whose secret is ``secret``: a digest of it, which
+    says nothing of the secret."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    digest = hashlib.sha256(b"wsgi-proxy-listen namespace\0" + key).hexdigest()
+    return f"wsgi-proxy-listen-{digest[:16]}"
 
 
 def check_name(name: object, *, secret: str | bytes | None = None) -> str:

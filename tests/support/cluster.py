@@ -22,11 +22,15 @@ import typing as t
 from collections.abc import Iterator
 from pathlib import Path
 
+from wsgi_proxy_listen.naming import namespace_for
+
 from .wire import Answer, exchange, free_port, get, stop, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS = shutil.which("redis-server")
 SECRET = "tests-secret"
+#: The Redis keys' namespace of the tests' deployments (derived from their secret).
+NAMESPACE = namespace_for(SECRET)
 NO_REDIS = (
     "CLUSTER TESTS SKIPPED: no redis-server binary; install Debian's redis-server"
     " package (apt-get install redis-server), as .ci/run does"
@@ -69,12 +73,12 @@ class RedisServer:
             client.close()
 
     def record(self, key: str) -> dict[str, t.Any] | None:
-        """The record at ``{wsgi-proxy-listen}:<key>`` (``session:s1``, ``owner:<id>``)."""
+        """The record at ``{namespace}:<key>`` (``session:s1``, ``owner:<id>``)."""
         import redis
 
         client = redis.Redis.from_url(self.url)
         try:
-            value = t.cast("bytes | None", client.get(f"{{wsgi-proxy-listen}}:{key}"))
+            value = t.cast("bytes | None", client.get(f"{{{NAMESPACE}}}:{key}"))
             return None if value is None else t.cast("dict[str, t.Any]", json.loads(value))
         finally:
             client.close()

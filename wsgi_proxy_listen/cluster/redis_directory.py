@@ -50,7 +50,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..naming import ENV_ADVERTISE
+from ..naming import ENV_ADVERTISE, ENV_NAMESPACE, namespace_for
 from ..seam import Entry, shown_name
 from .directory import SharedDirectory
 from .health import PROBE_INTERVAL
@@ -318,7 +318,10 @@ class RedisDirectory(SharedDirectory):
         ``0.0.0.0`` and ``::`` are refused: nobody can connect to them.
     :param lease: seconds a registration outlives a silent owner.
     :param read_timeout: seconds a hop waits for the owner's answer (then 504).
-    :param namespace: prefix of the Redis keys, to share one Redis between hosts.
+    :param namespace: the prefix of the Redis keys (``{namespace}:...``). ``None`` takes
+        ``WSGI_PROXY_LISTEN_NAMESPACE``, else one derived from the secret
+        (:func:`~wsgi_proxy_listen.naming.namespace_for`): deployments that share a
+        database with different secrets never see each other's entries.
     """
 
     unreachable = (redis.ConnectionError, redis.TimeoutError)
@@ -331,7 +334,7 @@ class RedisDirectory(SharedDirectory):
         advertise_host: str | None = None,
         lease: float = 10.0,
         read_timeout: float = 60.0,
-        namespace: str = "wsgi-proxy-listen",
+        namespace: str | None = None,
     ) -> None:
         if not isinstance(secret, (str, bytes)) or not secret:
             raise ValueError(
@@ -344,6 +347,10 @@ class RedisDirectory(SharedDirectory):
             secret=secret.encode() if isinstance(secret, str) else secret,
         )
         self.url = url
+        if namespace is None:
+            namespace = os.environ.get(ENV_NAMESPACE) or namespace_for(secret)
+        if not namespace or not isinstance(namespace, str) or "}" in namespace:
+            raise ValueError(f"invalid namespace {namespace!r}: a non-empty name without '}}'")
         if advertise_host is None:
             advertise_host = os.environ.get(ENV_ADVERTISE) or None
         if advertise_host is not None:
