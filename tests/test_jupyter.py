@@ -95,7 +95,7 @@ def test_a_listener_in_a_jupyter_kernel(folder: str) -> None:
                 assert (answer.status, answer.body) == (200, b"hello from the kernel, /data")
         finally:
             kernel.shut_down()
-        # Withdrawn as the kernel ended: 404 at once, not the 503 of an owner that is gone.
+        # Withdrawn as the kernel ended: 404 at once, not the 502 of an owner that is gone.
         assert [get(host.port, "/proxy/sessions/nb-1/").status for _ in range(8)] == [404] * 8
         assert left_by(folder, pid) == []
 
