@@ -62,7 +62,7 @@ ENV_NAMESPACE = "WSGI_PROXY_LISTEN_NAMESPACE"
 _YES = ("1", "true", "yes", "on")
 _NO = ("0", "false", "no", "off")
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 
 
 def open_directory(name: str, *, secret: str | bytes | None = None) -> Directory:

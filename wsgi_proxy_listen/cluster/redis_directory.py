@@ -44,11 +44,12 @@ import secrets
 import socket
 import time
 import typing as t
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from ..naming import ENV_ADVERTISE, ENV_NAMESPACE, namespace_for
 from ..seam import Entry, shown_name
@@ -251,9 +252,69 @@ class _Commands(t.Protocol):
     def close(self) -> None: ...
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
 def _client(url: str, timeout: float, retry: Retry) -> _Commands:
+    if url.lower().startswith(SENTINEL_SCHEME):
+        return _sentinel_client(url, timeout, retry)
     client = redis.Redis.from_url(
         url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=retry
+    )
+    return t.cast(_Commands, client)
+
+
+def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:
+    """The sentinels, the master's name and the database that a
+    ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]`` URL
+    names (a sentinel's port is 26379 unless given).
+
+    :raises ValueError: a URL of another form.
+    """
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for host in filter(None, hosts.split(",")):
+        name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if not colon:
+            name, port = host, "26379"
+        if not name or not port.isdigit():
+            raise ValueError(f"the sentinel {host!r} is no host[:port]")
+        sentinels.append((name.strip("[]"), int(port)))
+    path = [piece for piece in parts.path.split("/") if piece]
+    if not sentinels or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(
+            "use redis+sentinel://host:26379,host2:26379/master-name/0 (the sentinels,"
+            " the name of the master they watch, the database)"
+        )
+    return sentinels, path[0], int(path[1]) if len(path) == 2 else 0
+
+
+def _sentinel_client(url: str, timeout: float, retry: Retry) -> _Commands:
+    """A client of the master that the sentinels of ``url`` name, found again after a
+    failover (redis-py's :class:`~redis.sentinel.Sentinel`)."""
+    sentinels, master, db = sentinels_of(url)
+    parts = urlsplit(url)
+    user, _, password = parts.netloc.rpartition("@")[0].partition(":")
+    query = parse_qs(parts.query)
+    sentinel = Sentinel(
+        sentinels,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "password": query.get("sentinel_password", [None])[0],
+        },
+    )
+    client = sentinel.master_for(
+        master,
+        db=db,
+        username=unquote(user) or None,
+        password=unquote(password) or None,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=retry,
     )
     return t.cast(_Commands, client)
 
@@ -279,13 +340,15 @@ def check_advertise(host: str) -> str:
 def _route_to(url: str) -> str:
     """The address this machine uses to reach the Redis server of ``url``: the one the
     routing table picks (a UDP socket's connect sends nothing)."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix" or not parts.hostname:
-        return "127.0.0.1"
+    if url.lower().startswith(SENTINEL_SCHEME):
+        host, port = sentinels_of(url)[0][0]  # the first sentinel: on the same network
+    else:
+        parts = urlsplit(url)
+        if parts.scheme == "unix" or not parts.hostname:
+            return "127.0.0.1"
+        host, port = parts.hostname, parts.port or 6379
     try:
-        family, _, _, _, where = socket.getaddrinfo(
-            parts.hostname, parts.port or 6379, type=socket.SOCK_DGRAM
-        )[0]
+        family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.connect(where)
             return str(probe.getsockname()[0])
