@@ -1031,3 +1031,56 @@ def test_two_deployments_on_one_database_never_meet(monkeypatch: pytest.MonkeyPa
         for directory in made:
             directory.close()
         server.stop()
+
+
+def test_a_redis_user_with_the_documented_acl_and_no_more_is_enough(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ACL user with exactly RedisDirectory.acl(): listen, forward, withdraw, status all
+    work. Without its channel, the watcher is refused and says so once, and goes on."""
+    if REDIS is None:
+        pytest.skip(NO_REDIS)
+    import redis
+
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    server = RedisServer()
+    server.start()
+    made: list[t.Any] = []
+    try:
+        rules = RedisDirectory(server.url, secret=SECRET).acl()
+        admin = redis.Redis.from_url(server.url)
+        admin.execute_command("ACL", "SETUSER", "app", "on", ">app-password", *rules.split())
+        without_channel = rules.replace(f"&{{{NAMESPACE}}}:notices", "")
+        admin.execute_command(
+            "ACL", "SETUSER", "deaf", "on", ">deaf-password", *without_channel.split()
+        )
+        admin.close()
+        url = server.url.replace("redis://", "redis://app:app-password@")
+        clients = []
+        for _ in range(2):
+            directory = RedisDirectory(url, secret=SECRET, lease=3)
+            made.append(directory)
+            registry = Registry(directory=directory)
+            clients.append((registry, Client(ProxyMiddleware(Host(), registry))))
+            clients[-1][1].get("/", buffered=True)
+        (a, _), (_, b) = clients
+        handle = a.listen(text("with the acl"), session="s1")
+        assert b.get("/proxy/sessions/s1/", buffered=True).data == b"with the acl"
+        assert [entry.session for entry in made[1].entries()] == ["s1"]
+        handle.close()
+        assert b.get("/proxy/sessions/s1/", buffered=True).status_code == 404
+        caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
+        deaf = RedisDirectory(
+            server.url.replace("redis://", "redis://deaf:deaf-password@"), secret=SECRET, lease=3
+        )
+        made.append(deaf)
+        Client(ProxyMiddleware(Host(), Registry(directory=deaf))).get("/", buffered=True)
+        deadline = time.monotonic() + 5
+        while "ACL" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "the user lacks a command, a key or a channel in its ACL" in caplog.text
+    finally:
+        for directory in made:
+            directory.close()
+        server.stop()

@@ -253,6 +253,12 @@ class _Commands(t.Protocol):
 
 
 SENTINEL_SCHEME = "redis+sentinel://"
+#: Every command the directory sends, its scripts' included (see :meth:`RedisDirectory.acl`).
+ACL_COMMANDS = (
+    "ping", "time", "get", "set", "del", "exists", "mget", "scan",
+    "sadd", "srem", "smembers", "zadd", "zrem", "zscore", "zrangebyscore", "zrevrange",
+    "publish", "subscribe", "unsubscribe", "eval", "evalsha", "script|load",
+)  # fmt: skip
 
 
 def _client(url: str, timeout: float, retry: Retry) -> _Commands:
@@ -445,6 +451,21 @@ class RedisDirectory(SharedDirectory):
         self._republish_script = script(_REPUBLISH)
         self._locate_script = script(_LOCATE)
         self._current_script = script(_CURRENT)
+
+    def acl(self) -> str:
+        """The Redis ACL rules a user of this deployment needs, and no more: its
+        namespace's keys and channel, and the commands the directory sends (its Lua
+        scripts' included), for ``ACL SETUSER <user> on ><password> <rules>``."""
+        return " ".join(
+            [
+                "resetkeys",
+                f"~{self._prefix}*",
+                "resetchannels",
+                f"&{self._channel}",
+                "-@all",
+                *(f"+{command}" for command in ACL_COMMANDS),
+            ]
+        )
 
     def __repr__(self) -> str:
         return f"<RedisDirectory url={shown_name(self.url)!r} owner={self.owner!r}>"
