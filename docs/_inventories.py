@@ -25,6 +25,7 @@ PROJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "contextvars.ContextVar": ("py:class", "library/contextvars.html#contextvars.ContextVar"),
         "atexit": ("py:module", "library/atexit.html#module-atexit"),
         "typing.NamedTuple": ("py:class", "library/typing.html#typing.NamedTuple"),
+        "ssl.SSLContext": ("py:class", "library/ssl.html#ssl.SSLContext"),
         "typing.Protocol": ("py:class", "library/typing.html#typing.Protocol"),
         "ValueError": ("py:exception", "library/exceptions.html#ValueError"),
         "TypeError": ("py:exception", "library/exceptions.html#TypeError"),

@@ -40,6 +40,9 @@ __all__ = [
     "ENV_NAMESPACE",
     "ENV_RUNTIME",
     "ENV_SECRET",
+    "ENV_TLS_CA",
+    "ENV_TLS_CERT",
+    "ENV_TLS_KEY",
     "Environment",
     "check_name",
     "from_environment",
@@ -59,6 +62,11 @@ ENV_RUNTIME = "WSGI_PROXY_LISTEN_RUNTIME"
 ENV_ADVERTISE = "WSGI_PROXY_LISTEN_ADVERTISE"
 #: The environment variable with a Redis directory's namespace, the prefix of its keys.
 ENV_NAMESPACE = "WSGI_PROXY_LISTEN_NAMESPACE"
+#: The environment variables with the files of TLS on the hop (see
+#: :mod:`wsgi_proxy_listen.cluster.tls`).
+ENV_TLS_CERT = "WSGI_PROXY_LISTEN_TLS_CERT"
+ENV_TLS_KEY = "WSGI_PROXY_LISTEN_TLS_KEY"
+ENV_TLS_CA = "WSGI_PROXY_LISTEN_TLS_CA"
 _YES = ("1", "true", "yes", "on")
 _NO = ("0", "false", "no", "off")
 

@@ -46,6 +46,7 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
     from ..seam import Entry, Host, Registered
+    from .tls import TLS
 
 __all__ = ["SharedDirectory"]
 
@@ -66,9 +67,17 @@ class SharedDirectory(Store):
     :param lease: seconds a published listener outlives a silent owner.
     :param read_timeout: seconds a hop waits for the owner's answer (then 504).
     :param secret: signs hop requests when given.
+    :param tls: TLS on the TCP hop, both ways verified (see :mod:`.tls`), or ``None``.
     """
 
-    def __init__(self, *, lease: float, read_timeout: float, secret: bytes | None) -> None:
+    def __init__(
+        self,
+        *,
+        lease: float,
+        read_timeout: float,
+        secret: bytes | None,
+        tls: TLS | None = None,
+    ) -> None:
         for name, value in (("lease", lease), ("read_timeout", read_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"invalid {name} {value!r}: use a positive number of seconds")
@@ -79,7 +88,10 @@ class SharedDirectory(Store):
         self.owner = ""
         self.address = ""
         self._host: Host | None = None
-        self._client = HopClient(secret, self.read_timeout)
+        self.tls = tls
+        self._client = HopClient(
+            secret, self.read_timeout, tls=None if tls is None else tls.client()
+        )
         self._endpoint: InternalEndpoint | None = None
         self._start_afresh()
         os.register_at_fork(
@@ -158,7 +170,11 @@ class SharedDirectory(Store):
             owner = self._new_owner()
             try:
                 endpoint = InternalEndpoint(
-                    self._endpoint_address(owner), owner, host.serve_forwarded, self.secret
+                    self._endpoint_address(owner),
+                    owner,
+                    host.serve_forwarded,
+                    self.secret,
+                    None if self.tls is None else self.tls.server(),
                 )
             except OSError:
                 if not self._failed_to_start:

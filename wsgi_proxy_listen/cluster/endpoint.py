@@ -38,6 +38,7 @@ import logging
 import os
 import selectors
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -111,12 +112,20 @@ class InternalEndpoint:
         :meth:`Registry.serve_forwarded <wsgi_proxy_listen.Registry.serve_forwarded>`.
     :param secret: authenticates connections and signs their frames, or ``None``
         (a Unix socket in a folder that only this user can open).
+    :param tls: the TLS a TCP connection must speak (the host's certificate checked),
+        or ``None``.
     """
 
     def __init__(
-        self, address: str, owner: str, serve: ServeForwarded, secret: bytes | None
+        self,
+        address: str,
+        owner: str,
+        serve: ServeForwarded,
+        secret: bytes | None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.owner = owner
+        self.tls = tls
         self.serve = serve
         self.secret = secret
         self._connections: set[socket.socket] = set()
@@ -207,6 +216,10 @@ class InternalEndpoint:
             except OSError:
                 return  # closed, or out of file descriptors: the next round tries again
             sock.setblocking(False)
+            if self.tls is not None and sock.family != socket.AF_UNIX:
+                # The handshake runs in this loop as the bytes come, like the HELLO: a
+                # silent connection holds no thread.
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             if len(pending) >= MAX_PENDING:
                 # The oldest unauthenticated connection goes first (dicts keep order).
                 self._drop(selector, pending, next(iter(pending)))
@@ -221,9 +234,15 @@ class InternalEndpoint:
     ) -> None:
         shake = pending[sock]
         try:
+            if isinstance(sock, ssl.SSLSocket) and not shake.secured:
+                sock.do_handshake()
+                shake.secured = True
             data = sock.recv(_MAX_HELLO + 5 - len(shake.received))
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
+        except ssl.SSLError as error:
+            logger.warning("refused a hop connection whose TLS failed: %s", error.reason)
+            data = b""
         except OSError:
             data = b""
         if not data:
@@ -303,11 +322,12 @@ class InternalEndpoint:
 
 
 class _Handshake:
-    __slots__ = ("deadline", "received")
+    __slots__ = ("deadline", "received", "secured")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.received = b""
+        self.secured = False  # the TLS handshake is done (where there is TLS)
 
 
 class _Body(io.RawIOBase):

@@ -28,7 +28,9 @@ a MAC on every frame and TLS on TCP.
 
 from __future__ import annotations
 
+import logging
 import socket
+import ssl
 import threading
 import time
 import typing as t
@@ -62,6 +64,8 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 __all__ = ["Connection", "HopClient", "Request", "pack", "unpack"]
+
+logger = logging.getLogger("wsgi_proxy_listen")
 
 #: Pooled connections idle longer than this are dropped before the endpoint,
 #: which closes them after a minute, can close them under a request.
@@ -169,6 +173,7 @@ class Connection:
         secret: bytes | None,
         connect_timeout: float,
         read_timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.address = address
         self.used = time.monotonic()
@@ -185,6 +190,8 @@ class Connection:
             sock.connect(target)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if tls is not None:
+                    sock = tls.wrap_socket(sock)  # the handshake, within the connect timeout
         except BaseException:
             sock.close()
             raise
@@ -257,11 +264,16 @@ class HopClient:
     """
 
     def __init__(
-        self, secret: bytes | None, read_timeout: float, connect_timeout: float = 1.0
+        self,
+        secret: bytes | None,
+        read_timeout: float,
+        connect_timeout: float = 1.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.secret = secret
         self.read_timeout = read_timeout
         self.connect_timeout = connect_timeout
+        self.tls = tls
         self._idle: dict[str, list[Connection]] = {}
         self._lock = threading.Lock()
 
@@ -302,9 +314,15 @@ class HopClient:
 
     def _connect(self, owner: str, address: str) -> Connection | Failure:
         try:
-            return Connection(address, owner, self.secret, self.connect_timeout, self.read_timeout)
+            return Connection(
+                address, owner, self.secret, self.connect_timeout, self.read_timeout, self.tls
+            )
         except (ConnectionRefusedError, FileNotFoundError):
             return Failure.GONE  # nobody listens at the address: the owner is gone
+        except ssl.SSLError as error:
+            # The owner's certificate is not the deployment's (or it refused ours).
+            logger.warning("TLS with the owner at %s failed: %s", address, error)
+            return Failure.BROKEN
         except (TimeoutError, BlockingIOError):
             # A paused or overwhelmed owner (a full backlog is EAGAIN on a Unix socket),
             # which is no proof that it is gone.

@@ -56,6 +56,7 @@ from ..seam import Entry, shown_name
 from .directory import SharedDirectory
 from .health import PROBE_INTERVAL
 from .store import Owner, decode_record, encode_record, session_record
+from .tls import tls_files
 
 __all__ = ["RedisDirectory"]
 
@@ -343,6 +344,13 @@ def check_advertise(host: str) -> str:
     return host
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _route_to(url: str) -> str:
     """The address this machine uses to reach the Redis server of ``url``: the one the
     routing table picks (a UDP socket's connect sends nothing)."""
@@ -391,6 +399,9 @@ class RedisDirectory(SharedDirectory):
         ``WSGI_PROXY_LISTEN_NAMESPACE``, else one derived from the secret
         (:func:`~wsgi_proxy_listen.naming.namespace_for`): deployments that share a
         database with different secrets never see each other's entries.
+    :param tls_cert: with ``tls_key`` and ``tls_ca``, TLS on the hop between processes,
+        both ways verified (:mod:`~wsgi_proxy_listen.cluster.tls`); ``None`` takes
+        ``WSGI_PROXY_LISTEN_TLS_CERT`` (``_TLS_KEY``, ``_TLS_CA``).
     """
 
     unreachable = (redis.ConnectionError, redis.TimeoutError)
@@ -404,6 +415,9 @@ class RedisDirectory(SharedDirectory):
         lease: float = 10.0,
         read_timeout: float = 60.0,
         namespace: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         if not isinstance(secret, (str, bytes)) or not secret:
             raise ValueError(
@@ -414,6 +428,7 @@ class RedisDirectory(SharedDirectory):
             lease=lease,
             read_timeout=read_timeout,
             secret=secret.encode() if isinstance(secret, str) else secret,
+            tls=tls_files(tls_cert, tls_key, tls_ca),
         )
         self.url = url
         if namespace is None:
@@ -483,6 +498,13 @@ class RedisDirectory(SharedDirectory):
     def _endpoint_address(self, owner: str) -> str:
         if self.advertise_host is None:
             self.advertise_host = _route_to(self.url)
+        if self.tls is None and not _is_loopback(self.advertise_host):
+            logger.warning(
+                "the hop between processes at %s is clear text: the users' cookies and"
+                " headers cross the network as they are; set WSGI_PROXY_LISTEN_TLS_CERT,"
+                " _TLS_KEY and _TLS_CA (or RedisDirectory(tls_cert=, tls_key=, tls_ca=))",
+                self.advertise_host,
+            )
         return self.advertise_host
 
     def _store_close(self) -> None:
