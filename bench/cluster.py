@@ -188,24 +188,36 @@ def waitress_round_trip_us(port: int, count: int) -> float:
     return statistics.median(samples) * 1e6
 
 
-def measure_hop(directory: str, count: int, megabytes: int) -> Hop:
-    with (
-        waitress_backend() as backend,
-        gunicorn(
-            directory, workers=4, app="bench.host:app", BENCH_BACKEND=f"http://127.0.0.1:{backend}"
-        ) as host,
-    ):
-        owner = child(_RUNTIME, env=environment_of(directory))
-        try:
-            return Hop(
-                *latencies(host, count),
-                cpu_per_request(host, owner.pid, count),
-                *streaming(host, megabytes),
-            )
-        finally:
-            owner.terminate()
-            owner.wait(10)
-            t.cast(t.IO[str], owner.stdout).close()
+def tls_environment(folder: str) -> dict[str, str]:
+    """The variables of TLS on the hop, with certificates made for the run."""
+    from tests.support.certs import authority, issued
+
+    files = issued(folder, "process", authority(folder, "bench-ca"))
+    return {
+        "WSGI_PROXY_LISTEN_TLS_CERT": files.cert,
+        "WSGI_PROXY_LISTEN_TLS_KEY": files.key,
+        "WSGI_PROXY_LISTEN_TLS_CA": files.ca,
+    }
+
+
+def measure_hop(
+    directory: str, count: int, megabytes: int, tls: dict[str, str] | None = None
+) -> Hop:
+    with waitress_backend() as backend:
+        variables: dict[str, t.Any] = {"BENCH_BACKEND": f"http://127.0.0.1:{backend}"}
+        variables.update(tls or {})
+        with gunicorn(directory, workers=4, app="bench.host:app", **variables) as host:
+            owner = child(_RUNTIME, env={**environment_of(directory), **(tls or {})})
+            try:
+                return Hop(
+                    *latencies(host, count),
+                    cpu_per_request(host, owner.pid, count),
+                    *streaming(host, megabytes),
+                )
+            finally:
+                owner.terminate()
+                owner.wait(10)
+                t.cast(t.IO[str], owner.stdout).close()
 
 
 def latencies(host: Cluster, count: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -443,6 +455,8 @@ def main() -> None:
         if server is not None:
             server.start()
             hops["redis"] = measure_hop(server.url, count, megabytes)
+            tls = tls_environment(folder)
+            hops["redis+tls"] = measure_hop(server.url, count, megabytes, tls)
             assert server.process is not None
             renewals["redis"] = renewal(server.url, sessions, idle, server.process.pid)
     finally:
@@ -466,6 +480,12 @@ def main() -> None:
                 f"{kind:10} {case:8} {hop.median_us[case]:10.0f} {hop.p99_us[case]:8.0f}"
                 f" {extra:9.0f}"
             )
+    if "redis+tls" in hops:
+        plain, secured = (
+            hops[kind].median_us["runtime"] - hops[kind].median_us["local"]
+            for kind in ("redis", "redis+tls")
+        )
+        print(f"\nTLS on the hop (Redis): {secured:.0f} µs extra against {plain:.0f} µs without")
     print()
     rows: list[tuple[str, str, str, str]] = []
     embedded = hops["embedded"]
