@@ -13,7 +13,15 @@ from werkzeug.test import Client
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
-from .support.wsgi import BufferedClient, Host, Recorder, assert_plain_answer, checked
+from .support.wsgi import (
+    USERS,
+    BufferedClient,
+    Host,
+    Login,
+    Recorder,
+    assert_plain_answer,
+    checked,
+)
 
 # werkzeug's lint still asks for the absolute Location of RFC 2616; RFC 9110 allows a
 # relative one, which is what Flask and Django send too.
@@ -21,19 +29,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:Absolute URLs required for location header:werkzeug.middleware.lint.HTTPWarning"
 )
 
-USERS = {"a": "alice", "b": "bob"}
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
-
-
-class Login:
-    """The host's login: the user named by the X-User header, counting the calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, environ: dict[str, t.Any]) -> str | None:
-        self.calls += 1
-        return USERS.get(environ.get("HTTP_X_USER", ""))
 
 
 def user_is(login: str) -> dict[str, str]:

@@ -1084,3 +1084,60 @@ def test_a_redis_user_with_the_documented_acl_and_no_more_is_enough(
         for directory in made:
             directory.close()
         server.stop()
+
+
+def test_an_owner_is_judged_by_its_own_lease() -> None:
+    """A host with a longer lease than the owner's: a refused connection to an owner
+    that renews on its own schedule erases nothing."""
+    if REDIS is None:
+        pytest.skip(NO_REDIS)
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    server = RedisServer()
+    server.start()
+    made = []
+    try:
+        owner = RedisDirectory(server.url, secret=SECRET, lease=3)
+        caller = RedisDirectory(server.url, secret=SECRET, lease=30)
+        made += [owner, caller]
+        registry = Registry(directory=owner)
+        Client(ProxyMiddleware(Host(), registry)).get("/", buffered=True)
+        registry.listen(text("alive"), session="s1")
+        entry = Owner(owner.owner, owner.address, None)
+        forgotten = []
+        for _ in range(5):  # while the owner renews every second
+            time.sleep(0.8)
+            forgotten.append(caller._store_forget("s1", entry))
+        assert forgotten == [False] * 5
+        assert owner._store_locate("s1") is not None
+    finally:
+        for directory in made:
+            directory.close()
+        server.stop()
+
+
+def test_the_acl_covers_a_database_other_than_0() -> None:
+    if REDIS is None:
+        pytest.skip(NO_REDIS)
+    import redis
+
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    server = RedisServer()
+    server.start()
+    directory = None
+    try:
+        url = server.url.replace("/0", "/1")
+        admin = redis.Redis.from_url(url)
+        rules = RedisDirectory(url, secret=SECRET).acl().split()
+        admin.execute_command("ACL", "SETUSER", "app", "on", ">pw", *rules)
+        admin.close()
+        directory = RedisDirectory(url.replace("redis://", "redis://app:pw@"), secret=SECRET)
+        registry = Registry(directory=directory)
+        Client(ProxyMiddleware(Host(), registry)).get("/", buffered=True)
+        registry.listen(text("in db 1"), session="s1")
+        assert directory._store_locate("s1") is not None
+    finally:
+        if directory is not None:
+            directory.close()
+        server.stop()

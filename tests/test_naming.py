@@ -352,6 +352,10 @@ def test_the_embedded_directory_imports_no_redis(folder: str) -> None:
         ("redis://app:hunter2@x@cache/0", "redis://app:***@cache/0"),
         ("redis://cache/0?PASSWORD=hunter2;x=1&y=%20", "redis://cache/0?PASSWORD=***;x=1&y=%20"),
         ("/srv/a@b:c/proxy?password=x", "/srv/a@b:c/proxy?password=x"),
+        (
+            "redis+sentinel://app:pw@s1:26379,s2/main/0?sentinel_password=sentinel-pw",
+            "redis+sentinel://app:***@s1:26379,s2/main/0?sentinel_password=***",
+        ),
     ],
 )
 def test_a_password_in_a_directorys_name_is_never_shown(name: str, shown: str) -> None:

@@ -16,7 +16,7 @@ from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen import origins as origins_module
 from wsgi_proxy_listen.origins import TOKEN_PARAMETER, label
 
-from .support.wsgi import BufferedClient, Host, Recorder, assert_plain_answer, at, checked
+from .support.wsgi import BufferedClient, Host, Login, Recorder, assert_plain_answer, at, checked
 
 # werkzeug's lint asks for an absolute Location and a "Content-Length: 0" on a 204; RFC 9110
 # allows a relative Location and forbids Content-Length on a 204.
@@ -33,18 +33,6 @@ pytestmark = [
 HOST = "http://host.test"
 DOMAIN = "listeners.test"
 BROWSER = {"Accept": "text/html"}
-USERS = {"a": "alice", "b": "bob"}
-
-
-class Login:
-    """The host's login (the X-User header), counting its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, environ: dict[str, t.Any]) -> str | None:
-        self.calls += 1
-        return USERS.get(environ.get("HTTP_X_USER", ""))
 
 
 def origin(kind: str, id: str, scheme: str = "http") -> str:

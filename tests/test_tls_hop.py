@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import socket
+import struct
 import threading
 import time
 import typing as t
@@ -200,3 +201,38 @@ def test_a_clear_text_hop_off_the_machine_is_said(caplog: pytest.LogCaptureFixtu
     caplog.clear()
     RedisDirectory("redis://127.0.0.1:1/0", secret=SECRET)._endpoint_address("owner")
     assert "clear text" not in caplog.text  # loopback: nothing crosses a network
+
+
+# When a peer resets in the instant between the endpoint's check and Python's own in
+# ssl.wrap_socket, Python raises without closing the SSLSocket it made: the collector
+# closes its descriptor later, with a ResourceWarning (CPython 3.11's ssl.py).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_connections_reset_before_their_tls_leave_the_endpoint_serving(
+    redis_url: str, certs: dict[str, t.Any]
+) -> None:
+    """A port scanner or a load balancer's check resets connections (with or without a
+    byte first): the endpoint's accept loop goes on, and hops are served after."""
+    with workers(redis_url, certs["a"], certs["b"]) as (a, b):
+        a.registry.listen(echo, session="s1")
+        host, _, port = a.directory.address.rpartition(":")
+        for number in range(60):
+            probe = socket.create_connection((host, int(port)))
+            if number % 2:
+                probe.sendall(b"x")  # data before any handshake
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            probe.close()
+        time.sleep(0.3)
+        answer = b.client.get("/proxy/sessions/s1/", headers={"Cookie": "c=1"})
+        assert answer.get_data() == b"c=1 "
+
+
+def test_a_port_probe_is_no_warning(
+    redis_url: str, certs: dict[str, t.Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="wsgi_proxy_listen")
+    with workers(redis_url, certs["a"]) as (a,):
+        host, _, port = a.directory.address.rpartition(":")
+        for _ in range(3):
+            socket.create_connection((host, int(port))).close()
+        time.sleep(0.5)
+        assert "TLS failed" not in caplog.text

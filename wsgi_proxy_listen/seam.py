@@ -55,8 +55,9 @@ ServeForwarded: t.TypeAlias = (
 
 def shown_name(name: str) -> str:
     """A directory's name as messages and logs show it: a URL's password hidden,
-    in its user part or as a ``password`` parameter. Read as text, not parsed: a
-    password holding ``/``, ``#``, ``?`` or ``[`` is hidden too, and it never raises.
+    in its user part or as a ``password`` (or ``sentinel_password``) parameter. Read
+    as text, not parsed: a password holding ``/``, ``#``, ``?`` or ``[`` is hidden too,
+    and it never raises.
 
     >>> shown_name("redis://:hunter2@cache:6379/0")
     'redis://:***@cache:6379/0'
@@ -72,7 +73,8 @@ def shown_name(name: str) -> str:
     return scheme + "://" + _PASSWORD_PARAMETER.sub(r"\1***", rest)
 
 
-_PASSWORD_PARAMETER = re.compile(r"([?&;]password=)[^&;#]*", re.IGNORECASE)
+# ``password=`` and any ``..._password=`` (a Sentinel URL's ``sentinel_password=``).
+_PASSWORD_PARAMETER = re.compile(r"([?&;](?:[a-z_]*_)?password=)[^&;#]*", re.IGNORECASE)
 
 
 class Entry(t.NamedTuple):

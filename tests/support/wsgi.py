@@ -47,6 +47,22 @@ def at(client: Client, url: str, method: str = "GET", **options: t.Any) -> t.Any
     )
 
 
+#: The users of the X-User header: ``a`` is alice, ``b`` is bob.
+USERS = {"a": "alice", "b": "bob"}
+
+
+class Login:
+    """A host's login for the tests: the user the X-User header names, counting the
+    calls (a listener that is public never asks)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, environ: WSGIEnvironment) -> str | None:
+        self.calls += 1
+        return USERS.get(environ.get("HTTP_X_USER", ""))
+
+
 class Host:
     """A host WSGI app that records what reaches it."""
 

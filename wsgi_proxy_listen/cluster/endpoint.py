@@ -194,10 +194,16 @@ class InternalEndpoint:
             selector.register(self._listener, selectors.EVENT_READ)
             while not self._stopped.is_set():
                 for key, _ in selector.select(0.2):
-                    if key.fileobj is self._listener:
-                        self._take_new(selector, pending)
-                    else:
-                        self._read_hello(selector, pending, t.cast(socket.socket, key.fileobj))
+                    sock = t.cast(socket.socket, key.fileobj)
+                    try:
+                        if sock is self._listener:
+                            self._take_new(selector, pending)
+                        else:
+                            self._read_hello(selector, pending, sock)
+                    except Exception:
+                        logger.exception("the internal endpoint failed on a connection: it goes on")
+                        if sock in pending:
+                            self._drop(selector, pending, sock)
                 now = time.monotonic()
                 for sock in [sock for sock, shake in pending.items() if shake.deadline < now]:
                     logger.debug("a hop connection did not authenticate in time: closed")
@@ -219,7 +225,17 @@ class InternalEndpoint:
             if self.tls is not None and sock.family != socket.AF_UNIX:
                 # The handshake runs in this loop as the bytes come, like the HELLO: a
                 # silent connection holds no thread.
-                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                try:
+                    # Reset already (a port probe): Python's wrap_socket would raise
+                    # and leave the socket it made open.
+                    sock.getpeername()
+                    sock = self.tls.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+                except OSError as error:
+                    logger.debug("a hop connection ended before its TLS began: %r", error)
+                    sock.close()
+                    continue
             if len(pending) >= MAX_PENDING:
                 # The oldest unauthenticated connection goes first (dicts keep order).
                 self._drop(selector, pending, next(iter(pending)))
@@ -237,9 +253,17 @@ class InternalEndpoint:
             if isinstance(sock, ssl.SSLSocket) and not shake.secured:
                 sock.do_handshake()
                 shake.secured = True
+                selector.modify(sock, selectors.EVENT_READ)
             data = sock.recv(_MAX_HELLO + 5 - len(shake.received))
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            selector.modify(sock, selectors.EVENT_READ)
             return
+        except ssl.SSLWantWriteError:
+            # The handshake's answer did not fit: go on when the socket takes more.
+            selector.modify(sock, selectors.EVENT_WRITE)
+            return
+        except ssl.SSLEOFError:
+            data = b""  # closed before the handshake ended: a port probe, say
         except ssl.SSLError as error:
             logger.warning("refused a hop connection whose TLS failed: %s", error.reason)
             data = b""

@@ -150,9 +150,16 @@ _FORGET = (
     + """
 if ARGV[3] then
     -- Across machines a refused connection proves nothing of the owner (a firewall's
-    -- reject reads the same): its lease decides. An owner that renewed it lately lives.
+    -- reject reads the same): its lease decides. An owner that renewed it within a
+    -- heartbeat (a third of *its* lease) and half a second lives.
     local expires = redis.call('zscore', ARGV[1] .. 'owners', ARGV[2])
-    if expires and tonumber(expires) > now_ms() + tonumber(ARGV[3]) then return 0 end
+    local owned = record(redis.call('get', ARGV[1] .. 'owner:' .. ARGV[2]))
+    local window = tonumber(ARGV[3])
+    if owned and tonumber(owned['lease']) then
+        local lease = tonumber(owned['lease'])
+        window = lease - lease / 3 - 500
+    end
+    if expires and tonumber(expires) > now_ms() + window then return 0 end
 end
 forget(ARGV[1], ARGV[2])
 return 1
@@ -256,7 +263,7 @@ class _Commands(t.Protocol):
 SENTINEL_SCHEME = "redis+sentinel://"
 #: Every command the directory sends, its scripts' included (see :meth:`RedisDirectory.acl`).
 ACL_COMMANDS = (
-    "ping", "time", "get", "set", "del", "exists", "mget", "scan",
+    "ping", "select", "time", "get", "set", "del", "exists", "mget", "scan",
     "sadd", "srem", "smembers", "zadd", "zrem", "zscore", "zrangebyscore", "zrevrange",
     "publish", "subscribe", "unsubscribe", "eval", "evalsha", "script|load",
 )  # fmt: skip
@@ -544,7 +551,8 @@ class RedisDirectory(SharedDirectory):
 
     def _store_forget(self, session: str, entry: Owner) -> bool:
         # An owner's lease runs ``lease`` from its last renewal, renewed every lease / 3:
-        # one that has not renewed for a heartbeat (and half a second) missed one.
+        # one that has not renewed for a heartbeat (and half a second) missed one. The
+        # owner's own lease is in its record; this one's is for a record without it.
         silent_after = self.lease - self.lease / 3 - 0.5
         forgotten = self._forget_script(
             args=[self._prefix, entry.owner, max(0, int(silent_after * 1000))]
@@ -561,6 +569,7 @@ class RedisDirectory(SharedDirectory):
             host=socket.gethostname(),
             address=self.address,
             started=self._started,
+            lease=int(self.lease * 1000),  # in ms: how others judge this owner's silence
         )
 
     def _store_renew(self) -> bool:
