@@ -1141,3 +1141,35 @@ def test_the_acl_covers_a_database_other_than_0() -> None:
         if directory is not None:
             directory.close()
         server.stop()
+
+
+def test_what_waits_to_be_published_survives_an_error_that_is_no_outage(
+    workers: Workers,
+) -> None:
+    """A listener registered while the store could not take it waits for the heartbeat;
+    if that write then fails with an error that is no outage (a read-only replica), it
+    still waits, and the next renewal publishes it."""
+    from wsgi_proxy_listen import DirectoryUnavailable
+
+    directory = workers.directory()
+    publish = directory._store_publish
+    calls: list[str] = []
+
+    def flaky(session: str, entry: t.Any) -> None:
+        calls.append(session)
+        if len(calls) == 1:
+            raise DirectoryUnavailable("busy")
+        if len(calls) == 2:
+            raise RuntimeError("You can't write against a read only replica.")
+        publish(session, entry)
+
+    directory._store_publish = flaky  # before the registry attaches it
+    registry = Registry(directory=directory)
+    Client(ProxyMiddleware(Host(), registry)).get("/", buffered=True)
+    registry.listen(text("published at last"), session="late")
+    _, _, other = workers.worker()
+    deadline = time.monotonic() + 8
+    while other.get("/proxy/sessions/late/", buffered=True).status_code != 200:
+        assert time.monotonic() < deadline, f"never published: {calls}"
+        time.sleep(0.2)
+    assert len(calls) >= 3

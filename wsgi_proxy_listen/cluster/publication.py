@@ -213,12 +213,16 @@ class Publication:
                     published = dict(self._published)
                 entries = {session: self._entry(item) for session, item in published.items()}
                 return published, self._health.call(self._republish, entries)
-            except DirectoryUnavailable:
+            except BaseException as error:
+                # Down, or an error that is no outage (a read-only replica): what was to
+                # be written waits for the next renewal, whatever the thread does next.
                 with self._lock:
                     self._pending |= {s for s in pending if s in self._published}
                     for session, entry in unpublished.items():
                         self._unpublished.setdefault(session, entry)
-                return None
+                if isinstance(error, DirectoryUnavailable):
+                    return None
+                raise
 
     def _give_up(self, listener: Registered) -> None:
         with self._lock:
