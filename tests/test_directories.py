@@ -23,7 +23,7 @@ from werkzeug.test import Client
 
 from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory, Owner, embedded, store
-from wsgi_proxy_listen.naming import namespace_for
+from wsgi_proxy_listen.cluster.variables import namespace_for
 
 from .support.cluster import NAMESPACE, NO_REDIS, REDIS, SECRET, RedisServer, short_folder
 from .support.wsgi import Host, at

@@ -25,7 +25,6 @@ in their environment: the directory, and whether the process is a runtime.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import typing as t
 
@@ -35,18 +34,12 @@ if t.TYPE_CHECKING:
     from .seam import Directory
 
 __all__ = [
-    "ENV_ADVERTISE",
     "ENV_DIRECTORY",
-    "ENV_NAMESPACE",
     "ENV_RUNTIME",
     "ENV_SECRET",
-    "ENV_TLS_CA",
-    "ENV_TLS_CERT",
-    "ENV_TLS_KEY",
     "Environment",
     "check_name",
     "from_environment",
-    "namespace_for",
     "open_directory",
     "resolve_secret",
 ]
@@ -57,16 +50,6 @@ ENV_DIRECTORY = "WSGI_PROXY_LISTEN_DIRECTORY"
 ENV_SECRET = "WSGI_PROXY_LISTEN_SECRET"
 #: The environment variable that says whether a process is a runtime.
 ENV_RUNTIME = "WSGI_PROXY_LISTEN_RUNTIME"
-#: The environment variable with the address that other machines reach this process at
-#: (a Redis directory; see :class:`~wsgi_proxy_listen.cluster.RedisDirectory`).
-ENV_ADVERTISE = "WSGI_PROXY_LISTEN_ADVERTISE"
-#: The environment variable with a Redis directory's namespace, the prefix of its keys.
-ENV_NAMESPACE = "WSGI_PROXY_LISTEN_NAMESPACE"
-#: The environment variables with the files of TLS on the hop (see
-#: :mod:`wsgi_proxy_listen.cluster.tls`).
-ENV_TLS_CERT = "WSGI_PROXY_LISTEN_TLS_CERT"
-ENV_TLS_KEY = "WSGI_PROXY_LISTEN_TLS_KEY"
-ENV_TLS_CA = "WSGI_PROXY_LISTEN_TLS_CA"
 _YES = ("1", "true", "yes", "on")
 _NO = ("0", "false", "no", "off")
 
@@ -91,14 +74,6 @@ def open_directory(name: str, *, secret: str | bytes | None = None) -> Directory
     from .cluster.embedded import EmbeddedDirectory
 
     return EmbeddedDirectory(name, secret=resolve_secret(secret))
-
-
-def namespace_for(secret: str | bytes) -> str:
-    """The namespace of a deployment whose secret is ``secret``: a digest of it, which
-    says nothing of the secret."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    digest = hashlib.sha256(b"wsgi-proxy-listen namespace\0" + key).hexdigest()
-    return f"wsgi-proxy-listen-{digest[:16]}"
 
 
 def check_name(name: object, *, secret: str | bytes | None = None) -> str:

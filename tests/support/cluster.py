@@ -22,7 +22,7 @@ import typing as t
 from collections.abc import Iterator
 from pathlib import Path
 
-from wsgi_proxy_listen.naming import namespace_for
+from wsgi_proxy_listen.cluster.variables import namespace_for
 
 from .wire import Answer, exchange, free_port, get, stop, wait_until_listening
 

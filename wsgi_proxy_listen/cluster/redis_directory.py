@@ -51,12 +51,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..naming import ENV_ADVERTISE, ENV_NAMESPACE, namespace_for
 from ..seam import Entry, shown_name
 from .directory import SharedDirectory
 from .health import PROBE_INTERVAL
 from .store import Owner, decode_record, encode_record, session_record
 from .tls import tls_files
+from .variables import ENV_ADVERTISE, ENV_NAMESPACE, namespace_for
 
 __all__ = ["RedisDirectory"]
 
@@ -404,7 +404,7 @@ class RedisDirectory(SharedDirectory):
     :param read_timeout: seconds a hop waits for the owner's answer (then 504).
     :param namespace: the prefix of the Redis keys (``{namespace}:...``). ``None`` takes
         ``WSGI_PROXY_LISTEN_NAMESPACE``, else one derived from the secret
-        (:func:`~wsgi_proxy_listen.naming.namespace_for`): deployments that share a
+        (:func:`~wsgi_proxy_listen.cluster.variables.namespace_for`): deployments that share a
         database with different secrets never see each other's entries.
     :param tls_cert: with ``tls_key`` and ``tls_ca``, TLS on the hop between processes,
         both ways verified (:mod:`~wsgi_proxy_listen.cluster.tls`); ``None`` takes

@@ -25,7 +25,7 @@ import os
 import ssl
 import typing as t
 
-from ..naming import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY
+from .variables import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY
 
 __all__ = ["TLS", "tls_files"]
 
