@@ -37,23 +37,20 @@ Records are JSON objects with a version (``{"v": 1, ...}``): see :mod:`.store`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import secrets
 import socket
 import time
-import typing as t
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
 
 from ..seam import Entry, shown_name
 from .directory import SharedDirectory
 from .health import PROBE_INTERVAL
+from .redis_connection import check_advertise, client, is_loopback, route_to
 from .store import Owner, decode_record, encode_record, session_record
 from .tls import tls_files
 from .variables import ENV_ADVERTISE, ENV_NAMESPACE, namespace_for
@@ -235,151 +232,12 @@ _DELETE_IF = (
 )
 
 
-class _Commands(t.Protocol):
-    """What the directory uses of a redis-py client, typed as the directory reads it.
-
-    redis-py's own annotations changed between releases (8.x typed what 5.x did not);
-    checking against this instead keeps ``mypy --strict`` independent of the release.
-    """
-
-    connection_pool: t.Any
-
-    def get(self, name: str) -> bytes | None: ...
-    def set(self, name: str, value: str, **options: t.Any) -> t.Any: ...
-    def mget(self, keys: t.Sequence[str | bytes]) -> list[bytes | None]: ...
-    def zadd(self, name: str, mapping: dict[str, float]) -> t.Any: ...
-    def zrem(self, name: str, *values: str) -> t.Any: ...
-    def zrevrange(self, name: str, start: int, end: int) -> list[bytes]: ...
-    def publish(self, channel: str, message: str) -> t.Any: ...
-    def ping(self) -> t.Any: ...
-    def eval(self, script: str, numkeys: int, *keys_and_args: str) -> t.Any: ...
-    def scan_iter(self, match: str, count: int) -> t.Iterator[bytes]: ...
-    def pipeline(self, transaction: bool) -> t.Any: ...
-    def pubsub(self, ignore_subscribe_messages: bool) -> t.Any: ...
-    def register_script(self, script: str) -> t.Callable[..., t.Any]: ...
-    def close(self) -> None: ...
-
-
-SENTINEL_SCHEME = "redis+sentinel://"
 #: Every command the directory sends, its scripts' included (see :meth:`RedisDirectory.acl`).
 ACL_COMMANDS = (
     "ping", "select", "time", "get", "set", "del", "exists", "mget", "scan",
     "sadd", "srem", "smembers", "zadd", "zrem", "zscore", "zrangebyscore", "zrevrange",
     "publish", "subscribe", "unsubscribe", "eval", "evalsha", "script|load",
 )  # fmt: skip
-
-
-def _client(url: str, timeout: float, retry: Retry) -> _Commands:
-    if url.lower().startswith(SENTINEL_SCHEME):
-        return _sentinel_client(url, timeout, retry)
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=retry
-    )
-    return t.cast(_Commands, client)
-
-
-def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:
-    """The sentinels, the master's name and the database that a
-    ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]`` URL
-    names (a sentinel's port is 26379 unless given).
-
-    :raises ValueError: a URL of another form.
-    """
-    parts = urlsplit(url)
-    hosts = parts.netloc.rpartition("@")[2]
-    sentinels = []
-    for host in filter(None, hosts.split(",")):
-        name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
-        if not colon:
-            name, port = host, "26379"
-        if not name or not port.isdigit():
-            raise ValueError(f"the sentinel {host!r} is no host[:port]")
-        sentinels.append((name.strip("[]"), int(port)))
-    path = [piece for piece in parts.path.split("/") if piece]
-    if not sentinels or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError(
-            "use redis+sentinel://host:26379,host2:26379/master-name/0 (the sentinels,"
-            " the name of the master they watch, the database)"
-        )
-    return sentinels, path[0], int(path[1]) if len(path) == 2 else 0
-
-
-def _sentinel_client(url: str, timeout: float, retry: Retry) -> _Commands:
-    """A client of the master that the sentinels of ``url`` name, found again after a
-    failover (redis-py's :class:`~redis.sentinel.Sentinel`)."""
-    sentinels, master, db = sentinels_of(url)
-    parts = urlsplit(url)
-    user, _, password = parts.netloc.rpartition("@")[0].partition(":")
-    query = parse_qs(parts.query)
-    sentinel = Sentinel(
-        sentinels,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        sentinel_kwargs={
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "password": query.get("sentinel_password", [None])[0],
-        },
-    )
-    client = sentinel.master_for(
-        master,
-        db=db,
-        username=unquote(user) or None,
-        password=unquote(password) or None,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=retry,
-    )
-    return t.cast(_Commands, client)
-
-
-def check_advertise(host: str) -> str:
-    """``host`` as an address that other processes can connect to.
-
-    :raises ValueError: an address of every interface (``0.0.0.0``, ``::``), which
-        says where to listen, not where to connect.
-    """
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host  # a name: resolved where it is used
-    if address.is_unspecified:
-        raise ValueError(
-            f"invalid advertised address {host!r}: other processes cannot connect to it;"
-            " give this machine's address that they reach (a pod's IP, a LAN address)"
-        )
-    return host
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def _route_to(url: str) -> str:
-    """The address this machine uses to reach the Redis server of ``url``: the one the
-    routing table picks (a UDP socket's connect sends nothing)."""
-    if url.lower().startswith(SENTINEL_SCHEME):
-        host, port = sentinels_of(url)[0][0]  # the first sentinel: on the same network
-    else:
-        parts = urlsplit(url)
-        if parts.scheme == "unix" or not parts.hostname:
-            return "127.0.0.1"
-        host, port = parts.hostname, parts.port or 6379
-    try:
-        family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect(where)
-            return str(probe.getsockname()[0])
-    except OSError:
-        logger.warning(
-            "cannot tell which address reaches the Redis server %s: advertising 127.0.0.1"
-            " (set WSGI_PROXY_LISTEN_ADVERTISE)",
-            shown_name(url),
-        )
-        return "127.0.0.1"
 
 
 def _location(session_value: bytes, owner_value: bytes) -> Owner | None:
@@ -452,8 +310,8 @@ class RedisDirectory(SharedDirectory):
         # timeout; one on a broken connection, the pool's socket to a Redis that restarted.
         retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
         try:
-            self._redis = _client(url, 1.0, retry)
-            self._probe_client = _client(url, 0.5, Retry(NoBackoff(), 0))
+            self._redis = client(url, 1.0, retry)
+            self._probe_client = client(url, 0.5, Retry(NoBackoff(), 0))
         except ValueError as error:
             shown = shown_name(url)
             # What the parser says of a URL with a password may quote a piece of it.
@@ -504,8 +362,8 @@ class RedisDirectory(SharedDirectory):
 
     def _endpoint_address(self, owner: str) -> str:
         if self.advertise_host is None:
-            self.advertise_host = _route_to(self.url)
-        if self.tls is None and not _is_loopback(self.advertise_host):
+            self.advertise_host = route_to(self.url)
+        if self.tls is None and not is_loopback(self.advertise_host):
             logger.warning(
                 "the hop between processes at %s is clear text: the users' cookies and"
                 " headers cross the network as they are; set WSGI_PROXY_LISTEN_TLS_CERT,"

@@ -1,0 +1,176 @@
+"""
+Reaching Redis, and being reached
+=================================
+
+How a Redis directory connects to its server (a ``redis://``, ``rediss://`` or
+``unix://`` URL, or the sentinels of a ``redis+sentinel://`` one) and which
+address its process advertises to the others: by default the one its machine
+reaches Redis with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import typing as t
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from ..seam import shown_name
+
+__all__ = [
+    "SENTINEL_SCHEME",
+    "Commands",
+    "check_advertise",
+    "client",
+    "is_loopback",
+    "route_to",
+    "sentinels_of",
+]
+
+logger = logging.getLogger("wsgi_proxy_listen")
+
+
+class Commands(t.Protocol):
+    """What the directory uses of a redis-py client, typed as the directory reads it.
+
+    redis-py's own annotations changed between releases (8.x typed what 5.x did not);
+    checking against this instead keeps ``mypy --strict`` independent of the release.
+    """
+
+    connection_pool: t.Any
+
+    def get(self, name: str) -> bytes | None: ...
+    def set(self, name: str, value: str, **options: t.Any) -> t.Any: ...
+    def mget(self, keys: t.Sequence[str | bytes]) -> list[bytes | None]: ...
+    def zadd(self, name: str, mapping: dict[str, float]) -> t.Any: ...
+    def zrem(self, name: str, *values: str) -> t.Any: ...
+    def zrevrange(self, name: str, start: int, end: int) -> list[bytes]: ...
+    def publish(self, channel: str, message: str) -> t.Any: ...
+    def ping(self) -> t.Any: ...
+    def eval(self, script: str, numkeys: int, *keys_and_args: str) -> t.Any: ...
+    def scan_iter(self, match: str, count: int) -> t.Iterator[bytes]: ...
+    def pipeline(self, transaction: bool) -> t.Any: ...
+    def pubsub(self, ignore_subscribe_messages: bool) -> t.Any: ...
+    def register_script(self, script: str) -> t.Callable[..., t.Any]: ...
+    def close(self) -> None: ...
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def client(url: str, timeout: float, retry: Retry) -> Commands:
+    if url.lower().startswith(SENTINEL_SCHEME):
+        return _sentinel_client(url, timeout, retry)
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=retry
+    )
+    return t.cast(Commands, client)
+
+
+def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:
+    """The sentinels, the master's name and the database that a
+    ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]`` URL
+    names (a sentinel's port is 26379 unless given).
+
+    :raises ValueError: a URL of another form.
+    """
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for host in filter(None, hosts.split(",")):
+        name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if not colon:
+            name, port = host, "26379"
+        if not name or not port.isdigit():
+            raise ValueError(f"the sentinel {host!r} is no host[:port]")
+        sentinels.append((name.strip("[]"), int(port)))
+    path = [piece for piece in parts.path.split("/") if piece]
+    if not sentinels or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(
+            "use redis+sentinel://host:26379,host2:26379/master-name/0 (the sentinels,"
+            " the name of the master they watch, the database)"
+        )
+    return sentinels, path[0], int(path[1]) if len(path) == 2 else 0
+
+
+def _sentinel_client(url: str, timeout: float, retry: Retry) -> Commands:
+    """A client of the master that the sentinels of ``url`` name, found again after a
+    failover (redis-py's :class:`~redis.sentinel.Sentinel`)."""
+    sentinels, master, db = sentinels_of(url)
+    parts = urlsplit(url)
+    user, _, password = parts.netloc.rpartition("@")[0].partition(":")
+    query = parse_qs(parts.query)
+    sentinel = Sentinel(
+        sentinels,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "password": query.get("sentinel_password", [None])[0],
+        },
+    )
+    client = sentinel.master_for(
+        master,
+        db=db,
+        username=unquote(user) or None,
+        password=unquote(password) or None,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=retry,
+    )
+    return t.cast(Commands, client)
+
+
+def check_advertise(host: str) -> str:
+    """``host`` as an address that other processes can connect to.
+
+    :raises ValueError: an address of every interface (``0.0.0.0``, ``::``), which
+        says where to listen, not where to connect.
+    """
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host  # a name: resolved where it is used
+    if address.is_unspecified:
+        raise ValueError(
+            f"invalid advertised address {host!r}: other processes cannot connect to it;"
+            " give this machine's address that they reach (a pod's IP, a LAN address)"
+        )
+    return host
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def route_to(url: str) -> str:
+    """The address this machine uses to reach the Redis server of ``url``: the one the
+    routing table picks (a UDP socket's connect sends nothing)."""
+    if url.lower().startswith(SENTINEL_SCHEME):
+        host, port = sentinels_of(url)[0][0]  # the first sentinel: on the same network
+    else:
+        parts = urlsplit(url)
+        if parts.scheme == "unix" or not parts.hostname:
+            return "127.0.0.1"
+        host, port = parts.hostname, parts.port or 6379
+    try:
+        family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(where)
+            return str(probe.getsockname()[0])
+    except OSError:
+        logger.warning(
+            "cannot tell which address reaches the Redis server %s: advertising 127.0.0.1"
+            " (set WSGI_PROXY_LISTEN_ADVERTISE)",
+            shown_name(url),
+        )
+        return "127.0.0.1"
