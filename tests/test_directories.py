@@ -62,6 +62,14 @@ class Workers:
         client.get("/", buffered=True)  # the first request starts the directory's threads
         return directory, registry, client
 
+    @contextlib.contextmanager
+    def table(self) -> Iterator[sqlite3.Connection]:
+        """The embedded directory's table, written to as another process would (one
+        transaction, committed on leaving)."""
+        path = os.path.join(self.name, "directory.sqlite3")
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            yield db
+
     def close(self) -> None:
         for directory in self.made:
             directory.close()
@@ -638,12 +646,7 @@ def lose_lease(workers: Workers, owner: str) -> None:
     """What another process does to an owner it found silent (its lease ran out): its
     lease and its entries go."""
     if workers.kind == "embedded":
-        with (
-            contextlib.closing(
-                sqlite3.connect(os.path.join(workers.name, "directory.sqlite3"))
-            ) as db,
-            db,
-        ):
+        with workers.table() as db:
             db.execute("DELETE FROM sessions WHERE owner = ?", (owner,))
             db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
     else:
@@ -777,12 +780,7 @@ def test_an_entry_of_another_version_is_skipped_and_said_once(
         a.listen(text("readable"), session="s1")
         future = json.dumps({"v": 99, "owner": directory.owner, "place": "elsewhere"})
         if workers.kind == "embedded":
-            with (
-                contextlib.closing(
-                    sqlite3.connect(os.path.join(workers.name, "directory.sqlite3"))
-                ) as db,
-                db,
-            ):
+            with workers.table() as db:
                 db.execute("UPDATE sessions SET record = ? WHERE session = 's1'", (future,))
         else:
             import redis
