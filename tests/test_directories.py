@@ -938,7 +938,7 @@ def test_the_advertised_address_is_the_one_that_reaches_redis(
     monkeypatch.delenv("WSGI_PROXY_LISTEN_ADVERTISE", raising=False)
     for url in ["redis://127.0.0.1:6379/0", "unix:///run/redis.sock"]:
         directory = RedisDirectory(url, secret=SECRET)
-        assert directory._endpoint_address("owner") == "127.0.0.1", url
+        assert directory._endpoint_address("owner").advertise == "127.0.0.1", url
     monkeypatch.setenv("WSGI_PROXY_LISTEN_ADVERTISE", "10.1.2.3")
     assert RedisDirectory("redis://127.0.0.1/0", secret=SECRET).advertise_host == "10.1.2.3"
 

@@ -9,7 +9,6 @@ import json
 import logging
 import socket
 import struct
-import threading
 import time
 import typing as t
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from wsgi_proxy_listen import ProxyMiddleware, Registry
 
 from .support.certs import authority, issued
 from .support.cluster import NAMESPACE, NO_REDIS, REDIS, SECRET, RedisServer
+from .support.relay import Relay
 from .support.wsgi import Host
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -81,38 +81,6 @@ def workers(url: str, *files: t.Any) -> Iterator[list[Worker]]:
 
 def echo(request: t.Any) -> str:
     return f"{request.headers.get('Cookie')} {request.get_data(as_text=True)}"
-
-
-class Relay:
-    """A TCP relay that keeps every byte it passes on."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.seen = bytearray()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                near, _ = self.listener.accept()
-            except OSError:
-                return
-            far = socket.create_connection(self.target)
-            for source, sink in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                self.seen += data
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def through_a_relay(url: str, owner: Worker) -> Relay:
@@ -182,7 +150,7 @@ def test_tls_files_come_as_three_or_not_at_all(
     with pytest.raises(ValueError, match="cannot be used"):
         tls_files(cert, certs["b"].key, ca)  # a key that is not the certificate's
     missing = str(tmp_path / "nowhere.pem")
-    with pytest.raises(ValueError, match="cannot be used"):
+    with pytest.raises(ValueError, match=f"TLS_CA '{missing}' is no file this process can read"):
         tls_files(cert, key, missing)
     monkeypatch.setenv("WSGI_PROXY_LISTEN_TLS_CERT", cert)
     monkeypatch.setenv("WSGI_PROXY_LISTEN_TLS_KEY", key)

@@ -56,21 +56,29 @@ _NO = ("0", "false", "no", "off")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 
 
-def open_directory(name: str, *, secret: str | bytes | None = None) -> Directory:
+def open_directory(name: str, *, secret: str | bytes | None = None, **options: t.Any) -> Directory:
     """The directory that ``name`` names (see the table above).
 
     Opening one starts nothing: its threads and sockets start with the first
     request the process serves.
 
+    :param options: for a Redis directory, what
+        :class:`~wsgi_proxy_listen.cluster.RedisDirectory` takes besides the secret
+        (``advertise_host``, ``bind``, ``namespace``, ``tls_cert``...).
     :raises ValueError: ``name`` is neither an absolute path nor a Redis URL,
-        or a Redis URL comes without a secret.
+        a Redis URL comes without a secret, or ``options`` come with a folder.
     :raises TypeError: ``name`` or ``secret`` is not a string.
     """
     kind = check_name(name, secret=secret)
     if kind == "redis":
         from .cluster.redis_directory import RedisDirectory
 
-        return RedisDirectory(name, secret=t.cast(bytes, resolve_secret(secret)))
+        return RedisDirectory(name, secret=t.cast(bytes, resolve_secret(secret)), **options)
+    if options:
+        raise ValueError(
+            f"{', '.join(sorted(options))}: only a Redis directory takes them (the embedded"
+            f" directory {name!r} serves one machine through Unix sockets)"
+        )
     from .cluster.embedded import EmbeddedDirectory
 
     return EmbeddedDirectory(name, secret=resolve_secret(secret))

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from .access import PUBLIC, check_access, check_authenticate, check_login_url
 from .dispatch import check_content_length, check_limit, withheld_cookies
 from .middleware import ProxyMiddleware
-from .naming import ENV_DIRECTORY, check_name, resolve_secret
+from .naming import ENV_DIRECTORY, check_name, open_directory, resolve_secret
 from .origins import check_listener_domain, check_public_url
 from .registry import Registry, default_registry
 from .routing import validate_prefix
@@ -44,6 +44,16 @@ KEYS = {
     "LISTENER_DOMAIN": "listener_domain",
     "LISTENER_SECRET": "listener_secret",
     "PUBLIC_URL": "public_url",
+}
+#: The keys that configure a Redis directory, and the RedisDirectory option each sets
+#: (each before its ``WSGI_PROXY_LISTEN_...`` variable).
+DIRECTORY_KEYS = {
+    "ADVERTISE": "advertise_host",
+    "BIND": "bind",
+    "NAMESPACE": "namespace",
+    "TLS_CERT": "tls_cert",
+    "TLS_KEY": "tls_key",
+    "TLS_CA": "tls_ca",
 }
 
 
@@ -82,12 +92,13 @@ def problems(config: object) -> list[Problem]:
         ]
     found = []
     # Keys of any type (None, 1...) are shown, never compared.
-    unknown = sorted(map(repr, set(config) - set(KEYS)))
+    unknown = sorted(map(repr, set(config) - set(KEYS) - set(DIRECTORY_KEYS)))
     if unknown:
         found.append(
             Problem(
                 "E002",
-                f"unknown key(s) [{', '.join(unknown)}]: the keys are {sorted(KEYS)}",
+                f"unknown key(s) [{', '.join(unknown)}]: the keys are"
+                f" {sorted([*KEYS, *DIRECTORY_KEYS])}",
                 "check the spelling: the keys are upper case",
             )
         )
@@ -97,6 +108,12 @@ def problems(config: object) -> list[Problem]:
                 check(config[key])
             except (TypeError, ValueError) as error:
                 found.append(Problem(problem_id, f"{key}: {error}", hint))
+    tls = {key: config.get(key) for key in ("TLS_CERT", "TLS_KEY", "TLS_CA")}
+    if any(value is not None for value in tls.values()):
+        try:
+            _check_tls(*tls.values())
+        except (TypeError, ValueError) as error:
+            found.append(Problem("E019", f"TLS_CERT, TLS_KEY, TLS_CA: {error}", _TLS_HINT))
     directory, secret = config.get("DIRECTORY"), config.get("SECRET")
     if directory is not None:
         if any(problem.id == "E008" for problem in found):
@@ -141,6 +158,47 @@ def _check_sandbox(value: object) -> object:
     return value
 
 
+def _check_advertise(value: object) -> object:
+    from .cluster.addresses import parse_advertise
+
+    return value is None or parse_advertise(_text(value, "ADVERTISE"))
+
+
+def _check_bind(value: object) -> object:
+    from .cluster.addresses import parse_bind
+
+    return value is None or parse_bind(_text(value, "BIND"))
+
+
+def _check_namespace(value: object) -> object:
+    from .cluster.variables import check_namespace
+
+    return value is None or check_namespace(value)
+
+
+def _check_tls(cert: object, key: object, ca: object) -> object:
+    from .cluster.tls import tls_files
+
+    return tls_files(
+        _text(cert, "TLS_CERT", None), _text(key, "TLS_KEY", None), _text(ca, "TLS_CA", None)
+    )
+
+
+_UNSET: t.Any = object()
+
+
+def _text(value: object, name: str, default: t.Any = _UNSET) -> t.Any:
+    if value is None and default is not _UNSET:
+        return default
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    return value
+
+
+_TLS_HINT = (
+    "the paths of this process's certificate, its key and the CA that signed every"
+    " process's certificate, all three (or the WSGI_PROXY_LISTEN_TLS_... variables)"
+)
 _DIRECTORY_HINT = (
     "an absolute folder path for the processes of one machine, or a redis://, rediss://"
     " or unix:// URL with a SECRET for several machines"
@@ -198,6 +256,21 @@ _CHECKS: dict[str, tuple[str, t.Callable[[t.Any], object], str]] = {
         _check_listener_secret,
         "a str of its own (not SECRET), the same in every process; None to take"
         " WSGI_PROXY_LISTEN_LISTENER_SECRET",
+    ),
+    "ADVERTISE": (
+        "E016",
+        _check_advertise,
+        "host[:port] that other machines reach this process at, such as a pod's IP",
+    ),
+    "BIND": (
+        "E017",
+        _check_bind,
+        "[host][:port] or [host]:first-last to listen on, such as '0.0.0.0:7000-7003'",
+    ),
+    "NAMESPACE": (
+        "E018",
+        _check_namespace,
+        "a name without '}' for this deployment's keys; None for one derived from the secret",
     ),
     "PUBLIC_URL": (
         "E015",
@@ -261,7 +334,10 @@ def _connect(registry: Registry, config: Mapping[str, t.Any]) -> None:
     directory keeps it."""
     directory = config.get("DIRECTORY")
     secret = config.get("SECRET")
-    if directory is None and secret is None:
+    options = {
+        option: config[key] for key, option in DIRECTORY_KEYS.items() if config.get(key) is not None
+    }
+    if directory is None and secret is None and not options:
         if not registry.connected:
             registry.connect_from_environment()  # the middleware needs it at once
         return
@@ -269,12 +345,27 @@ def _connect(registry: Registry, config: Mapping[str, t.Any]) -> None:
         # The environment's directory, which a listen() may have connected already.
         directory = os.environ.get(ENV_DIRECTORY) or registry.directory_name
     if directory is None:
+        if secret is None:
+            raise ValueError(
+                f"{', '.join(key for key in DIRECTORY_KEYS if key in config)} configure a"
+                f" Redis directory, and none is named: set DIRECTORY (or {ENV_DIRECTORY})"
+            )
         raise ValueError(f"{SECRET_WITHOUT_DIRECTORY}: {_SECRET_HINT}")
     if registry.connected and directory != registry.directory_name:
         raise ValueError(
             f"DIRECTORY is {directory!r}, but {registry!r} has the directory"
             f" {registry.directory!r} already: name the directory in one place"
         )
+    if options:
+        if registry.connected:
+            raise ValueError(
+                f"{registry!r} has its directory already (a listen() before the app was"
+                " made connected it from the environment), so the settings' ADVERTISE,"
+                " BIND, NAMESPACE and TLS_... come too late: set them as variables, or"
+                " listen after the app is made"
+            )
+        registry.connect(open_directory(directory, secret=secret, **options))
+        return
     # The same name again (the environment's, connected by a listen()) must come with
     # the same secret: connect() raises otherwise.
     registry.connect(directory, secret=secret)

@@ -33,6 +33,7 @@ this process's listeners.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -47,6 +48,7 @@ import typing as t
 from werkzeug.exceptions import ClientDisconnected
 
 from ..answers import respond
+from .addresses import Bind
 from .frames import (
     ABORT,
     DATA,
@@ -102,11 +104,36 @@ _ENVIRON = {
 }
 
 
+def _bind_tcp(bind: Bind) -> socket.socket:
+    """A TCP socket bound to the first free port of ``bind.ports``.
+
+    :raises OSError: every port is taken (``EADDRINUSE``, naming them), or the
+        address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+    for port in bind.ports:
+        listener = socket.socket(family)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((bind.host, port))
+            return listener
+        except OSError as error:
+            listener.close()
+            if error.errno != errno.EADDRINUSE:
+                raise
+    ports = f"{bind.ports.start}-{bind.ports.stop - 1}" if len(bind.ports) > 1 else bind.ports.start
+    raise OSError(
+        errno.EADDRINUSE,
+        f"every port to bind on {bind.host} ({ports}) is taken, by other processes of this"
+        " machine? Give BIND (WSGI_PROXY_LISTEN_BIND) a range with a port for each process",
+    )
+
+
 class InternalEndpoint:
     """Serves hop requests for ``owner`` on ``address``.
 
     :param address: an absolute path for a Unix socket (created ``0600``), or
-        a host to bind a free TCP port on.
+        where to bind a TCP port and what to publish (:class:`~.addresses.Bind`).
     :param owner: this process's owner id: a ``HELLO`` must name it.
     :param serve: how a forwarded request reaches this process's listeners:
         :meth:`Registry.serve_forwarded <wsgi_proxy_listen.Registry.serve_forwarded>`.
@@ -118,7 +145,7 @@ class InternalEndpoint:
 
     def __init__(
         self,
-        address: str,
+        address: str | Bind,
         owner: str,
         serve: ServeForwarded,
         secret: bytes | None,
@@ -132,7 +159,7 @@ class InternalEndpoint:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._stopped = threading.Event()
-        if address.startswith("/"):
+        if isinstance(address, str):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(address)  # a socket file left by a process that was killed
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -144,16 +171,8 @@ class InternalEndpoint:
                 raise
             self.address = address
         else:
-            host = address.strip("[]")
-            listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            try:
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                listener.bind((host, 0))
-            except BaseException:
-                listener.close()
-                raise
-            port = listener.getsockname()[1]
-            self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            listener = _bind_tcp(address)
+            self.address = address.published(listener.getsockname()[1])
         listener.listen(64)
         listener.setblocking(False)
         self._listener = listener

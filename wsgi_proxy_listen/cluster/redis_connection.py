@@ -10,7 +10,6 @@ reaches Redis with.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import typing as t
@@ -25,9 +24,7 @@ from ..seam import shown_name
 __all__ = [
     "SENTINEL_SCHEME",
     "Commands",
-    "check_advertise",
     "client",
-    "is_loopback",
     "route_to",
     "sentinels_of",
 ]
@@ -125,31 +122,6 @@ def _sentinel_client(url: str, timeout: float, retry: Retry) -> Commands:
         retry=retry,
     )
     return t.cast(Commands, client)
-
-
-def check_advertise(host: str) -> str:
-    """``host`` as an address that other processes can connect to.
-
-    :raises ValueError: an address of every interface (``0.0.0.0``, ``::``), which
-        says where to listen, not where to connect.
-    """
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host  # a name: resolved where it is used
-    if address.is_unspecified:
-        raise ValueError(
-            f"invalid advertised address {host!r}: other processes cannot connect to it;"
-            " give this machine's address that they reach (a pod's IP, a LAN address)"
-        )
-    return host
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def route_to(url: str) -> str:

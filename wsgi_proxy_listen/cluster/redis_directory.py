@@ -48,12 +48,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..seam import Entry, shown_name
+from .addresses import Bind, bind_for, is_loopback, parse_advertise, parse_bind
 from .directory import SharedDirectory
 from .health import PROBE_INTERVAL
-from .redis_connection import check_advertise, client, is_loopback, route_to
+from .redis_connection import client, route_to
 from .store import Owner, decode_record, encode_record, session_record
 from .tls import tls_files
-from .variables import ENV_ADVERTISE, ENV_NAMESPACE, namespace_for
+from .variables import ENV_ADVERTISE, ENV_BIND, ENV_NAMESPACE, check_namespace, namespace_for
 
 __all__ = ["RedisDirectory"]
 
@@ -253,11 +254,15 @@ class RedisDirectory(SharedDirectory):
     :param url: the Redis server: ``redis://``, ``rediss://`` or ``unix://``.
     :param secret: signs the hop between processes; required, non-empty, the
         same in every process and host.
-    :param advertise_host: the address other processes reach this one at; the
-        internal endpoint binds to it. ``None`` takes ``WSGI_PROXY_LISTEN_ADVERTISE``,
-        else the address this machine uses to reach the Redis server (so two machines
-        find each other with nothing configured; ``127.0.0.1`` for a local Redis).
-        ``0.0.0.0`` and ``::`` are refused: nobody can connect to them.
+    :param advertise_host: ``host[:port]``, the address other processes reach this one
+        at. ``None`` takes ``WSGI_PROXY_LISTEN_ADVERTISE``, else the address this machine
+        uses to reach the Redis server (so two machines find each other with nothing
+        configured; ``127.0.0.1`` for a local Redis). ``0.0.0.0`` and ``::`` are
+        refused: nobody can connect to them.
+    :param bind: ``[host][:port]`` or ``[host]:first-last``, where the internal endpoint
+        listens (see :mod:`~wsgi_proxy_listen.cluster.addresses`). ``None`` takes
+        ``WSGI_PROXY_LISTEN_BIND``, else the advertised host (every interface when it is
+        not this machine's) on the advertised port, or a free one.
     :param lease: seconds a registration outlives a silent owner.
     :param read_timeout: seconds a hop waits for the owner's answer (then 504).
     :param namespace: the prefix of the Redis keys (``{namespace}:...``). ``None`` takes
@@ -277,6 +282,7 @@ class RedisDirectory(SharedDirectory):
         *,
         secret: str | bytes,
         advertise_host: str | None = None,
+        bind: str | None = None,
         lease: float = 10.0,
         read_timeout: float = 60.0,
         namespace: str | None = None,
@@ -298,13 +304,18 @@ class RedisDirectory(SharedDirectory):
         self.url = url
         if namespace is None:
             namespace = os.environ.get(ENV_NAMESPACE) or namespace_for(secret)
-        if not namespace or not isinstance(namespace, str) or "}" in namespace:
-            raise ValueError(f"invalid namespace {namespace!r}: a non-empty name without '}}'")
+        check_namespace(namespace)
         if advertise_host is None:
             advertise_host = os.environ.get(ENV_ADVERTISE) or None
+        self.advertise_host: str | None = None
+        self._advertise_port: int | None = None
         if advertise_host is not None:
-            check_advertise(advertise_host)
-        self.advertise_host = advertise_host
+            self.advertise_host, self._advertise_port = parse_advertise(advertise_host)
+        if bind is None:
+            bind = os.environ.get(ENV_BIND) or None
+        self._bind = (None, None) if bind is None else parse_bind(bind)
+        if self.advertise_host is not None:
+            self._bind_for(self.advertise_host)  # a contradiction is said now
         self.namespace = namespace
         # One timeout per outage (the directory then answers 503 at once): no retry on a
         # timeout; one on a broken connection, the pool's socket to a Redis that restarted.
@@ -360,7 +371,10 @@ class RedisDirectory(SharedDirectory):
         self._started = time.time()
         return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
-    def _endpoint_address(self, owner: str) -> str:
+    def _bind_for(self, host: str) -> Bind:
+        return bind_for(host, self._advertise_port, *self._bind)
+
+    def _endpoint_address(self, owner: str) -> Bind:
         if self.advertise_host is None:
             self.advertise_host = route_to(self.url)
         if self.tls is None and not is_loopback(self.advertise_host):
@@ -370,7 +384,7 @@ class RedisDirectory(SharedDirectory):
                 " _TLS_KEY and _TLS_CA (or RedisDirectory(tls_cert=, tls_key=, tls_ca=))",
                 self.advertise_host,
             )
-        return self.advertise_host
+        return self._bind_for(self.advertise_host)
 
     def _store_close(self) -> None:
         self._redis.close()

@@ -32,6 +32,7 @@ from ..terms import UNDECLARED, Terms
 
 if t.TYPE_CHECKING:
     from ..seam import Entry
+    from .addresses import Bind
 
 __all__ = [
     "RECORD_VERSION",
@@ -140,9 +141,9 @@ class Store(abc.ABC):
         """A fresh owner id for this process."""
 
     @abc.abstractmethod
-    def _endpoint_address(self, owner: str) -> str:
+    def _endpoint_address(self, owner: str) -> str | Bind:
         """Where this process's internal endpoint binds: an absolute Unix socket path,
-        or a host to bind a free TCP port on."""
+        or a TCP address and what to publish."""
 
     # -- writes ---------------------------------------------------------------------------
 

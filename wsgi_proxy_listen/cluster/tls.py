@@ -78,6 +78,9 @@ def tls_files(cert: str | None = None, key: str | None = None, ca: str | None = 
         raise ValueError(
             f"TLS on the hop needs TLS_CERT, TLS_KEY and TLS_CA together: {missing} missing"
         )
+    for name, path in named.items():
+        if not os.access(t.cast(str, path), os.R_OK):
+            raise ValueError(f"{name} {path!r} is no file this process can read")
     files = TLS(t.cast(str, cert), t.cast(str, key), t.cast(str, ca))
     try:
         files.server()

@@ -13,16 +13,21 @@ import hashlib
 
 __all__ = [
     "ENV_ADVERTISE",
+    "ENV_BIND",
     "ENV_NAMESPACE",
     "ENV_TLS_CA",
     "ENV_TLS_CERT",
     "ENV_TLS_KEY",
+    "check_namespace",
     "namespace_for",
 ]
 
 #: The environment variable with the address that other machines reach this process at
 #: (a Redis directory; see :class:`~wsgi_proxy_listen.cluster.RedisDirectory`).
 ENV_ADVERTISE = "WSGI_PROXY_LISTEN_ADVERTISE"
+#: The environment variable with the address (and port, or range of ports) that this
+#: process's internal endpoint listens on (see :mod:`~wsgi_proxy_listen.cluster.addresses`).
+ENV_BIND = "WSGI_PROXY_LISTEN_BIND"
 #: The environment variable with a Redis directory's namespace, the prefix of its keys.
 ENV_NAMESPACE = "WSGI_PROXY_LISTEN_NAMESPACE"
 #: The environment variables with the files of TLS on the hop (see
@@ -38,3 +43,13 @@ def namespace_for(secret: str | bytes) -> str:
     key = secret.encode() if isinstance(secret, str) else secret
     digest = hashlib.sha256(b"wsgi-proxy-listen namespace\0" + key).hexdigest()
     return f"wsgi-proxy-listen-{digest[:16]}"
+
+
+def check_namespace(namespace: object) -> str:
+    """``namespace`` as a Redis deployment's namespace.
+
+    :raises ValueError: an empty name, or one with ``}`` (it closes the keys' hash tag).
+    """
+    if not namespace or not isinstance(namespace, str) or "}" in namespace:
+        raise ValueError(f"invalid namespace {namespace!r}: a non-empty name without '}}'")
+    return namespace

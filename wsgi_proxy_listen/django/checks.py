@@ -30,6 +30,10 @@ wsgi_proxy_listen.E012    ``SANDBOX`` is not ``True`` or ``False``
 wsgi_proxy_listen.E013    ``LISTENER_DOMAIN`` is no domain name
 wsgi_proxy_listen.E014    ``LISTENER_SECRET`` is not a string
 wsgi_proxy_listen.E015    ``PUBLIC_URL`` is no ``http(s)://`` origin
+wsgi_proxy_listen.E016    ``ADVERTISE`` is no ``host[:port]`` to connect to
+wsgi_proxy_listen.E017    ``BIND`` is no ``[host][:port]`` (or range) this machine can bind
+wsgi_proxy_listen.E018    ``NAMESPACE`` is empty or has ``}``
+wsgi_proxy_listen.E019    ``TLS_CERT``, ``TLS_KEY``, ``TLS_CA``: not all three, or unusable
 wsgi_proxy_listen.W001    ``SECRET`` without a directory, here
 ========================  ==========================================================
 """
