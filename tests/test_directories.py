@@ -657,7 +657,8 @@ def lose_lease(workers: Workers, owner: str) -> None:
         client = redis.Redis.from_url(workers.name)
         try:
             assert client.scard(f"{{{NAMESPACE}}}:owned:{owner}")
-            client.register_script(redis_directory._FORGET)(args=[f"{{{NAMESPACE}}}:", owner])
+            forget = client.register_script(redis_directory._FORGET)
+            forget(keys=[f"{{{NAMESPACE}}}:"], args=[owner])
         finally:
             client.close()
 

@@ -13,6 +13,9 @@ an absolute folder path, ``/run/myhost/proxy``   the embedded directory: one mac
                                                  server to run (SQLite and Unix sockets in
                                                  that folder)
 ``redis://``, ``rediss://`` or ``unix://`` URL   Redis: several machines; needs a secret
+``redis+sentinel://host:26379,host2/main/0``     Redis behind Sentinel: the sentinels, the
+                                                 master's name, the database
+``redis+cluster://host:6379,host2:6379``         Redis Cluster: some of its nodes
 ===============================================  ==========================================
 
 The secret comes from the ``secret`` argument, else from the environment
@@ -53,7 +56,14 @@ ENV_RUNTIME = "WSGI_PROXY_LISTEN_RUNTIME"
 _YES = ("1", "true", "yes", "on")
 _NO = ("0", "false", "no", "off")
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+_REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 
 
 def open_directory(name: str, *, secret: str | bytes | None = None, **options: t.Any) -> Directory:
@@ -114,7 +124,8 @@ def check_name(name: object, *, secret: str | bytes | None = None) -> str:
     raise ValueError(
         f"unknown directory {shown_name(name)!r}: name a folder by its absolute path (such as"
         " '/run/myhost/proxy') for processes on one machine, or a Redis server by its URL"
-        " (redis://, rediss:// or unix://) for several machines"
+        " (redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://) for several"
+        " machines"
     )
 
 

@@ -37,6 +37,7 @@ PROBE_INTERVAL = 0.25
 # What an operator can do something about, by the exception that says it (anywhere in
 # the chain of causes: a client library wraps what the socket said).
 _REASONS = (
+    ("MovedError", "the server is a node of a Redis Cluster: name it by a redis+cluster:// URL"),
     ("AuthenticationError", "the password or the user was refused"),
     ("AuthenticationWrongNumberOfArgsError", "the password or the user was refused"),
     ("NoPermissionError", "the user lacks a command, a key or a channel in its ACL"),

@@ -23,6 +23,7 @@ import threading
 import typing as t
 
 from ..exceptions import DirectoryUnavailable
+from .health import reason
 from .store import Owner
 
 if t.TYPE_CHECKING:
@@ -87,6 +88,7 @@ class Publication:
         self._published: dict[str, Registered] = {}
         self._pending: set[str] = set()  # registered while the store was down
         self._unpublished: dict[str, Owner] = {}  # closed while the store was down
+        self._said: set[type[Exception]] = set()  # the errors logged already
 
     def begin(self, owner: str, address: str) -> None:
         """This process serves from now on, as ``owner`` at ``address``."""
@@ -109,6 +111,9 @@ class Publication:
                 self._health.call(self._publish, session, self._entry(listener))
                 published = True
             except DirectoryUnavailable:
+                published = False
+            except Exception as error:  # noqa: BLE001 - no outage (an ACL, a replica): said
+                self._failed("publish", error)
                 published = False
             with self._lock:
                 current = self._host.get(session)
@@ -145,8 +150,12 @@ class Publication:
                 return
             try:
                 self._withdraw_all(entries)
-            except self._health.unreachable:
-                logger.warning("could not withdraw this process's listeners (%s)", self.owner)
+            except Exception as error:  # noqa: BLE001 - at exit: said, whatever it is
+                logger.warning(
+                    "could not withdraw this process's listeners (%s): %s",
+                    self.owner,
+                    reason(error),
+                )
 
     def notice(self, session: str, owner: str | None) -> None:
         """The store announced that ``session`` now belongs to ``owner`` (``None``: it was
@@ -224,6 +233,17 @@ class Publication:
                     return None
                 raise
 
+    def _failed(self, what: str, error: Exception) -> None:
+        """A write that failed for no outage: said once for each kind of error; what was
+        to be written waits for the next renewal."""
+        if type(error) not in self._said:
+            self._said.add(type(error))
+            logger.error(
+                "could not %s a listener in the directory (%s): the heartbeat tries again",
+                what,
+                reason(error),
+            )
+
     def _give_up(self, listener: Registered) -> None:
         with self._lock:
             if self._published.get(listener.session) is not listener:
@@ -236,7 +256,9 @@ class Publication:
         self._locations.forget(session)
         try:
             self._health.call(self._withdraw_entry, session, entry)
-        except DirectoryUnavailable:
+        except Exception as error:  # noqa: BLE001 - kept for the heartbeat, and said
+            if not isinstance(error, DirectoryUnavailable):
+                self._failed("withdraw", error)
             with self._lock:
                 if session not in self._published:
                     self._unpublished[session] = entry

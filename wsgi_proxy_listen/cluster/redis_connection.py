@@ -3,7 +3,8 @@ Reaching Redis, and being reached
 =================================
 
 How a Redis directory connects to its server (a ``redis://``, ``rediss://`` or
-``unix://`` URL, or the sentinels of a ``redis+sentinel://`` one) and which
+``unix://`` URL, the sentinels of a ``redis+sentinel://`` one, or the nodes of a
+Redis Cluster named by ``redis+cluster://``) and which
 address its process advertises to the others: by default the one its machine
 reaches Redis with.
 """
@@ -22,9 +23,12 @@ from redis.sentinel import Sentinel
 from ..seam import shown_name
 
 __all__ = [
+    "CLUSTER_SCHEMES",
     "SENTINEL_SCHEME",
     "Commands",
     "client",
+    "cluster_nodes_of",
+    "reset_after_fork",
     "route_to",
     "sentinels_of",
 ]
@@ -39,7 +43,7 @@ class Commands(t.Protocol):
     checking against this instead keeps ``mypy --strict`` independent of the release.
     """
 
-    connection_pool: t.Any
+    connection_pool: t.Any  # a cluster's client has a pool per node instead
 
     def get(self, name: str) -> bytes | None: ...
     def set(self, name: str, value: str, **options: t.Any) -> t.Any: ...
@@ -55,18 +59,40 @@ class Commands(t.Protocol):
     def pubsub(self, ignore_subscribe_messages: bool) -> t.Any: ...
     def register_script(self, script: str) -> t.Callable[..., t.Any]: ...
     def close(self) -> None: ...
+    def get_nodes(self) -> list[t.Any]: ...
 
 
 SENTINEL_SCHEME = "redis+sentinel://"
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
 def client(url: str, timeout: float, retry: Retry) -> Commands:
     if url.lower().startswith(SENTINEL_SCHEME):
         return _sentinel_client(url, timeout, retry)
+    if url.lower().startswith(CLUSTER_SCHEMES):
+        return _cluster_client(url, timeout, retry)
     client = redis.Redis.from_url(
         url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=retry
     )
     return t.cast(Commands, client)
+
+
+def _hosts(url: str, default_port: int, what: str) -> list[tuple[str, int]]:
+    """The ``host[:port]`` list of a URL's network location, after any ``user:password@``."""
+    found = []
+    for host in filter(None, urlsplit(url).netloc.rpartition("@")[2].split(",")):
+        name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if not colon:
+            name, port = host, str(default_port)
+        if not name or not port.isdigit():
+            raise ValueError(f"the {what} {host!r} is no host[:port]")
+        found.append((name.strip("[]"), int(port)))
+    return found
+
+
+def _credentials(url: str) -> tuple[str | None, str | None]:
+    user, _, password = urlsplit(url).netloc.rpartition("@")[0].partition(":")
+    return unquote(user) or None, unquote(password) or None
 
 
 def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:
@@ -77,15 +103,7 @@ def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:
     :raises ValueError: a URL of another form.
     """
     parts = urlsplit(url)
-    hosts = parts.netloc.rpartition("@")[2]
-    sentinels = []
-    for host in filter(None, hosts.split(",")):
-        name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
-        if not colon:
-            name, port = host, "26379"
-        if not name or not port.isdigit():
-            raise ValueError(f"the sentinel {host!r} is no host[:port]")
-        sentinels.append((name.strip("[]"), int(port)))
+    sentinels = _hosts(url, 26379, "sentinel")
     path = [piece for piece in parts.path.split("/") if piece]
     if not sentinels or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(
@@ -99,9 +117,8 @@ def _sentinel_client(url: str, timeout: float, retry: Retry) -> Commands:
     """A client of the master that the sentinels of ``url`` name, found again after a
     failover (redis-py's :class:`~redis.sentinel.Sentinel`)."""
     sentinels, master, db = sentinels_of(url)
-    parts = urlsplit(url)
-    user, _, password = parts.netloc.rpartition("@")[0].partition(":")
-    query = parse_qs(parts.query)
+    user, password = _credentials(url)
+    query = parse_qs(urlsplit(url).query)
     sentinel = Sentinel(
         sentinels,
         socket_timeout=timeout,
@@ -115,8 +132,8 @@ def _sentinel_client(url: str, timeout: float, retry: Retry) -> Commands:
     client = sentinel.master_for(
         master,
         db=db,
-        username=unquote(user) or None,
-        password=unquote(password) or None,
+        username=user,
+        password=password,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=retry,
@@ -124,11 +141,66 @@ def _sentinel_client(url: str, timeout: float, retry: Retry) -> Commands:
     return t.cast(Commands, client)
 
 
+def cluster_nodes_of(url: str) -> list[tuple[str, int]]:
+    """The nodes that a ``redis+cluster://[[user]:password@]host[:port][,host[:port]...]``
+    URL names to start from (port 6379 unless given; a cluster has database 0 only).
+
+    :raises ValueError: a URL of another form.
+    """
+    nodes = _hosts(url, 6379, "cluster node")
+    if not nodes or urlsplit(url).path.strip("/") not in ("", "0"):
+        raise ValueError(
+            "use redis+cluster://host:6379,host2:6379 (some of the cluster's nodes; a"
+            " cluster has database 0 only), or rediss+cluster:// for TLS"
+        )
+    return nodes
+
+
+_CLUSTER_TLS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def _cluster_client(url: str, timeout: float, retry: Retry) -> Commands:
+    """A client of a Redis Cluster that finds the node holding each key's slot, and
+    finds it again when the slot moves (redis-py's :class:`~redis.cluster.RedisCluster`).
+    ``rediss+cluster://`` speaks TLS, with ``?ssl_ca_certs=`` (``ssl_certfile``,
+    ``ssl_keyfile``) as for ``rediss://``."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    user, password = _credentials(url)
+    query = {key: values[0] for key, values in parse_qs(urlsplit(url).query).items()}
+    tls: dict[str, t.Any] = {}
+    if url.lower().startswith("rediss+"):
+        tls = {"ssl": True, **{key: query[key] for key in _CLUSTER_TLS if key in query}}
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes_of(url)],
+        username=user,
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=retry,
+        **tls,
+    )
+    return t.cast(Commands, client)
+
+
+def reset_after_fork(client: Commands) -> None:
+    """Drop the connections a forked child inherited (each node's, for a cluster)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        pool.reset()
+        return
+    for node in client.get_nodes():
+        if node.redis_connection is not None:
+            node.redis_connection.connection_pool.reset()
+
+
 def route_to(url: str) -> str:
     """The address this machine uses to reach the Redis server of ``url``: the one the
     routing table picks (a UDP socket's connect sends nothing)."""
     if url.lower().startswith(SENTINEL_SCHEME):
         host, port = sentinels_of(url)[0][0]  # the first sentinel: on the same network
+    elif url.lower().startswith(CLUSTER_SCHEMES):
+        host, port = cluster_nodes_of(url)[0]
     else:
         parts = urlsplit(url)
         if parts.scheme == "unix" or not parts.hostname:

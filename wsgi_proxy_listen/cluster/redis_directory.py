@@ -14,9 +14,10 @@ shared secret.
     registry = Registry(directory="redis://10.0.0.5:6379/0", secret=os.environ["SECRET"])
 
 Needs the extra ``pip install wsgi-proxy-listen[redis]``. Every key carries
-the namespace as a hash tag, ``{namespace}`` (``wsgi-proxy-listen`` by
-default), so that a Redis Cluster keeps all of a deployment's keys on one
-node and every script touches one slot:
+the namespace as a hash tag, ``{namespace}`` (by default derived from the
+secret), so that a Redis Cluster (``redis+cluster://``) keeps all of a
+deployment's keys in one slot, and every script (sent with the prefix
+``{namespace}:`` as its key) runs on the node that holds it:
 
 ==================================  =======================================================
 ``{ns}:owner:{owner}``              the owner's record (pid, host, endpoint address), with
@@ -51,7 +52,7 @@ from ..seam import Entry, shown_name
 from .addresses import Bind, bind_for, is_loopback, parse_advertise, parse_bind
 from .directory import SharedDirectory
 from .health import PROBE_INTERVAL
-from .redis_connection import client, route_to
+from .redis_connection import client, reset_after_fork, route_to
 from .store import Owner, decode_record, encode_record, session_record
 from .tls import tls_files
 from .variables import ENV_ADVERTISE, ENV_BIND, ENV_NAMESPACE, check_namespace, namespace_for
@@ -60,8 +61,9 @@ __all__ = ["RedisDirectory"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
 
-# Every script gets the namespace's prefix (ARGV[1], "{ns}:") and builds the names of the
-# keys it touches from it: all of them carry the same hash tag, so they are in one slot.
+# Every script gets the namespace's prefix as its one key (KEYS[1], "{ns}:") and builds
+# the names of the keys it touches from it: all of them carry the same hash tag, so they
+# are in one slot, the prefix's, where a Redis Cluster sends the script.
 _HELPERS = """
 local function record(value)
     if not value then return nil end
@@ -103,20 +105,20 @@ local function forget(prefix, owner)
     redis.call('zrem', prefix .. 'owners', owner)
 end
 """
-# ARGV: prefix, session, owner, app or '', the session's record, the join time, the owner's
-# record, the lease in ms (its lease starts with its first entry).
+# KEYS[1]: the prefix; ARGV: session, owner, app or '', the session's record, the join
+# time, the owner's record, the lease in ms (its lease starts with its first entry).
 _PUBLISH = (
     _HELPERS
     + """
-local prefix, session, owner, app = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local prefix, session, owner, app = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 if redis.call('exists', prefix .. 'owner:' .. owner) == 0 then
-    own(prefix, owner, ARGV[7], tonumber(ARGV[8]))
+    own(prefix, owner, ARGV[6], tonumber(ARGV[7]))
 end
 local key = prefix .. 'session:' .. session
 local previous = record(redis.call('get', key))
-redis.call('set', key, ARGV[5])
+redis.call('set', key, ARGV[4])
 redis.call('sadd', prefix .. 'owned:' .. owner, session)
-if app ~= '' then redis.call('zadd', prefix .. 'app:' .. app, ARGV[6], session) end
+if app ~= '' then redis.call('zadd', prefix .. 'app:' .. app, ARGV[5], session) end
 if previous then
     local before = text(previous['app'])
     if before ~= '' and before ~= app then
@@ -132,45 +134,46 @@ return 1
 """
 )
 # Delete a session's entry only while it is this one: the same owner and app.
-# ARGV: prefix, session, owner, app or ''.
+# KEYS[1]: the prefix; ARGV: session, owner, app or ''.
 _WITHDRAW = (
     _HELPERS
     + """
-local found = record(redis.call('get', ARGV[1] .. 'session:' .. ARGV[2]))
-if not found or found['owner'] ~= ARGV[3] or text(found['app']) ~= ARGV[4] then return 0 end
-drop(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local found = record(redis.call('get', KEYS[1] .. 'session:' .. ARGV[1]))
+if not found or found['owner'] ~= ARGV[2] or text(found['app']) ~= ARGV[3] then return 0 end
+drop(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 )
-# Every entry of an owner, and its lease. ARGV: prefix, owner.
+# Every entry of an owner. KEYS[1]: the prefix; ARGV: the owner, and (for a refused
+# connection) how long before its lease's end it last renewed, at the latest, in ms.
 _FORGET = (
     _HELPERS
     + """
-if ARGV[3] then
+if ARGV[2] then
     -- Across machines a refused connection proves nothing of the owner (a firewall's
     -- reject reads the same): its lease decides. An owner that renewed it within a
     -- heartbeat (a third of *its* lease) and half a second lives.
-    local expires = redis.call('zscore', ARGV[1] .. 'owners', ARGV[2])
-    local owned = record(redis.call('get', ARGV[1] .. 'owner:' .. ARGV[2]))
-    local window = tonumber(ARGV[3])
+    local expires = redis.call('zscore', KEYS[1] .. 'owners', ARGV[1])
+    local owned = record(redis.call('get', KEYS[1] .. 'owner:' .. ARGV[1]))
+    local window = tonumber(ARGV[2])
     if owned and tonumber(owned['lease']) then
         local lease = tonumber(owned['lease'])
         window = lease - lease / 3 - 500
     end
     if expires and tonumber(expires) > now_ms() + window then return 0 end
 end
-forget(ARGV[1], ARGV[2])
+forget(KEYS[1], ARGV[1])
 return 1
 """
 )
 # Renew the owner's lease (1 if it was still running, 0 if it had run out), and clean up
 # after a few owners whose lease ran out. The time is the server's: every process agrees.
-# ARGV: prefix, owner, its record, the lease in ms.
+# KEYS[1]: the prefix; ARGV: owner, its record, the lease in ms.
 _RENEW = (
     _HELPERS
     + """
-local prefix = ARGV[1]
-local running = own(prefix, ARGV[2], ARGV[3], tonumber(ARGV[4]))
+local prefix = KEYS[1]
+local running = own(prefix, ARGV[1], ARGV[2], tonumber(ARGV[3]))
 local silent = redis.call('zrangebyscore', prefix .. 'owners', '-inf', now_ms(), 'LIMIT', 0, 16)
 for _, dead in ipairs(silent) do
     if redis.call('exists', prefix .. 'owner:' .. dead) == 0 then forget(prefix, dead) end
@@ -178,42 +181,50 @@ end
 return running
 """
 )
-# Write an owner's entry again if it is missing: 1; 0 if it is there; -1 if another owner
-# holds the session now. ARGV: prefix, session, owner, app or '', record, join time.
+# Write an owner's entries again where they are missing; the sessions that another owner
+# holds now are returned. KEYS[1]: the prefix; ARGV: the owner, the join time, then the
+# session, its app or '' and its record, for each.
 _REPUBLISH = (
     _HELPERS
     + """
-local prefix, session, owner, app = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local found = record(redis.call('get', prefix .. 'session:' .. session))
-if found then
-    if found['owner'] ~= owner then return -1 end
-    redis.call('sadd', prefix .. 'owned:' .. owner, session)
-    return 0
+local prefix, owner, now = KEYS[1], ARGV[1], ARGV[2]
+local taken = {}
+for i = 3, #ARGV, 3 do
+    local session, app = ARGV[i], ARGV[i + 1]
+    local found = record(redis.call('get', prefix .. 'session:' .. session))
+    if found and found['owner'] ~= owner then
+        table.insert(taken, session)
+    else
+        if not found then
+            redis.call('set', prefix .. 'session:' .. session, ARGV[i + 2])
+            if app ~= '' then redis.call('zadd', prefix .. 'app:' .. app, now, session) end
+        end
+        redis.call('sadd', prefix .. 'owned:' .. owner, session)
+    end
 end
-redis.call('set', prefix .. 'session:' .. session, ARGV[5])
-redis.call('sadd', prefix .. 'owned:' .. owner, session)
-if app ~= '' then redis.call('zadd', prefix .. 'app:' .. app, ARGV[6], session) end
-return 1
+return taken
 """
 )
-# A session's record and its owner's, while the owner's lease runs. ARGV: prefix, session.
+# A session's record and its owner's, while the owner's lease runs. KEYS[1]: the prefix;
+# ARGV: the session.
 _LOCATE = (
     _HELPERS
     + """
-local value = redis.call('get', ARGV[1] .. 'session:' .. ARGV[2])
+local value = redis.call('get', KEYS[1] .. 'session:' .. ARGV[1])
 local found = record(value)
 if not found then return value end
-local owner = redis.call('get', ARGV[1] .. 'owner:' .. text(found['owner']))
+local owner = redis.call('get', KEYS[1] .. 'owner:' .. text(found['owner']))
 if not owner then return nil end
 return {value, owner}
 """
 )
 # The newest member of an app whose owner's lease runs: {session, record, owner record};
-# members whose entry is gone or in another app leave the app. ARGV: prefix, slug.
+# members whose entry is gone or in another app leave the app. KEYS[1]: the prefix;
+# ARGV: the slug.
 _CURRENT = (
     _HELPERS
     + """
-local prefix, slug = ARGV[1], ARGV[2]
+local prefix, slug = KEYS[1], ARGV[1]
 local members = prefix .. 'app:' .. slug
 for _, session in ipairs(redis.call('zrevrange', members, 0, 15)) do
     local value = redis.call('get', prefix .. 'session:' .. session)
@@ -232,6 +243,9 @@ _DELETE_IF = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
 
+
+# Sessions written again by one script: a short stop for Redis, few round trips.
+_REPUBLISH_BATCH = 500
 
 #: Every command the directory sends, its scripts' included (see :meth:`RedisDirectory.acl`).
 ACL_COMMANDS = (
@@ -333,6 +347,7 @@ class RedisDirectory(SharedDirectory):
             )
             raise ValueError(f"invalid Redis URL {shown!r}: {why}") from None
         self._prefix = "{" + namespace + "}:"
+        self._keys = [self._prefix]  # the one key of every script: where a cluster runs it
         self._started = 0.0
         script = self._redis.register_script
         self._publish_script = script(_PUBLISH)
@@ -397,8 +412,8 @@ class RedisDirectory(SharedDirectory):
         pass
 
     def _store_after_fork(self) -> None:
-        self._redis.connection_pool.reset()
-        self._probe_client.connection_pool.reset()
+        reset_after_fork(self._redis)
+        reset_after_fork(self._probe_client)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -406,8 +421,8 @@ class RedisDirectory(SharedDirectory):
         now = time.time()
         record = session_record(entry, now)
         self._publish_script(
+            keys=self._keys,
             args=[
-                self._prefix,
                 session,
                 entry.owner,
                 entry.app or "",
@@ -415,11 +430,11 @@ class RedisDirectory(SharedDirectory):
                 now,
                 self._owner_record(),
                 self._lease_ms,
-            ]
+            ],
         )
 
     def _store_withdraw(self, session: str, entry: Owner) -> None:
-        self._withdraw_script(args=[self._prefix, session, entry.owner, entry.app or ""])
+        self._withdraw_script(keys=self._keys, args=[session, entry.owner, entry.app or ""])
 
     def _store_forget(self, session: str, entry: Owner) -> bool:
         # An owner's lease runs ``lease`` from its last renewal, renewed every lease / 3:
@@ -427,12 +442,12 @@ class RedisDirectory(SharedDirectory):
         # owner's own lease is in its record; this one's is for a record without it.
         silent_after = self.lease - self.lease / 3 - 0.5
         forgotten = self._forget_script(
-            args=[self._prefix, entry.owner, max(0, int(silent_after * 1000))]
+            keys=self._keys, args=[entry.owner, max(0, int(silent_after * 1000))]
         )
         return bool(forgotten)
 
     def _store_withdraw_all(self, entries: dict[str, Owner]) -> None:
-        self._forget_script(args=[self._prefix, self.owner])
+        self._forget_script(keys=self._keys, args=[self.owner])
 
     def _owner_record(self) -> str:
         return encode_record(
@@ -446,24 +461,21 @@ class RedisDirectory(SharedDirectory):
 
     def _store_renew(self) -> bool:
         record = self._owner_record()
-        return bool(self._renew_script(args=[self._prefix, self.owner, record, self._lease_ms]))
+        return bool(self._renew_script(keys=self._keys, args=[self.owner, record, self._lease_ms]))
 
     def _store_republish(self, entries: dict[str, Owner]) -> list[str]:
         now = time.time()
-        pipe = self._redis.pipeline(transaction=False)
         sessions = list(entries)
-        for session in sessions:
-            entry = entries[session]
-            record = session_record(entry, now)
-            self._republish_script(
-                args=[self._prefix, session, entry.owner, entry.app or "", record, now],
-                client=pipe,
+        taken: list[str] = []
+        for start in range(0, len(sessions), _REPUBLISH_BATCH):
+            args: list[object] = [self.owner, now]
+            for session in sessions[start : start + _REPUBLISH_BATCH]:
+                entry = entries[session]
+                args += [session, entry.app or "", session_record(entry, now)]
+            taken += (
+                found.decode() for found in self._republish_script(keys=self._keys, args=args)
             )
-        return [
-            session
-            for session, written in zip(sessions, pipe.execute(), strict=True)
-            if written == -1
-        ]
+        return taken
 
     @property
     def _lease_ms(self) -> int:
@@ -483,7 +495,7 @@ class RedisDirectory(SharedDirectory):
     # -- reads -----------------------------------------------------------------------------
 
     def _store_locate(self, session: str) -> Owner | None:
-        found = self._locate_script(args=[self._prefix, session])
+        found = self._locate_script(keys=self._keys, args=[session])
         if not isinstance(found, list):
             if found is not None:
                 decode_record(found)  # a record of another version: said, and skipped
@@ -494,7 +506,8 @@ class RedisDirectory(SharedDirectory):
         keys = list(self._redis.scan_iter(match=f"{self._prefix}session:*", count=1000))
         sessions = [decode_record(value) for value in self._redis.mget(keys)] if keys else []
         owners = sorted({record["owner"] for record in sessions if record is not None})
-        values = self._redis.mget([f"{self._prefix}owner:{owner}" for owner in owners])
+        owner_keys = [f"{self._prefix}owner:{owner}" for owner in owners]
+        values = self._redis.mget(owner_keys) if owner_keys else []
         live = {
             owner: record
             for owner, record in zip(owners, map(decode_record, values), strict=True)
@@ -519,7 +532,7 @@ class RedisDirectory(SharedDirectory):
         return sorted(entries, key=lambda entry: entry.since)
 
     def _store_current(self, slug: str) -> tuple[str, Owner] | None:
-        found = self._current_script(args=[self._prefix, slug])
+        found = self._current_script(keys=self._keys, args=[slug])
         if not isinstance(found, list):
             return None
         location = _location(found[1], found[2])
