@@ -10,12 +10,14 @@ import os
 import shutil
 import subprocess
 import sys
+import typing as t
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from .support.cluster import (
+    NAMESPACE,
     ROOT,
     SECRET,
     RedisServer,
@@ -57,6 +59,10 @@ def test_status_lists_the_listeners_of_a_running_host(shared: Shared) -> None:
         )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    if shared.kind == "redis":  # a first column: the deployment's namespace
+        assert lines[0].split()[0] == "NAMESPACE"
+        assert {line.split()[0] for line in lines[1:-1]} == {NAMESPACE}
+        lines = [line.split(None, 1)[1] for line in lines[:-1]] + lines[-1:]
     assert lines[0].split() == ["SESSION", "APP", "PID", "OWNER", "ADDRESS", "AGE"]
     rows = {line.split()[0]: line.split() for line in lines[1:-1]}
     assert rows.keys() == {"s1", "m1"}
@@ -79,7 +85,8 @@ def test_status_as_json_from_the_environment(shared: Shared) -> None:
         )
     assert result.returncode == 0, result.stderr
     (listener,) = json.loads(result.stdout)
-    assert listener.keys() == {"session", "app", "pid", "owner", "address", "since", "age_seconds"}
+    keys = {"session", "app", "pid", "owner", "address", "since", "age_seconds"}
+    assert listener.keys() == keys | ({"namespace"} if shared.kind == "redis" else set())
     assert (listener["session"], listener["app"], listener["pid"]) == ("s1", None, owner)
     assert 0 <= listener["age_seconds"] < 60
 
@@ -165,8 +172,24 @@ def test_what_a_terminal_would_act_on_is_shown_escaped() -> None:
         ),
         pytest.param(["status", "relative"], {}, "unknown directory 'relative'", id="relative"),
         pytest.param(
-            ["status", "redis://127.0.0.1:1/0"], {}, "needs a secret", id="redis-no-secret"
+            ["status", "redis://127.0.0.1:1/0"],
+            {},
+            "cannot read the directory redis://127.0.0.1:1/0: Error 111 connecting",
+            id="redis-no-secret",
         ),
+        pytest.param(
+            ["check", "redis://127.0.0.1:1/0"],
+            {},
+            "cannot read the directory redis://127.0.0.1:1/0: Error 111 connecting",
+            id="check-redis-refused",
+        ),
+        pytest.param(
+            ["check", "/nonexistent/wpl"],
+            {},
+            "no directory at /nonexistent/wpl: the folder does not exist",
+            id="check-no-folder",
+        ),
+        pytest.param(["check"], {}, "no directory: name one", id="check-none"),
         pytest.param(
             ["status", "redis://127.0.0.1:1/0", "--secret", "s"],
             {},
@@ -272,3 +295,95 @@ def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
         main([])
     assert exited.value.code == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+def _two_deployments(url: str) -> list[t.Any]:
+    """Two deployments on one database, each with a live process and a listener."""
+    from wsgi_proxy_listen import Registry
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    made = []
+    for secret, session in (("first-secret", "in-first"), ("second-secret", "in-second")):
+        directory = RedisDirectory(url, secret=secret)
+        registry = Registry(directory=directory)
+        directory.start_serving()
+        registry.listen(lambda request: "x", session=session)
+        made.append((directory, registry))
+    return made
+
+
+def test_status_without_a_secret_lists_every_deployment_by_its_namespace(
+    redis_server: RedisServer,
+) -> None:
+    from wsgi_proxy_listen.cluster.variables import namespace_for
+
+    made = _two_deployments(redis_server.url)
+    try:
+        first, second = namespace_for("first-secret"), namespace_for("second-secret")
+        every = run(sys.executable, "-m", "wsgi_proxy_listen", "status", redis_server.url)
+        assert every.returncode == 0, every.stderr
+        lines = every.stdout.splitlines()
+        assert lines[0].split()[:2] == ["NAMESPACE", "SESSION"]
+        assert sorted(tuple(line.split()[:2]) for line in lines[1:-1]) == sorted(
+            [(first, "in-first"), (second, "in-second")]
+        )
+        assert lines[-1] == "2 listeners in 2 processes of 2 deployments"
+        # With a secret, or a namespace: that deployment alone.
+        for only in (["--secret", "second-secret"], ["--namespace", second]):
+            one = run(
+                sys.executable,
+                "-m",
+                "wsgi_proxy_listen",
+                "status",
+                redis_server.url,
+                "--json",
+                *only,
+            )
+            assert one.returncode == 0, one.stderr
+            assert [(row["namespace"], row["session"]) for row in json.loads(one.stdout)] == [
+                (second, "in-second")
+            ]
+        checked = run(sys.executable, "-m", "wsgi_proxy_listen", "check", redis_server.url)
+        assert checked.returncode == 0, checked.stderr
+        assert checked.stdout == (
+            f"{redis_server.url} answers: namespace {min(first, second)}: 1 listener in 1"
+            f" process; namespace {max(first, second)}: 1 listener in 1 process\n"
+        )
+    finally:
+        for directory, registry in made:
+            directory.close()
+            registry.close()
+
+
+def test_check_of_an_empty_redis_and_of_a_folder(redis_server: RedisServer, tmp_path: Path) -> None:
+    checked = run(sys.executable, "-m", "wsgi_proxy_listen", "check", redis_server.url)
+    assert (checked.returncode, checked.stderr) == (0, "")
+    assert checked.stdout == f"{redis_server.url} answers: no deployment has a live process there\n"
+    folder = tmp_path / "wpl"
+    folder.mkdir(mode=0o700)
+    checked = run(str(BIN / "wsgi-proxy-listen"), "check", WSGI_PROXY_LISTEN_DIRECTORY=str(folder))
+    assert (checked.returncode, checked.stderr) == (0, "")
+    assert checked.stdout == f"{folder} answers: 0 listeners in 0 processes\n"
+
+
+def test_flask_check_reads_the_apps_directory(redis_server: RedisServer) -> None:
+    result = run(
+        str(BIN / "flask"),
+        *("--app", "tests.support.cli_flask_app", "wsgi-proxy-listen", "check"),
+        TEST_DIRECTORY=redis_server.url,
+        TEST_SECRET=SECRET,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout
+        == f"{redis_server.url} answers: namespace {NAMESPACE}: 0 listeners in 0 processes\n"
+    )
+    redis_server.stop()
+    result = run(
+        str(BIN / "flask"),
+        *("--app", "tests.support.cli_flask_app", "wsgi-proxy-listen", "check"),
+        TEST_DIRECTORY=redis_server.url,
+        TEST_SECRET=SECRET,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(f"cannot read the directory {redis_server.url}: Error 111")

@@ -3,23 +3,31 @@ Command line
 ============
 
 What an operator asks of a directory: which listeners are live, in which
-process, in which app, since when.
+process, in which app, since when; and, for a readiness probe, whether it
+answers at all.
 
 .. code-block:: text
 
-    wsgi-proxy-listen status [DIRECTORY] [--json]
-    python -m wsgi_proxy_listen status [DIRECTORY] [--json]
-    flask wsgi-proxy-listen status [DIRECTORY] [--json]
+    wsgi-proxy-listen status [DIRECTORY] [--secret S] [--namespace N] [--json]
+    wsgi-proxy-listen check [DIRECTORY] [--secret S] [--namespace N]
+    python -m wsgi_proxy_listen status ...
+    flask wsgi-proxy-listen status ...
 
 ``DIRECTORY`` is named as everywhere else: an absolute folder path (the
 embedded directory) or a Redis URL; without it, ``WSGI_PROXY_LISTEN_DIRECTORY``
-(and, through Flask, the app's ``DIRECTORY`` setting first). A Redis
-directory's secret comes from ``--secret`` or ``WSGI_PROXY_LISTEN_SECRET``.
+(and, through Flask, the app's ``DIRECTORY`` setting first).
 
-Exit status: 0 with the listeners (none is no error), 2 with one line on
-standard error when the directory is not named, means nothing, or cannot be
-read (with what the store said: refused, a wrong password, not a database...).
-A Redis URL's password is never printed.
+Reading a Redis directory needs no secret (the secret signs the hop between
+processes, not what Redis holds). Without one, every deployment that has a
+live process in that database is listed, each under its namespace; with
+``--namespace`` (or ``WSGI_PROXY_LISTEN_NAMESPACE``), or a secret (``--secret``
+or ``WSGI_PROXY_LISTEN_SECRET``: the namespace derived from it), only that one.
+
+Exit status: 0 when the directory answers (``status`` lists its listeners, none
+being no error; ``check`` prints one line), 2 with one line on standard error
+when it is not named, means nothing, or cannot be read (with what the store
+said: refused, a wrong password, not a database...). A Redis URL's password is
+never printed.
 """
 
 from __future__ import annotations
@@ -35,17 +43,18 @@ import time
 import typing as t
 
 from .exceptions import DirectoryUnavailable
-from .naming import ENV_DIRECTORY, ENV_SECRET, check_name, open_directory
+from .naming import ENV_DIRECTORY, ENV_SECRET, check_name, kind_of, open_directory, resolve_secret
 from .routing import is_valid_id
 from .seam import shown_name
 
 if t.TYPE_CHECKING:
     from .seam import Entry
 
-__all__ = ["main", "run", "status"]
+__all__ = ["Found", "Unreadable", "check", "main", "read", "run", "status"]
 
 #: The exit status when the directory is not named, means nothing, or cannot be read.
 UNREACHABLE = 2
+_ENV_NAMESPACE = "WSGI_PROXY_LISTEN_NAMESPACE"  # cluster.variables.ENV_NAMESPACE, unimported
 
 
 def main(argv: list[str] | None = None, *, prog: str = "wsgi-proxy-listen") -> int:
@@ -60,19 +69,38 @@ def main(argv: list[str] | None = None, *, prog: str = "wsgi-proxy-listen") -> i
         description="List the live listeners of a directory: session, app, owning process,"
         " its address, and how long ago it was published.",
     )
-    status_parser.add_argument(
-        "directory",
-        nargs="?",
-        help=f"an absolute folder path or a Redis URL (default: ${ENV_DIRECTORY})",
+    check_parser = commands.add_parser(
+        "check",
+        help="exit 0 if a directory answers, 2 with one line if not (a readiness probe)",
+        description="Whether a directory answers: exit status 0 and one line saying what it"
+        " holds, or 2 and one line saying why not.",
     )
-    status_parser.add_argument(
-        "--secret", help=f"the secret of a Redis directory (default: ${ENV_SECRET})"
-    )
+    for command in (status_parser, check_parser):
+        command.add_argument(
+            "directory",
+            nargs="?",
+            help=f"an absolute folder path or a Redis URL (default: ${ENV_DIRECTORY})",
+        )
+        command.add_argument(
+            "--secret",
+            help=f"a Redis deployment's secret: read only its namespace (default: ${ENV_SECRET})",
+        )
+        command.add_argument(
+            "--namespace",
+            help=f"a Redis deployment's namespace, to read only it (default: ${_ENV_NAMESPACE})",
+        )
     status_parser.add_argument(
         "--json", action="store_true", help="print a JSON list, one object per listener"
     )
     options = parser.parse_args(argv)
-    return status(options.directory, secret=options.secret, as_json=options.json)
+    if options.command == "check":
+        return check(options.directory, secret=options.secret, namespace=options.namespace)
+    return status(
+        options.directory,
+        secret=options.secret,
+        namespace=options.namespace,
+        as_json=options.json,
+    )
 
 
 def run() -> t.NoReturn:
@@ -80,10 +108,72 @@ def run() -> t.NoReturn:
     sys.exit(main())
 
 
+class Found(t.NamedTuple):
+    """What a directory holds: a deployment's live entries."""
+
+    namespace: str | None
+    """The Redis deployment's namespace; ``None`` for the embedded directory."""
+    entries: list[Entry]
+
+
+class Unreadable(Exception):
+    """The directory is not named, means nothing, or cannot be read: the one line why."""
+
+
+def read(
+    name: str | None, *, secret: str | None = None, namespace: str | None = None
+) -> tuple[str, list[Found]]:
+    """The directory ``name`` (or the environment's) as it shows itself, and what it holds.
+
+    :raises Unreadable: it is not named, means nothing, or cannot be read.
+    """
+    name = name or os.environ.get(ENV_DIRECTORY) or None
+    if name is None:
+        raise Unreadable(f"no directory: name one, or set {ENV_DIRECTORY}")
+    try:
+        kind = kind_of(name)
+        if kind == "embedded":
+            check_name(name)
+        resolved = resolve_secret(secret)
+    except (TypeError, ValueError) as error:
+        raise Unreadable(str(error)) from None
+    shown = shown_name(name)
+    if kind == "embedded":
+        if not os.path.exists(name):
+            raise Unreadable(f"no directory at {name}: the folder does not exist")
+        if not os.path.isdir(name):
+            raise Unreadable(f"no directory at {name}: it is not a folder")
+        from .cluster.embedded import DATABASE
+
+        if not os.path.exists(os.path.join(name, DATABASE)):
+            # Nothing was ever published there: say so without writing the table.
+            return shown, [Found(None, [])]
+    try:
+        with _quiet.running():
+            if kind == "redis":
+                from .cluster.redis_directory import read_deployments
+                from .cluster.variables import namespace_for
+
+                namespace = namespace or os.environ.get(_ENV_NAMESPACE) or None
+                if namespace is None and resolved:
+                    namespace = namespace_for(resolved)
+                return shown, [Found(*found) for found in read_deployments(name, namespace)]
+            directory = open_directory(name, secret=secret)
+            try:
+                return shown, [Found(None, directory.entries())]
+            finally:
+                directory.close()
+    except Exception as error:  # noqa: BLE001 - whatever the store says, in one line
+        cause = error.__cause__ if isinstance(error, DirectoryUnavailable) else None
+        said = str(cause or error) or type(cause or error).__name__
+        raise Unreadable(f"cannot read the directory {shown}: {said}") from None
+
+
 def status(
     name: str | None,
     *,
     secret: str | None = None,
+    namespace: str | None = None,
     as_json: bool = False,
     out: t.TextIO | None = None,
     err: t.TextIO | None = None,
@@ -92,43 +182,50 @@ def status(
     the exit status."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    name = name or os.environ.get(ENV_DIRECTORY) or None
-    if name is None:
-        print(f"no directory: name one, or set {ENV_DIRECTORY}", file=err)
-        return UNREACHABLE
     try:
-        kind = check_name(name, secret=secret)
-    except (TypeError, ValueError) as error:
+        shown, found = read(name, secret=secret, namespace=namespace)
+    except Unreadable as error:
         print(error, file=err)
         return UNREACHABLE
-    shown = shown_name(name)
-    if kind == "embedded":
-        if not os.path.exists(name):
-            print(f"no directory at {name}: the folder does not exist", file=err)
-            return UNREACHABLE
-        if not os.path.isdir(name):
-            print(f"no directory at {name}: it is not a folder", file=err)
-            return UNREACHABLE
-        from .cluster.embedded import DATABASE
-
-        if not os.path.exists(os.path.join(name, DATABASE)):
-            # Nothing was ever published there: say so without writing the table.
-            _show([], shown, as_json, out)
-            return 0
-    try:
-        with _quiet.running():
-            directory = open_directory(name, secret=secret)
-            try:
-                entries = directory.entries()
-            finally:
-                directory.close()
-    except Exception as error:  # noqa: BLE001 - whatever the store says, in one line
-        cause = error.__cause__ if isinstance(error, DirectoryUnavailable) else None
-        said = str(cause or error) or type(cause or error).__name__
-        print(f"cannot read the directory {shown}: {said}", file=err)
-        return UNREACHABLE
-    _show(entries, shown, as_json, out)
+    _show(found, shown, as_json, out)
     return 0
+
+
+def check(
+    name: str | None,
+    *,
+    secret: str | None = None,
+    namespace: str | None = None,
+    out: t.TextIO | None = None,
+    err: t.TextIO | None = None,
+) -> int:
+    """Say in one line whether the directory ``name`` (or the environment's) answers,
+    and what it holds; the exit status (0, or 2 when it cannot be read)."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        shown, found = read(name, secret=secret, namespace=namespace)
+    except Unreadable as error:
+        print(error, file=err)
+        return UNREACHABLE
+    if not found:
+        held = "no deployment has a live process there"
+    else:
+        held = "; ".join(
+            _counted(deployment.entries, f"namespace {_printable(deployment.namespace)}: ")
+            if deployment.namespace is not None
+            else _counted(deployment.entries)
+            for deployment in found
+        )
+    print(f"{_printable(shown)} answers: {held}", file=out)
+    return 0
+
+
+def _counted(entries: list[Entry], before: str = "") -> str:
+    processes = len({entry.owner for entry in entries})
+    listeners = "listener" if len(entries) == 1 else "listeners"
+    in_processes = "process" if processes == 1 else "processes"
+    return f"{before}{len(entries)} {listeners} in {processes} {in_processes}"
 
 
 class _Quiet(logging.Filter):
@@ -163,17 +260,23 @@ class _Quiet(logging.Filter):
 _quiet = _Quiet()
 
 
-def _show(entries: list[Entry], name: str, as_json: bool, out: t.TextIO) -> None:
+def _show(found: list[Found], name: str, as_json: bool, out: t.TextIO) -> None:
     now = time.time()
     if as_json:
-        json.dump([_as_dict(entry, now) for entry in entries], out, indent=2)
+        rows = [
+            _as_dict(entry, now, deployment.namespace)
+            for deployment in found
+            for entry in deployment.entries
+        ]
+        json.dump(rows, out, indent=2)
         out.write("\n")
     else:
-        _table(entries, now, name, out)
+        _table(found, now, name, out)
 
 
-def _as_dict(entry: Entry, now: float) -> dict[str, object]:
-    return {
+def _as_dict(entry: Entry, now: float, namespace: str | None) -> dict[str, object]:
+    shown: dict[str, object] = {} if namespace is None else {"namespace": namespace}
+    return shown | {
         "session": entry.session,
         "app": entry.app,
         "pid": entry.pid,
@@ -184,12 +287,22 @@ def _as_dict(entry: Entry, now: float) -> dict[str, object]:
     }
 
 
-def _table(entries: list[Entry], now: float, name: str, out: t.TextIO) -> None:
+def _table(found: list[Found], now: float, name: str, out: t.TextIO) -> None:
+    entries = [
+        (deployment.namespace, entry) for deployment in found for entry in deployment.entries
+    ]
     if not entries:
-        print(f"no live listeners in {_printable(name)}", file=out)
+        where = _printable(name)
+        if not found:
+            print(f"no deployment has a live process in {where}", file=out)
+        else:
+            print(f"no live listeners in {where}", file=out)
         return
-    rows = [("SESSION", "APP", "PID", "OWNER", "ADDRESS", "AGE")] + [
-        (
+    namespaced = any(deployment.namespace is not None for deployment in found)
+    head = ("SESSION", "APP", "PID", "OWNER", "ADDRESS", "AGE")
+    rows = [(("NAMESPACE",) if namespaced else ()) + head] + [
+        ((_printable(namespace or ""),) if namespaced else ())
+        + (
             _id(entry.session),
             "-" if entry.app is None else _id(entry.app),
             "-" if entry.pid is None else str(entry.pid),
@@ -197,19 +310,18 @@ def _table(entries: list[Entry], now: float, name: str, out: t.TextIO) -> None:
             _printable(entry.address),
             _age(now - entry.since),
         )
-        for entry in entries
+        for namespace, entry in entries
     ]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip(), file=out)
-    processes = len({entry.owner for entry in entries})
-    listeners = "listener" if len(entries) == 1 else "listeners"
-    in_processes = "process" if processes == 1 else "processes"
-    print(f"{len(entries)} {listeners} in {processes} {in_processes}", file=out)
+    every = [entry for _, entry in entries]
+    in_deployments = f" of {len(found)} deployments" if len(found) > 1 else ""
+    print(_counted(every) + in_deployments, file=out)
     invalid = sum(
         not is_valid_id(entry.session) or (entry.app is not None and not is_valid_id(entry.app))
-        for entry in entries
+        for entry in every
     )
     if invalid:
         print(

@@ -33,8 +33,9 @@ request does, but runs no view and no ``before_request`` hook (the app's
 teardown functions run when it is popped). ``AUTHENTICATE`` replaces it;
 ``False`` turns it off.
 
-The package adds a command to Flask's command line, ``flask wsgi-proxy-listen
-status``: :func:`wsgi_proxy_listen.cli.status` for the app's directory.
+The package adds commands to Flask's command line, ``flask wsgi-proxy-listen
+status`` and ``flask wsgi-proxy-listen check``: :func:`wsgi_proxy_listen.cli.status`
+and :func:`wsgi_proxy_listen.cli.check` for the app's directory.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import click
 from flask import Flask
 from flask.cli import with_appcontext
 
-from .cli import UNREACHABLE, status
+from .cli import UNREACHABLE, check, status
 from .middleware import ProxyMiddleware
 from .registry import Registry, default_registry
 from .settings import Login, middleware_from_config, problems
@@ -134,23 +135,50 @@ def cli() -> None:
     """Look into the app's wsgi_proxy_listen directory."""
 
 
-@cli.command("status")
-@click.argument("directory", required=False)
-@click.option("--secret", help="The secret of a Redis directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-@with_appcontext
-def status_command(directory: str | None, secret: str | None, as_json: bool) -> None:
-    """List the live listeners of DIRECTORY: by default the app's DIRECTORY setting,
-    else WSGI_PROXY_LISTEN_DIRECTORY."""
+def _app_directory() -> tuple[str | None, str | None]:
+    """The app's DIRECTORY and SECRET settings (exits with one line if they are no dict)."""
     from flask import current_app
 
     config = current_app.config.get("WSGI_PROXY_LISTEN") or {}
     if not isinstance(config, Mapping):
         click.echo(f'app.config["WSGI_PROXY_LISTEN"]: {problems(config)[0].message}', err=True)
         raise SystemExit(UNREACHABLE)
-    code = status(
-        directory or config.get("DIRECTORY"),
-        secret=secret or config.get("SECRET"),
-        as_json=as_json,
+    return config.get("DIRECTORY"), config.get("SECRET")
+
+
+_NAMESPACE_HELP = "A Redis deployment's namespace: read only it."
+
+
+@cli.command("status")
+@click.argument("directory", required=False)
+@click.option("--secret", help="A Redis deployment's secret: read only its namespace.")
+@click.option("--namespace", help=_NAMESPACE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@with_appcontext
+def status_command(
+    directory: str | None, secret: str | None, namespace: str | None, as_json: bool
+) -> None:
+    """List the live listeners of DIRECTORY: by default the app's DIRECTORY setting,
+    else WSGI_PROXY_LISTEN_DIRECTORY."""
+    configured, configured_secret = _app_directory()
+    raise SystemExit(
+        status(
+            directory or configured,
+            secret=secret or configured_secret,
+            namespace=namespace,
+            as_json=as_json,
+        )
     )
-    raise SystemExit(code)
+
+
+@cli.command("check")
+@click.argument("directory", required=False)
+@click.option("--secret", help="A Redis deployment's secret: read only its namespace.")
+@click.option("--namespace", help=_NAMESPACE_HELP)
+@with_appcontext
+def check_command(directory: str | None, secret: str | None, namespace: str | None) -> None:
+    """Exit 0 if DIRECTORY (by default the app's) answers, 2 with one line if not."""
+    configured, configured_secret = _app_directory()
+    raise SystemExit(
+        check(directory or configured, secret=secret or configured_secret, namespace=namespace)
+    )

@@ -43,6 +43,7 @@ __all__ = [
     "Environment",
     "check_name",
     "from_environment",
+    "kind_of",
     "open_directory",
     "resolve_secret",
 ]
@@ -103,12 +104,10 @@ def check_name(name: object, *, secret: str | bytes | None = None) -> str:
         secret.
     :raises TypeError: ``name`` or ``secret`` is not a string.
     """
-    if not isinstance(name, str):
-        raise TypeError(
-            f"a directory is named by a string (a folder path or a Redis URL), not {name!r}"
-        )
+    kind = kind_of(name)
+    name = t.cast(str, name)
     resolved = resolve_secret(secret)
-    if name.lower().startswith(_REDIS_SCHEMES):
+    if kind == "redis":
         if not resolved:
             raise ValueError(
                 f"the Redis directory {shown_name(name)!r} needs a secret, the same in every"
@@ -116,10 +115,26 @@ def check_name(name: object, *, secret: str | bytes | None = None) -> str:
                 " (--secret on the command line)"
             )
         return "redis"
-    if "://" not in name and os.path.isabs(name):
-        from .cluster.embedded import check_folder
+    from .cluster.embedded import check_folder
 
-        check_folder(name)
+    check_folder(name)
+    return "embedded"
+
+
+def kind_of(name: object) -> str:
+    """``"embedded"`` or ``"redis"``: the kind of directory ``name`` names, by its form
+    alone (no secret is asked for: reading a Redis directory needs none).
+
+    :raises ValueError: ``name`` is neither an absolute path nor a Redis URL.
+    :raises TypeError: ``name`` is not a string.
+    """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"a directory is named by a string (a folder path or a Redis URL), not {name!r}"
+        )
+    if name.lower().startswith(_REDIS_SCHEMES):
+        return "redis"
+    if "://" not in name and os.path.isabs(name):
         return "embedded"
     raise ValueError(
         f"unknown directory {shown_name(name)!r}: name a folder by its absolute path (such as"

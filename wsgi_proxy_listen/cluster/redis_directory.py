@@ -52,12 +52,12 @@ from ..seam import Entry, shown_name
 from .addresses import Bind, bind_for, is_loopback, parse_advertise, parse_bind
 from .directory import SharedDirectory
 from .health import PROBE_INTERVAL
-from .redis_connection import client, reset_after_fork, route_to
+from .redis_connection import Commands, client, reset_after_fork, route_to
 from .store import Owner, decode_record, encode_record, session_record
 from .tls import tls_files
 from .variables import ENV_ADVERTISE, ENV_BIND, ENV_NAMESPACE, check_namespace, namespace_for
 
-__all__ = ["RedisDirectory"]
+__all__ = ["RedisDirectory", "entries_in", "namespaces_in", "read_deployments"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
 
@@ -262,6 +262,77 @@ def _location(session_value: bytes, owner_value: bytes) -> Owner | None:
     return Owner(session["owner"], owner["address"], session["app"], session["terms"])
 
 
+def _client_of(url: str, timeout: float, retry: Retry) -> Commands:
+    try:
+        return client(url, timeout, retry)
+    except ValueError as error:
+        shown = shown_name(url)
+        # What the parser says of a URL with a password may quote a piece of it.
+        why = (
+            str(error)
+            if shown == url
+            else "it does not parse (percent-encode any / # ? @ [ in the password)"
+        )
+        raise ValueError(f"invalid Redis URL {shown!r}: {why}") from None
+
+
+def read_deployments(url: str, namespace: str | None) -> list[tuple[str, list[Entry]]]:
+    """The deployments in the Redis of ``url`` with their live entries: the one of
+    ``namespace``, or (``None``) every one that has a live process. No secret needed.
+
+    :raises ValueError: a URL that does not parse.
+    :raises redis.RedisError: the server cannot be read (after a second at most).
+    """
+    reader = _client_of(url, 1.0, Retry(NoBackoff(), 0))
+    try:
+        names = [namespace] if namespace else namespaces_in(reader)
+        return [(name, entries_in(reader, name)) for name in names]
+    finally:
+        reader.close()
+
+
+def namespaces_in(client: Commands) -> list[str]:
+    """The namespaces of every deployment with a live process in the database of
+    ``client``: reading needs no secret (the secret signs the hop, not Redis reads)."""
+    found = set()
+    for key in client.scan_iter(match="{*}:owners", count=1000):
+        name = key.decode(errors="replace")
+        found.add(name[1 : -len("}:owners")])
+    return sorted(found)
+
+
+def entries_in(client: Commands, namespace: str) -> list[Entry]:
+    """The live entries of the deployment ``namespace``, oldest first."""
+    prefix = "{" + namespace + "}:"
+    keys = list(client.scan_iter(match=f"{prefix}session:*", count=1000))
+    sessions = [decode_record(value) for value in client.mget(keys)] if keys else []
+    owners = sorted({record["owner"] for record in sessions if record is not None})
+    owner_keys = [f"{prefix}owner:{owner}" for owner in owners]
+    values = client.mget(owner_keys) if owner_keys else []
+    live = {
+        owner: record
+        for owner, record in zip(owners, map(decode_record, values), strict=True)
+        if record is not None
+    }
+    entries = []
+    session_start = len(f"{prefix}session:")
+    for key, record in zip(keys, sessions, strict=True):
+        if record is None or record["owner"] not in live:
+            continue  # expired, withdrawn or of its owner's dead process
+        owner = live[record["owner"]]
+        entries.append(
+            Entry(
+                key.decode()[session_start:],
+                record["app"],
+                record["owner"],
+                owner["pid"],
+                owner["address"],
+                record["since"],
+            )
+        )
+    return sorted(entries, key=lambda entry: entry.since)
+
+
 class RedisDirectory(SharedDirectory):
     """A directory in Redis, for processes on several machines.
 
@@ -334,18 +405,8 @@ class RedisDirectory(SharedDirectory):
         # One timeout per outage (the directory then answers 503 at once): no retry on a
         # timeout; one on a broken connection, the pool's socket to a Redis that restarted.
         retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        try:
-            self._redis = client(url, 1.0, retry)
-            self._probe_client = client(url, 0.5, Retry(NoBackoff(), 0))
-        except ValueError as error:
-            shown = shown_name(url)
-            # What the parser says of a URL with a password may quote a piece of it.
-            why = (
-                str(error)
-                if shown == url
-                else "it does not parse (percent-encode any / # ? @ [ in the password)"
-            )
-            raise ValueError(f"invalid Redis URL {shown!r}: {why}") from None
+        self._redis = _client_of(url, 1.0, retry)
+        self._probe_client = _client_of(url, 0.5, Retry(NoBackoff(), 0))
         self._prefix = "{" + namespace + "}:"
         self._keys = [self._prefix]  # the one key of every script: where a cluster runs it
         self._started = 0.0
@@ -503,33 +564,7 @@ class RedisDirectory(SharedDirectory):
         return _location(found[0], found[1])
 
     def _store_entries(self) -> list[Entry]:
-        keys = list(self._redis.scan_iter(match=f"{self._prefix}session:*", count=1000))
-        sessions = [decode_record(value) for value in self._redis.mget(keys)] if keys else []
-        owners = sorted({record["owner"] for record in sessions if record is not None})
-        owner_keys = [f"{self._prefix}owner:{owner}" for owner in owners]
-        values = self._redis.mget(owner_keys) if owner_keys else []
-        live = {
-            owner: record
-            for owner, record in zip(owners, map(decode_record, values), strict=True)
-            if record is not None
-        }
-        entries = []
-        session_start = len(f"{self._prefix}session:")
-        for key, record in zip(keys, sessions, strict=True):
-            if record is None or record["owner"] not in live:
-                continue  # expired, withdrawn or of its owner's dead process
-            owner = live[record["owner"]]
-            entries.append(
-                Entry(
-                    key.decode()[session_start:],
-                    record["app"],
-                    record["owner"],
-                    owner["pid"],
-                    owner["address"],
-                    record["since"],
-                )
-            )
-        return sorted(entries, key=lambda entry: entry.since)
+        return entries_in(self._redis, self.namespace)
 
     def _store_current(self, slug: str) -> tuple[str, Owner] | None:
         found = self._current_script(keys=self._keys, args=[slug])
