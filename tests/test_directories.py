@@ -1085,6 +1085,42 @@ def test_a_redis_user_with_the_documented_acl_and_no_more_is_enough(
         server.stop()
 
 
+def test_a_redis_user_without_a_rule_is_told_at_start_which_it_needs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Checked when the process starts serving, before any listener: one error line with
+    every rule the user needs; the process goes on serving its own pages."""
+    if REDIS is None:
+        pytest.skip(NO_REDIS)
+    import redis
+
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    server = RedisServer()
+    server.start()
+    directory = None
+    try:
+        rules = RedisDirectory(server.url, secret=SECRET).acl()
+        admin = redis.Redis.from_url(server.url)
+        admin.execute_command("ACL", "SETUSER", "app", "on", ">pw", *rules.split(), "-zadd")
+        admin.close()
+        caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
+        directory = RedisDirectory(server.url.replace("redis://", "redis://app:pw@"), secret=SECRET)
+        client = Client(ProxyMiddleware(Host(), Registry(directory=directory)))
+        assert client.get("/", buffered=True).status_code == 200
+        deadline = time.monotonic() + 5
+        while "ACL SETUSER" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        (said,) = [record for record in caplog.records if "ACL SETUSER" in record.getMessage()]
+        assert "can't run this command" in said.getMessage()  # Redis names no command
+        assert said.getMessage().endswith(f"ACL SETUSER <user> on ><password> {rules}")
+    finally:
+        if directory is not None:
+            directory.close()
+        server.stop()
+
+
 def test_an_owner_is_judged_by_its_own_lease() -> None:
     """A host with a longer lease than the owner's: a refused connection to an owner
     that renews on its own schedule erases nothing."""

@@ -24,7 +24,7 @@ from ..exceptions import DirectoryUnavailable
 if t.TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["PROBE_INTERVAL", "Health", "reason", "survive"]
+__all__ = ["ACL_REFUSED_IN_SCRIPT", "PROBE_INTERVAL", "Health", "reason", "survive"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
 
@@ -34,13 +34,19 @@ R = t.TypeVar("R")
 #: Seconds between two probes of a store that is down.
 PROBE_INTERVAL = 0.25
 
+_ACL = (
+    "the user lacks a command, a key or a channel in its ACL (RedisDirectory.acl() gives"
+    " every rule it needs)"
+)
+#: What a Redis server says, in a plain error, of a command its ACL refused in a script.
+ACL_REFUSED_IN_SCRIPT = "The user executing the script can't"
 # What an operator can do something about, by the exception that says it (anywhere in
 # the chain of causes: a client library wraps what the socket said).
 _REASONS = (
     ("MovedError", "the server is a node of a Redis Cluster: name it by a redis+cluster:// URL"),
     ("AuthenticationError", "the password or the user was refused"),
     ("AuthenticationWrongNumberOfArgsError", "the password or the user was refused"),
-    ("NoPermissionError", "the user lacks a command, a key or a channel in its ACL"),
+    ("NoPermissionError", _ACL),
     ("ReadOnlyError", "the server is a read-only replica (after a failover?)"),
     ("SSLError", "TLS failed (the certificate, its CA, or the server's TLS port)"),
     ("SSLCertVerificationError", "TLS failed (the certificate, its CA, or the server's TLS port)"),
@@ -54,6 +60,8 @@ def reason(error: BaseException) -> str:
     """Why ``error`` happened, in the words an operator acts on, with the error itself."""
     seen: BaseException | None = error
     while seen is not None:
+        if str(seen).startswith(ACL_REFUSED_IN_SCRIPT):
+            return f"{_ACL}: {error}"
         names = {kind.__name__ for kind in type(seen).__mro__}
         for name, why in _REASONS:
             if name in names:

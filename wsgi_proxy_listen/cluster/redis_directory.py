@@ -51,7 +51,7 @@ from redis.retry import Retry
 from ..seam import Entry, shown_name
 from .addresses import Bind, bind_for, is_loopback, parse_advertise, parse_bind
 from .directory import SharedDirectory
-from .health import PROBE_INTERVAL
+from .health import ACL_REFUSED_IN_SCRIPT, PROBE_INTERVAL
 from .redis_connection import Commands, client, reset_after_fork, route_to
 from .store import Owner, decode_record, encode_record, session_record
 from .tls import tls_files
@@ -576,7 +576,28 @@ class RedisDirectory(SharedDirectory):
     def _store_probe(self) -> None:
         self._probe_client.ping()
 
+    def _check_access(self) -> None:
+        """At start (the watcher's first act): whether the Redis user may do what the
+        directory does, by writing this process's lease early; if not, one error line
+        with the rules it needs. An outage is said by whoever meets it."""
+        try:
+            self._store_renew()
+        except redis.RedisError as error:
+            refused = isinstance(error, redis.exceptions.NoPermissionError) or str(
+                error
+            ).startswith(ACL_REFUSED_IN_SCRIPT)
+            if not refused:
+                return  # an outage: said by whoever meets it
+            logger.error(
+                "the Redis user of %r may not do what the directory does (%s): give it these"
+                " rules, and no more: ACL SETUSER <user> on ><password> %s",
+                self,
+                error,
+                self.acl(),
+            )
+
     def _store_watch(self) -> None:
+        self._check_access()
         while not self._stop.is_set():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
