@@ -239,6 +239,41 @@ def test_an_app_started_in_one_worker_answers_in_another(workers: Workers) -> No
     assert b_client.get("/proxy/apps/other/sessions/d1/", buffered=True).status_code == 404
 
 
+def test_the_apps_path_goes_to_another_member_when_the_newest_cannot_be_reached(
+    workers: Workers,
+) -> None:
+    """The newest member's process refuses the connection (its endpoint gone, its lease
+    still renewed: a partition, for Redis): a request without a body on the app's
+    generic path goes to the member before it instead of a 502; one with a body, or on
+    the member's own path, gets the 502."""
+    _, older, _ = workers.worker()
+    newest_directory, newest, _ = workers.worker()
+    _, _, client = workers.worker()
+    older.listen(text("older member"), session="m1", app="dash")
+    time.sleep(0.01)  # joined later: the newest
+    newest.listen(text("newest member"), session="m2", app="dash")
+    assert client.get("/proxy/apps/dash/", buffered=True).data == b"newest member"
+    newest_directory._endpoint.close()  # unreachable from now on
+    assert client.post("/proxy/apps/dash/", data=b"x").status_code == 502
+    if workers.kind == "redis":  # the refused owner renews its lease: it stays listed
+        assert client.get("/proxy/sessions/m2/").status_code == 502
+    answer = client.get("/proxy/apps/dash/", buffered=True)
+    assert (answer.status_code, answer.data) == (200, b"older member")
+
+
+def test_another_member_on_other_terms_is_not_a_fallback(workers: Workers) -> None:
+    """Who may reach the app was checked for the unreached member's terms: a member that
+    declares others is not where the request goes (a 502 instead)."""
+    _, older, _ = workers.worker()
+    newest_directory, newest, _ = workers.worker()
+    _, _, client = workers.worker()
+    older.listen(text("only alice"), session="m1", app="dash", access=["alice"])
+    time.sleep(0.01)
+    newest.listen(text("newest member"), session="m2", app="dash")
+    newest_directory._endpoint.close()
+    assert client.get("/proxy/apps/dash/").status_code == 502
+
+
 def test_the_access_a_listener_declares_holds_in_every_worker(workers: Workers) -> None:
     """The worker that receives a request decides who may reach a listener of another,
     from the access its owner published; the owner's listener gets the user it let in as

@@ -139,7 +139,12 @@ class SharedDirectory(Store):
             stop=self._stop,
         )
         forwarder = Forwarder(
-            host, self._client, self._health, self._locations, forget=self._store_forget
+            host,
+            self._client,
+            self._health,
+            self._locations,
+            forget=self._store_forget,
+            current=self._store_current,
         )
         return _Attached(host, publication, forwarder)
 
@@ -235,7 +240,7 @@ class SharedDirectory(Store):
         if found is None or found[1].owner == self.owner:
             return None  # this process's own members are the app's to look at
         session, location = found
-        return Remote(attached.forwarder, session, location, cached=False)
+        return Remote(attached.forwarder, session, location, cached=False, app_path=True)
 
     def lock_start(self, slug: str, seconds: float) -> bool:
         return self._health.call(self._store_lock, slug, seconds)

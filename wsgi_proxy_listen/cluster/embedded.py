@@ -458,12 +458,12 @@ class EmbeddedDirectory(SharedDirectory):
                 entries.append(Entry(session, record["app"], owner, pid, address, record["since"]))
         return entries
 
-    def _store_current(self, slug: str) -> tuple[str, Owner] | None:
+    def _store_current(self, slug: str, skip: str = "") -> tuple[str, Owner] | None:
         with self._read_lock:
             rows = self._reader().execute(_CURRENT, (slug, time.time())).fetchall()
         for session, owner, text in rows:
             record, address = decode_record(text), self._socket(owner)
-            if record is not None and address is not None:
+            if record is not None and address is not None and owner != skip:
                 return session, Owner(owner, address, slug, record["terms"])
         return None
 

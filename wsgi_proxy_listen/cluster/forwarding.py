@@ -59,12 +59,14 @@ class Forwarder:
         locations: Locations,
         *,
         forget: Callable[[str, Owner], bool],
+        current: Callable[[str, str], tuple[str, Owner] | None],
     ) -> None:
         self._host = host
         self._client = client
         self._health = health
         self._locations = locations
         self._forget = forget
+        self._current = current
         self.owner = ""
 
     def find(self, session: str, environ: WSGIEnvironment) -> Remote | None:
@@ -87,10 +89,13 @@ class Forwarder:
         cached: bool,
         environ: WSGIEnvironment,
         start_response: StartResponse,
+        app_path: bool = False,
     ) -> Iterable[bytes] | None:
         """Forward a request for ``session`` to ``owner``, answering for what went
         wrong; ``None`` when the owner does not serve the session and the store
-        names no other."""
+        names no other. ``app_path``: the request came by its app's generic path, so
+        that, without a body, it may go to another live member when the owner cannot be
+        reached."""
         result = self._client.forward(
             owner.owner, owner.address, session, self._host.prefix, environ, start_response
         )
@@ -138,20 +143,49 @@ class Forwarder:
             logger.warning("the owner at %s did not answer in time", owner.address)
         elif result is Failure.BROKEN:
             logger.warning("the owner at %s ended the connection without an answer", owner.address)
+        if app_path and result in _UNREACHED and is_bodyless(environ):
+            other = self._other_member(owner)
+            if other is not None:
+                return self.forward(other[0], other[1], False, environ, start_response)
         return respond(start_response, FAILURE_STATUS[result])
+
+    def _other_member(self, unreached: Owner) -> tuple[str, Owner] | None:
+        """Another live member of ``unreached``'s app, in another process, on the same
+        terms (who may reach it was checked for those): where a request without a body
+        on the app's generic path goes instead of a 502. Once: it gets no other."""
+        try:
+            found = self._health.call(self._current, t.cast(str, unreached.app), unreached.owner)
+        except DirectoryUnavailable:
+            return None
+        if found is None or found[1].owner == self.owner or found[1].terms != unreached.terms:
+            return None
+        return found
+
+
+# The failures that leave the owner unreached (a 502), so that no answer of it can have
+# begun: a bodyless request on an app's generic path may go to another member.
+_UNREACHED = (Failure.GONE, Failure.UNRESPONSIVE, Failure.BROKEN)
 
 
 class Remote:
     """A listener of another process, found in the store: a
     :class:`~wsgi_proxy_listen.seam.Destination`."""
 
-    __slots__ = ("cached", "forwarder", "location", "session")
+    __slots__ = ("app_path", "cached", "forwarder", "location", "session")
 
-    def __init__(self, forwarder: Forwarder, session: str, location: Owner, cached: bool) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        session: str,
+        location: Owner,
+        cached: bool,
+        app_path: bool = False,
+    ) -> None:
         self.forwarder = forwarder
         self.session = session
         self.location = location
         self.cached = cached
+        self.app_path = app_path
 
     @property
     def app(self) -> str | None:
@@ -169,7 +203,7 @@ class Remote:
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes] | None:
         return self.forwarder.forward(
-            self.session, self.location, self.cached, environ, start_response
+            self.session, self.location, self.cached, environ, start_response, self.app_path
         )
 
     def __repr__(self) -> str:

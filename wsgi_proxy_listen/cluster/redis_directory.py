@@ -220,18 +220,18 @@ return {value, owner}
 )
 # The newest member of an app whose owner's lease runs: {session, record, owner record};
 # members whose entry is gone or in another app leave the app. KEYS[1]: the prefix;
-# ARGV: the slug.
+# ARGV: the slug, and an owner to pass over ('' for none).
 _CURRENT = (
     _HELPERS
     + """
-local prefix, slug = KEYS[1], ARGV[1]
+local prefix, slug, skip = KEYS[1], ARGV[1], ARGV[2]
 local members = prefix .. 'app:' .. slug
 for _, session in ipairs(redis.call('zrevrange', members, 0, 15)) do
     local value = redis.call('get', prefix .. 'session:' .. session)
     local found = record(value)
     if found and text(found['app']) == slug then
         local owner = redis.call('get', prefix .. 'owner:' .. text(found['owner']))
-        if owner then return {session, value, owner} end
+        if owner and text(found['owner']) ~= skip then return {session, value, owner} end
     elseif value == false or found then
         redis.call('zrem', members, session)
     end
@@ -566,8 +566,8 @@ class RedisDirectory(SharedDirectory):
     def _store_entries(self) -> list[Entry]:
         return entries_in(self._redis, self.namespace)
 
-    def _store_current(self, slug: str) -> tuple[str, Owner] | None:
-        found = self._current_script(keys=self._keys, args=[slug])
+    def _store_current(self, slug: str, skip: str = "") -> tuple[str, Owner] | None:
+        found = self._current_script(keys=self._keys, args=[slug, skip])
         if not isinstance(found, list):
             return None
         location = _location(found[1], found[2])

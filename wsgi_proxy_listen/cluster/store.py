@@ -199,8 +199,9 @@ class Store(abc.ABC):
         """Every live entry, oldest first."""
 
     @abc.abstractmethod
-    def _store_current(self, slug: str) -> tuple[str, Owner] | None:
-        """The newest member of app ``slug`` that has a live owner."""
+    def _store_current(self, slug: str, skip: str = "") -> tuple[str, Owner] | None:
+        """The newest member of app ``slug`` that has a live owner (other than ``skip``,
+        one that could not be reached)."""
 
     @abc.abstractmethod
     def _store_probe(self) -> None:
