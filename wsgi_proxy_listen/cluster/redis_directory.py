@@ -456,8 +456,9 @@ class RedisDirectory(SharedDirectory):
         if self.tls is None and not is_loopback(self.advertise_host):
             logger.warning(
                 "the hop between processes at %s is clear text: the users' cookies and"
-                " headers cross the network as they are; set WSGI_PROXY_LISTEN_TLS_CERT,"
-                " _TLS_KEY and _TLS_CA (or RedisDirectory(tls_cert=, tls_key=, tls_ca=))",
+                " headers cross the network as they are; set the settings TLS_CERT, TLS_KEY"
+                " and TLS_CA, the variables WSGI_PROXY_LISTEN_TLS_CERT, _TLS_KEY and"
+                " _TLS_CA, or RedisDirectory(tls_cert=, tls_key=, tls_ca=)",
                 self.advertise_host,
             )
         return self._bind_for(self.advertise_host)
