@@ -132,8 +132,9 @@ def _bind_tcp(bind: Bind) -> socket.socket:
 class InternalEndpoint:
     """Serves hop requests for ``owner`` on ``address``.
 
-    :param address: an absolute path for a Unix socket (created ``0600``), or
-        where to bind a TCP port and what to publish (:class:`~.addresses.Bind`).
+    :param address: an absolute path for a Unix socket (created ``0600``), a host
+        to bind a free TCP port on, or where to bind one and what to publish
+        (:class:`~.addresses.Bind`).
     :param owner: this process's owner id: a ``HELLO`` must name it.
     :param serve: how a forwarded request reaches this process's listeners:
         :meth:`Registry.serve_forwarded <wsgi_proxy_listen.Registry.serve_forwarded>`.
@@ -159,6 +160,9 @@ class InternalEndpoint:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._stopped = threading.Event()
+        if isinstance(address, str) and not address.startswith("/"):
+            host = address.strip("[]")  # a host: any free port of it
+            address = Bind(host, range(0, 1), host, None)
         if isinstance(address, str):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(address)  # a socket file left by a process that was killed
