@@ -65,3 +65,12 @@ def test_every_example_is_shown() -> None:
         assert f"`{name}`" in shown, name
     for project in projects:
         assert f"`{project}`" in shown, project
+
+
+def test_the_reference_names_every_variable_the_package_reads() -> None:
+    """Found missing once (WSGI_PROXY_LISTEN_PUBLIC_URL): each variable is in the table."""
+    sources = "".join(path.read_text() for path in (ROOT / "wsgi_proxy_listen").rglob("*.py"))
+    read = set(re.findall(r"WSGI_PROXY_LISTEN_[A-Z_]*[A-Z]", sources))
+    table = (ROOT / "docs" / "reference.rst").read_text()
+    listed = set(re.findall(r"``(WSGI_PROXY_LISTEN_[A-Z_]+)``", table))
+    assert read - {"WSGI_PROXY_LISTEN_TLS"} <= listed, sorted(read - listed)

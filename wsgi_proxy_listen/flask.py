@@ -132,7 +132,10 @@ def flask_login(app: Flask) -> Login | None:
 
 @click.group("wsgi-proxy-listen")
 def cli() -> None:
-    """Look into the app's wsgi_proxy_listen directory."""
+    """Look into the app's wsgi_proxy_listen directory: ``flask wsgi-proxy-listen status``
+    and ``flask wsgi-proxy-listen check`` (see :mod:`wsgi_proxy_listen.cli`), with the
+    app's ``DIRECTORY`` and ``SECRET`` settings before the environment's. Flask finds
+    the group through the package's ``flask.commands`` entry point."""
 
 
 def _app_directory() -> tuple[str | None, str | None]:
