@@ -345,3 +345,66 @@ def test_an_app_session_in_a_runtime_is_shut_down_when_idle(shared: Shared) -> N
             process.kill()
             process.wait(10)
             t.cast(t.IO[str], process.stdout).close()
+
+
+_ALONE = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+{imports}
+from wsgi_proxy_listen import listen
+first = listen(lambda request: "x", session="s1")
+listen(lambda request: "y", session="s2")
+print(first._repr_html_())
+"""
+
+
+@pytest.mark.parametrize(
+    ("imports", "environment", "warned"),
+    [
+        pytest.param("", {"WSGI_PROXY_LISTEN_RUNTIME": "1"}, True, id="said-a-runtime"),
+        pytest.param("import ipykernel", {}, True, id="a-kernel"),
+        pytest.param("import ipykernel", {"WSGI_PROXY_LISTEN_RUNTIME": "0"}, False, id="said-not"),
+        pytest.param("", {}, False, id="a-script"),
+    ],
+)
+def test_a_runtime_without_a_directory_says_its_listeners_stay_inside(
+    imports: str, environment: dict[str, str], warned: bool
+) -> None:
+    """A kernel started without the directory's environment: the link is only a path
+    that the host answers 404 for. One warning says which variable to set, and the
+    link itself says it is reachable only inside this process."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith("WSGI_PROXY_LISTEN_")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _ALONE.format(imports=imports)],
+        env={**env, **environment},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+    )
+    said = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    if warned:
+        assert len(said) == 1, result.stderr
+        assert "set WSGI_PROXY_LISTEN_DIRECTORY" in said[0]
+    else:
+        assert said == [], result.stderr
+    # Whether said or not, the link tells the truth: nothing outside reaches it.
+    assert "reachable only inside this process" in result.stdout
+    assert result.stdout.startswith('<a href="/proxy/sessions/s1/"')
+
+
+def test_a_link_in_a_routed_or_connected_process_has_no_note(tmp_path: t.Any) -> None:
+    routed = Registry()
+    ProxyMiddleware(lambda environ, start_response: [], routed)
+    assert "only inside" not in routed.listen(lambda request: "x", session="s1")._repr_html_()
+    folder = str(tmp_path / "wpl")
+    connected = Registry(directory=folder)
+    try:
+        listener = connected.listen(lambda request: "x", session="s1")
+        assert not connected.local_only
+        assert "only inside" not in listener._repr_html_()
+    finally:
+        connected.close()

@@ -58,6 +58,9 @@ class Holder(t.Protocol):
         self, *, session: str | None = None, app: str | None = None, path: str = "/"
     ) -> str: ...
 
+    @property
+    def local_only(self) -> bool: ...
+
 
 class Listener:
     """The handle of a registered listener, returned by ``listen()``.
@@ -231,7 +234,15 @@ class Listener:
 
     def _repr_html_(self) -> str:
         """A link to the listener, as Jupyter shows it: :meth:`public_url` (the path on
-        the page's own origin when no public URL or listener domain is known)."""
+        the page's own origin when no public URL or listener domain is known), with a
+        note where it is reachable only inside this process
+        (:attr:`Registry.local_only <wsgi_proxy_listen.Registry.local_only>`)."""
         url = self.public_url()
         link = html.escape(url)
-        return f'<a href="{link}" target="_blank">{link}</a>'
+        shown = f'<a href="{link}" target="_blank">{link}</a>'
+        if self._holder.local_only:
+            shown += (
+                " <small>(reachable only inside this process: no directory shares it;"
+                " set WSGI_PROXY_LISTEN_DIRECTORY where this process starts)</small>"
+            )
+        return shown

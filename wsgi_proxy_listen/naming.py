@@ -44,6 +44,7 @@ __all__ = [
     "check_name",
     "from_environment",
     "kind_of",
+    "runtime_from_environment",
     "open_directory",
     "resolve_secret",
 ]
@@ -169,6 +170,21 @@ class Environment(t.NamedTuple):
     when it does not say."""
 
 
+def runtime_from_environment() -> bool | None:
+    """What ``WSGI_PROXY_LISTEN_RUNTIME`` says: ``True`` (a runtime), ``False`` (a web
+    server's process), or ``None`` when it says nothing.
+
+    :raises ValueError: a value that means nothing.
+    """
+    given = os.environ.get(ENV_RUNTIME, "").strip().lower()
+    if given and given not in _YES + _NO:
+        raise ValueError(
+            f"{ENV_RUNTIME}={given!r} means nothing: use 1 for a runtime, 0 for a web"
+            " server's process, or leave it unset to let it be told"
+        )
+    return given in _YES if given else None
+
+
 def from_environment() -> Environment | None:
     """What the environment says, or ``None`` when it names no directory.
 
@@ -177,10 +193,4 @@ def from_environment() -> Environment | None:
     name = os.environ.get(ENV_DIRECTORY)
     if not name:
         return None
-    given = os.environ.get(ENV_RUNTIME, "").strip().lower()
-    if given and given not in _YES + _NO:
-        raise ValueError(
-            f"{ENV_RUNTIME}={given!r} means nothing: use 1 for a runtime, 0 for a web"
-            " server's process, or leave it unset to let it be told"
-        )
-    return Environment(name, given in _YES if given else None)
+    return Environment(name, runtime_from_environment())

@@ -192,6 +192,15 @@ class Registry:
         return self._sharing.directory_name
 
     @property
+    def local_only(self) -> bool:
+        """Whether this registry's listeners can be reached only from inside this
+        process: no directory shares them (nor does the environment name one), and no
+        middleware routes with it here. A notebook kernel started without
+        ``WSGI_PROXY_LISTEN_DIRECTORY`` is such a process: its ``listen()`` says so in a
+        warning, and a listener's link in the notebook says so too."""
+        return self._sharing.local_only
+
+    @property
     def connected(self) -> bool:
         """Whether the registry has a directory already (reading it connects nothing)."""
         return self._sharing.connected
@@ -293,6 +302,8 @@ class Registry:
                 self.apps.join(listener)
         if sharing.active:
             sharing.listened(listener)
+        else:
+            sharing.listened_alone()
         return listener
 
     def url(

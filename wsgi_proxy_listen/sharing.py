@@ -25,11 +25,19 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import contextlib
+import logging
 import typing as t
 
 from . import exits
 from .dispatch import Dispatcher, serve_forwarded
-from .naming import ENV_DIRECTORY, from_environment, open_directory, resolve_secret
+from .naming import (
+    ENV_DIRECTORY,
+    from_environment,
+    open_directory,
+    resolve_secret,
+    runtime_from_environment,
+)
 from .seam import Directory
 
 if t.TYPE_CHECKING:
@@ -41,6 +49,8 @@ if t.TYPE_CHECKING:
     from .seam import Host, Registered
 
 __all__ = ["Sharing"]
+
+logger = logging.getLogger("wsgi_proxy_listen")
 
 # Modules that only a running WSGI server loads: their process is a web worker (or a
 # server's master process), not a runtime. werkzeug's development server is not among
@@ -90,6 +100,7 @@ class Sharing:
         self.active = False
         self._connecting = threading.RLock()
         self.routed = False
+        self._said_alone = False
         self.runtime = runtime
         # Answers what other processes forward here: a middleware's options where one
         # routes with the registry, the defaults in a runtime.
@@ -229,6 +240,30 @@ class Sharing:
 
     # -- listeners come and go ----------------------------------------------------------------
 
+    @property
+    def local_only(self) -> bool:
+        """Whether listeners can be reached only from inside this process: no directory
+        (nor one the environment names) shares them, and no middleware routes here."""
+        return not self.active and not self.routed
+
+    def listened_alone(self) -> None:
+        """A ``listen()`` with no directory. In a process that is said (or seen) to be
+        a runtime, a notebook kernel, and that no middleware routes, it cannot be what
+        was meant: said once, with the variable to set."""
+        if self._said_alone or self.routed:
+            return
+        with contextlib.suppress(ValueError):  # a wrong value is said where it is used
+            said = runtime_from_environment()
+            if said or (said is None and self._runtime is not False and _in_a_kernel()):
+                self._said_alone = True
+                logger.warning(
+                    "listen() in a runtime without a directory: its listeners are reachable"
+                    " only inside this process (no server routes here); set %s (and"
+                    " WSGI_PROXY_LISTEN_SECRET for Redis) in the environment that starts it,"
+                    " or call connect()",
+                    ENV_DIRECTORY,
+                )
+
     def before_listen(self) -> None:
         """In a runtime, connect the environment's directory before a listener shows:
         a wrong name raises there, for the ``listen()`` that needs it. Only while
@@ -258,3 +293,8 @@ class Sharing:
     def after_fork(self) -> None:
         """In a forked child: a fresh lock (one the parent's thread held stays held)."""
         self._connecting = threading.RLock()
+
+
+def _in_a_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (one that ipykernel runs)."""
+    return "ipykernel" in sys.modules
