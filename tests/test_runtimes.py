@@ -408,3 +408,35 @@ def test_a_link_in_a_routed_or_connected_process_has_no_note(tmp_path: t.Any) ->
         assert "only inside" not in listener._repr_html_()
     finally:
         connected.close()
+
+
+def test_a_runtime_that_dies_mid_stream_ends_the_answer_without_a_traceback(
+    shared: Shared,
+) -> None:
+    """The runtime is killed while its answer streams: the host ends the response (the
+    client sees it cut, not a complete one), logs one line, and the server logs no
+    traceback; the next request gets the 502 of a gone owner."""
+    import socket
+
+    with gunicorn(shared.name, workers=2) as host, runtime(shared, "flow", "stream") as job:
+        with socket.create_connection(("127.0.0.1", host.port), timeout=10) as client:
+            client.sendall(b"GET /proxy/sessions/flow/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = client.recv(65536)
+            assert received.startswith(b"HTTP/1.1 200"), received
+            job.process.kill()
+            deadline = time.monotonic() + 10
+            while True:  # the host ends the response: the connection closes
+                assert time.monotonic() < deadline, "the response never ended"
+                data = client.recv(65536)
+                if not data:
+                    break
+                received += data
+        assert not received.endswith(b"0\r\n\r\n"), "a cut answer must not look complete"
+        time.sleep(0.5)
+        log = host.log_text()
+        assert "Traceback" not in log, log
+        said = [
+            line for line in log.splitlines() if "flow" in line or "ended the connection" in line
+        ]
+        assert len(said) == 1, log
+        assert get(host.port, "/proxy/sessions/flow/").status in (502, 404)

@@ -44,9 +44,9 @@ __all__ = [
     "check_name",
     "from_environment",
     "kind_of",
-    "runtime_from_environment",
     "open_directory",
     "resolve_secret",
+    "runtime_from_environment",
 ]
 
 #: The environment variable that names a directory when no setting does.

@@ -22,11 +22,11 @@ Without a directory every call here does nothing, and costs nothing.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import threading
-import contextlib
-import logging
 import typing as t
 
 from . import exits

@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+import typing as t
 
 from werkzeug.wrappers import Request
 
@@ -45,6 +46,14 @@ def echo(request: Request) -> dict[str, object]:
         "size": len(body),
         "sha256": hashlib.sha256(body).hexdigest(),
     }
+
+
+def endless(environ: dict[str, object], start_response: t.Any) -> t.Iterator[bytes]:
+    """A stream that never ends (until its process does)."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    while True:
+        yield b"tick\n" * 100
+        time.sleep(0.05)
 
 
 def say(**what: object) -> None:
@@ -66,6 +75,8 @@ def main(session: str, mode: str) -> None:
         listen(echo, session=session, app="notebook-app")
     elif mode == "alice-only":
         listen(echo, session=session, access={"alice"})
+    elif mode == "stream":
+        listen(endless, session=session)
     else:
         listen(echo, session=session)
     if mode == "fork":

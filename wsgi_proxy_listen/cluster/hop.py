@@ -28,6 +28,7 @@ a MAC on every frame and TLS on TCP.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import ssl
@@ -388,7 +389,7 @@ class HopClient:
             connection.close()
             return Failure.BROKEN
         start_response(status, headers)
-        return _Relay(self, connection, reusable=sent)
+        return _Relay(self, connection, session, reusable=sent)
 
     @staticmethod
     def _send(channel: Channel, fields: bytes, body: _Body | None) -> bool:
@@ -415,21 +416,42 @@ class HopClient:
         return True
 
 
+def _cut() -> ConnectionResetError:
+    """What the server is told when an answer cannot be finished: the connection must
+    close with the answer cut. A reset, which servers take as the end of a connection
+    and log no traceback for (gunicorn and werkzeug log it at debug level at most)."""
+    return ConnectionResetError(errno.ECONNRESET, "the answer of the listener's process was cut")
+
+
 class _Relay:
     """The owner's answer, streamed through as it arrives; the connection goes back to
     the pool as soon as the answer was read to its end (when the request went whole),
     and is closed if the answer is closed before that."""
 
-    def __init__(self, client: HopClient, connection: Connection, *, reusable: bool) -> None:
+    def __init__(
+        self, client: HopClient, connection: Connection, session: str, *, reusable: bool
+    ) -> None:
         self.client = client
         self.connection = connection
+        self.session = session
         self.reusable = reusable
         self.done = False
 
     def __iter__(self) -> Iterator[bytes]:
         read = self.connection.channel.read
         while True:
-            kind, payload = read()
+            try:
+                kind, payload = read()
+            except (EOFError, OSError, FrameError) as error:
+                # The owner's process died (or the link broke) while its answer streamed.
+                logger.warning(
+                    "the owner at %s ended the connection in the middle of its answer for"
+                    " session %r (%s): the answer is cut",
+                    self.connection.address,
+                    self.session,
+                    error,
+                )
+                raise _cut() from None
             if kind == DATA:
                 yield payload
             elif kind == END:
@@ -441,8 +463,9 @@ class _Relay:
                 return
             else:
                 # ABORT: the owner could not finish its answer (its listener failed, or
-                # sent less than its Content-Length); the client must see it cut.
-                raise ConnectionAbortedError("the owner's answer ended before its end")
+                # sent less than its Content-Length, which the owner logged); the client
+                # must see it cut.
+                raise _cut()
 
     def close(self) -> None:
         if not self.done:
