@@ -39,6 +39,7 @@ from collections import OrderedDict
 from .access import Access, access_to_record
 from .answers import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, Answer
 from .dispatch import check_limit
+from .events import say
 from .exceptions import DirectoryUnavailable
 from .listener import Listener
 from .retiring import MAX_PERIOD, Reaper, retire
@@ -424,8 +425,18 @@ class Apps:
         except Exception:
             logger.exception("start of app %r raised", declaration.slug)
         else:
+            started = self._current.get(declaration.slug)
+            if started is not None:
+                say(
+                    "start",
+                    "start of app %r registered session %r",
+                    declaration.slug,
+                    started.session,
+                    app=declaration.slug,
+                    session=started.session,
+                )
             # With a directory, the session may be another process's: _start_once looks.
-            if not self._sharing.connected and self._current.get(declaration.slug) is None:
+            elif not self._sharing.connected:
                 logger.error(
                     "start of app %r returned without registering a session:"
                     " it should call listen(..., app=%r)",
@@ -522,11 +533,14 @@ class Apps:
                         idle.append((member, t.cast(App, declaration)))
         retired = []
         for member, declaration in idle:
-            logger.info(
+            say(
+                "idle_shutdown",
                 "session %r of app %r served nothing for %.1f s: it is closed",
                 member.session,
                 declaration.slug,
                 declaration.idle_timeout,
+                session=member.session,
+                app=declaration.slug,
             )
             # A copy that a forked child inherited: the session is the parent's to stop.
             stop = declaration.stop if member.listened > self._forked_at else None

@@ -26,6 +26,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .answers import respond
 from .cookies import MAX_PER_ANSWER, confine
+from .events import say
 from .exceptions import InvalidResponse
 from .headers import is_hop_by_hop, is_origin_wide
 from .routing import url_path
@@ -287,6 +288,7 @@ def failed(
         status = 413
     elif isinstance(error, ClientDisconnected):
         status = 400
+        say("client_gone", "the client of session %r went away", session, session=session)
     elif error is not None:
         logger.error("listener of session %r raised", session, exc_info=error)
     elif iterable is None:

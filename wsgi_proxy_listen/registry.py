@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from .apps import App, Apps
 from .dispatch import check_limit
+from .events import say
 from .handlers import to_wsgi
 from .listener import ENV_PUBLIC_URL, Listener
 from .origins import ENV_LISTENER_DOMAIN, check_listener_domain, label
@@ -300,6 +301,7 @@ class Registry:
             self._listeners[session] = listener
             if app is not None:
                 self.apps.join(listener)
+        say("listen", "listener of session %r registered", session, session=session, app=app)
         if sharing.active:
             sharing.listened(listener)
         else:
@@ -391,6 +393,13 @@ class Registry:
             del self._listeners[listener.session]
             if listener.app is not None:
                 self.apps.leave(listener)
+        say(
+            "close",
+            "listener of session %r removed",
+            listener.session,
+            session=listener.session,
+            app=listener.app,
+        )
         if self._sharing.active:
             self._sharing.removed(listener)
         return True

@@ -48,6 +48,7 @@ import typing as t
 from werkzeug.exceptions import ClientDisconnected
 
 from ..answers import respond
+from ..events import say
 from .addresses import Bind
 from .frames import (
     ABORT,
@@ -288,7 +289,12 @@ class InternalEndpoint:
         except ssl.SSLEOFError:
             data = b""  # closed before the handshake ended: a port probe, say
         except ssl.SSLError as error:
-            logger.warning("refused a hop connection whose TLS failed: %s", error.reason)
+            say(
+                "hop_refused",
+                "refused a hop connection whose TLS failed: %s",
+                error.reason,
+                reason=f"tls: {error.reason}",
+            )
             data = b""
         except OSError:
             data = b""
@@ -300,7 +306,11 @@ class InternalEndpoint:
             return
         size, kind = HEADER.unpack_from(shake.received)
         if kind != HELLO or size > _MAX_HELLO:
-            logger.warning("refused a connection to the internal endpoint that was no hop")
+            say(
+                "hop_refused",
+                "refused a connection to the internal endpoint that was no hop",
+                reason="no hop",
+            )
             self._drop(selector, pending, sock)
             return
         if len(shake.received) < 5 + size:
@@ -313,11 +323,21 @@ class InternalEndpoint:
         try:
             greeting = read_hello(shake.received[5:], self.secret, self.owner)
         except FrameError as error:
-            logger.warning("refused a connection to the internal endpoint: %s", error)
+            say(
+                "hop_refused",
+                "refused a connection to the internal endpoint: %s",
+                error,
+                reason=str(error),
+            )
             sock.close()
             return
         if not self._slots.acquire(blocking=False):
-            logger.warning("the internal endpoint has %d connections: refused one", MAX_CONNECTIONS)
+            say(
+                "hop_refused",
+                "the internal endpoint has %d connections: refused one",
+                MAX_CONNECTIONS,
+                reason="connection limit",
+            )
             sock.close()
             return
         try:

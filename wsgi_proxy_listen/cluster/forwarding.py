@@ -25,6 +25,7 @@ import typing as t
 
 from ..answers import FAILURE_STATUS, Failure, respond
 from ..dispatch import is_bodyless
+from ..events import say
 from ..exceptions import DirectoryUnavailable
 
 if t.TYPE_CHECKING:
@@ -125,24 +126,45 @@ class Forwarder:
             forgotten = False
             with contextlib.suppress(DirectoryUnavailable):
                 forgotten = self._health.call(self._forget, session, owner)
+            where = {"session": session, "address": owner.address, "reason": "refused"}
             if forgotten:
-                logger.warning(
+                say(
+                    "owner_gone",
                     "the owner of session %r at %s is gone: its entries were removed",
                     session,
                     owner.address,
+                    **where,
                 )
             else:
-                logger.warning(
+                say(
+                    "owner_unreached",
                     "the owner of session %r at %s refused the connection from here, but"
                     " renews its lease: its entries stay (a partition or a firewall"
                     " between the two?)",
                     session,
                     owner.address,
+                    **where,
                 )
         elif result in (Failure.TIMEOUT, Failure.UNRESPONSIVE):
-            logger.warning("the owner at %s did not answer in time", owner.address)
+            say(
+                "owner_unreached",
+                "the owner of session %r at %s did not answer in time",
+                session,
+                owner.address,
+                session=session,
+                address=owner.address,
+                reason="timeout",
+            )
         elif result is Failure.BROKEN:
-            logger.warning("the owner at %s ended the connection without an answer", owner.address)
+            say(
+                "owner_unreached",
+                "the owner of session %r at %s ended the connection without an answer",
+                session,
+                owner.address,
+                session=session,
+                address=owner.address,
+                reason="closed",
+            )
         if app_path and result in _UNREACHED and is_bodyless(environ):
             other = self._other_member(owner)
             if other is not None:

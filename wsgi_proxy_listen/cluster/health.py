@@ -19,6 +19,7 @@ import logging
 import threading
 import typing as t
 
+from ..events import say
 from ..exceptions import DirectoryUnavailable
 
 if t.TYPE_CHECKING:
@@ -149,11 +150,14 @@ class Health:
                 return
             self.down = True
         self._changed()
-        logger.error(
+        why = reason(error)
+        say(
+            "directory_down",
             "%r cannot be reached (%s): listeners of this process keep working, requests"
             " for other processes' listeners get 503 until it is back",
             self._directory,
-            reason(error),
+            why,
+            reason=why,
         )
         threading.Thread(target=self._probe, name="wsgi_proxy_listen probe", daemon=True).start()
 
@@ -165,6 +169,6 @@ class Health:
                 continue
             self._changed()  # changes announced meanwhile were missed
             self.down = False
-            logger.warning("%r is reachable again", self._directory)
+            say("directory_up", "%r is reachable again", self._directory)
             self._back()
             return

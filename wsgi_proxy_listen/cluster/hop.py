@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..answers import Failure
+from ..events import say
 from ..headers import is_hop_by_hop_key
 from ..routing import validate_prefix
 from .frames import (
@@ -444,12 +445,16 @@ class _Relay:
                 kind, payload = read()
             except (EOFError, OSError, FrameError) as error:
                 # The owner's process died (or the link broke) while its answer streamed.
-                logger.warning(
+                say(
+                    "answer_cut",
                     "the owner at %s ended the connection in the middle of its answer for"
                     " session %r (%s): the answer is cut",
                     self.connection.address,
                     self.session,
                     error,
+                    session=self.session,
+                    address=self.connection.address,
+                    reason=str(error) or type(error).__name__,
                 )
                 raise _cut() from None
             if kind == DATA:

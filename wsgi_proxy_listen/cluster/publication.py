@@ -22,6 +22,7 @@ import logging
 import threading
 import typing as t
 
+from ..events import say
 from ..exceptions import DirectoryUnavailable
 from .health import reason
 from .store import Owner
@@ -115,6 +116,8 @@ class Publication:
             except Exception as error:  # noqa: BLE001 - no outage (an ACL, a replica): said
                 self._failed("publish", error)
                 published = False
+            if published:
+                say("publish", "published session %r", session, session=session, owner=self.owner)
             with self._lock:
                 current = self._host.get(session)
                 if current is listener:
@@ -250,12 +253,18 @@ class Publication:
                 return
             del self._published[listener.session]
         listener.close()  # removed() finds it unpublished and leaves the store alone
-        logger.info("session %r was taken over by another process", listener.session)
+        say(
+            "take_over",
+            "session %r was taken over by another process",
+            listener.session,
+            session=listener.session,
+        )
 
     def _withdraw(self, session: str, entry: Owner) -> None:
         self._locations.forget(session)
         try:
             self._health.call(self._withdraw_entry, session, entry)
+            say("withdraw", "withdrew session %r", session, session=session, owner=entry.owner)
         except Exception as error:  # noqa: BLE001 - kept for the heartbeat, and said
             if not isinstance(error, DirectoryUnavailable):
                 self._failed("withdraw", error)
