@@ -14,6 +14,7 @@ class Relay:
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.seen = bytearray()
+        self.connections: list[socket.socket] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -25,6 +26,7 @@ class Relay:
             except OSError:
                 return
             far = socket.create_connection(self.target)
+            self.connections += [near, far]
             for source, sink in ((near, far), (far, near)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
@@ -38,3 +40,5 @@ class Relay:
 
     def close(self) -> None:
         self.listener.close()
+        for connection in self.connections:
+            connection.close()
