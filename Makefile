@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP := $(VENV)/.installed
 comma := ,
-EXTRAS := test,dev,docs,webob,redis,recipes
+EXTRAS := test,dev,docs,webob,redis,recipes,metrics
 
 # Every package installed into .venv is pinned in constraints.txt (make lock writes it), so
 # a fresh clone gets the versions that CI last passed with. make test-latest empties

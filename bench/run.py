@@ -137,13 +137,15 @@ def timing_cases(quick: bool) -> dict[str, Callable[[], None]]:
     miss_env = server_environ("/proxy/sessions/nope/x")
     cases: dict[str, Callable[[], None]] = {"bare host app": serve(host, host_env)}
     for size in (SIZES[:1] + SIZES[-1:]) if quick else SIZES:
-        wsgi = ProxyMiddleware(host, registry_with(size, wsgi_listener))
-        handler = ProxyMiddleware(host, registry_with(size, request_handler))
+        # The guard's cases count nothing; metrics_cases() times what counting adds.
+        wsgi = ProxyMiddleware(host, registry_with(size, wsgi_listener), metrics=False)
+        handler = ProxyMiddleware(host, registry_with(size, request_handler), metrics=False)
         cases[f"ours: pass-through [{size}]"] = serve(wsgi, host_env)
         cases[f"ours: WSGI listener [{size}]"] = serve(wsgi, hit_env)
         cases[f"ours: request handler [{size}]"] = serve(handler, hit_env)
         cases[f"ours: 404 miss [{size}]"] = serve(wsgi, miss_env)
     cases.update(access_cases())
+    cases.update(metrics_cases())
     dispatcher = DispatcherMiddleware(host, {"/proxy/sessions/target": wsgi_listener})
     cases["DispatcherMiddleware: pass-through"] = serve(dispatcher, host_env)
     cases["DispatcherMiddleware: hit"] = serve(dispatcher, hit_env)
@@ -155,6 +157,53 @@ def timing_cases(quick: bool) -> dict[str, Callable[[], None]]:
     flask_app.add_url_rule("/proxy/sessions/target/x", "x", lambda: request_handler(flask.request))
     cases["Flask route: request handler"] = serve(flask_app, hit_env)
     return cases
+
+
+def metrics_cases() -> dict[str, Callable[[], None]]:
+    """A hit with Prometheus counting on, beside the same without, when it is installed."""
+    from wsgi_proxy_listen import metrics
+
+    if not metrics.ENABLED:
+        return {}
+    hit_env = server_environ("/proxy/sessions/target/x")
+    registry = registry_with(1, wsgi_listener, kind="wsgi")
+    return {
+        "ours: WSGI listener, metrics off": serve(
+            ProxyMiddleware(host, registry, metrics=False), hit_env
+        ),
+        "ours: WSGI listener, metrics on": serve(
+            ProxyMiddleware(host, registry, metrics=True), hit_env
+        ),
+    }
+
+
+def metrics_cost(rounds: int, budget: float) -> str:
+    """What counting adds to a hit, in this process's mode, in ns."""
+    results = measure(metrics_cases(), rounds, budget)
+    if not results:
+        return "metrics: prometheus_client is not installed"
+    added = results["ours: WSGI listener, metrics on"] - results["ours: WSGI listener, metrics off"]
+    return f"{added:.0f}"
+
+
+def multiprocess_metrics_cost(quick: bool) -> float:
+    """metrics_cost() in a process of its own, in prometheus_client's multiprocess mode
+    (its values in files, as under gunicorn -w N)."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder}
+        arguments = ["--metrics-only", *(["--quick"] if quick else [])]
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.run", *arguments],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return float(done.stdout.strip())
 
 
 def access_cases() -> dict[str, Callable[[], None]]:
@@ -182,6 +231,7 @@ def access_cases() -> dict[str, Callable[[], None]]:
 
     registry = registry_with(1, wsgi_listener, access={"alice"})
     registry.listen(wsgi_listener, session="open", kind="wsgi")
+    app.config["WSGI_PROXY_LISTEN"] = {"METRICS": False}  # as the guard's cases
     ProxyListen(app, registry=registry)
     client = app.test_client()
     client.get("/login")
@@ -285,8 +335,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="also time the pieces a dispatch is made of"
     )
+    parser.add_argument(
+        "--metrics-only", action="store_true", help="print what counting adds to a hit, in ns"
+    )
     options = parser.parse_args(argv)
     rounds, budget = (3, 0.01) if options.quick else (15, 0.1)
+    if options.metrics_only:
+        print(metrics_cost(rounds, budget))
+        return
     print(f"machine: {platform.machine()}, {platform.processor() or platform.platform()}")
     print(
         f"python {platform.python_version()}, wsgi_proxy_listen {wsgi_proxy_listen.__version__},"
@@ -339,6 +395,16 @@ def main(argv: list[str] | None = None) -> None:
             "<= 1.1",
         )
     )
+    if "ours: WSGI listener, metrics on" in results:
+        one = (
+            results["ours: WSGI listener, metrics on"] - results["ours: WSGI listener, metrics off"]
+        )
+        many = multiprocess_metrics_cost(options.quick)
+        print(
+            f"\nPrometheus counting adds {one / 1000:.2f} µs to a hit in one process"
+            f" (budget +0.5 µs), {many / 1000:.2f} µs in prometheus_client's multiprocess"
+            " mode (budget +1.5 µs)"
+        )
     dispatch_us = above("ours: WSGI listener [1]") / 1000
     print(f"\na hit on a WSGI listener costs {dispatch_us:.2f} µs above the bare app (watched)")
     protected_us = above("ours: alice's listener, Flask-Login") / 1000

@@ -234,6 +234,7 @@ def manage_check(setting: str, **environment: str) -> subprocess.CompletedProces
         ('{"LISTENER_DOMAIN": "localhost"}', "wsgi_proxy_listen.E013"),
         ('{"LISTENER_SECRET": 5}', "wsgi_proxy_listen.E014"),
         ('{"PUBLIC_URL": "host.example.com"}', "wsgi_proxy_listen.E015"),
+        ('{"METRICS": "yes"}', "wsgi_proxy_listen.E020"),
     ],
 )
 def test_manage_check_reports_a_wrong_setting_with_its_id(setting: str, found: str) -> None:

@@ -23,7 +23,7 @@ from time import monotonic
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream, get_content_length
 
-from . import routing
+from . import metrics, routing
 from .answers import Answer, respond
 from .cookies import withhold
 from .guard import Guard, failed
@@ -271,6 +271,9 @@ def serve_forwarded(
     that received the request: its ``REMOTE_USER`` is the user it let in.
     """
     path: str = environ.get("PATH_INFO", "")
+    if metrics.ENABLED:
+        kind = "session" if path.startswith(prefix + "/sessions/") else "app"
+        start_response = metrics.Probe(start_response, kind, "from_another")
     raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     plain = routing.plain_session_route(path, prefix + "/sessions/", raw_uri)
     if plain is not None and plain[0] == session:

@@ -38,6 +38,8 @@ from __future__ import annotations
 import logging
 import os
 
+from . import metrics
+
 __all__ = ["EVENTS", "say"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
@@ -63,8 +65,22 @@ EVENTS = {
 
 def say(event: str, message: str, *args: object, **fields: object) -> None:
     """Log ``event`` at its level: ``message % args``, with ``fields`` (and ``event``,
-    ``pid``) in the record. Costs one level check when the level is off."""
+    ``pid``) in the record, and count it where a metric does (:mod:`.metrics`). Costs
+    one level check when the level is off."""
+    if metrics.ENABLED:
+        _measure(event, fields)
     level = EVENTS[event]
     if logger.isEnabledFor(level):
         extra = {"event": event, "pid": os.getpid(), **fields}
         logger.log(level, message, *args, extra=extra, stacklevel=2)
+
+
+def _measure(event: str, fields: dict[str, object]) -> None:
+    if event == "start":
+        metrics.app_started()
+    elif event == "idle_shutdown":
+        metrics.idle_shutdown()
+    elif event in ("owner_gone", "owner_unreached"):
+        metrics.owner_failure("gone" if event == "owner_gone" else str(fields["reason"]))
+    elif event in ("directory_down", "directory_up"):
+        metrics.directory_up(event == "directory_up")

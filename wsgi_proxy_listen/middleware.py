@@ -29,6 +29,7 @@ import os
 import typing as t
 from collections.abc import Collection, Iterable
 
+from . import metrics as counting
 from . import routing
 from .access import (
     AUTHENTICATED,
@@ -123,6 +124,9 @@ class ProxyMiddleware:
     :param public_url: the host's own origin (``"https://notebooks.example.com"``),
         where a listener's origin sends a browser to log in; ``None`` takes
         ``WSGI_PROXY_LISTEN_PUBLIC_URL``. Required with a listener domain.
+    :param metrics: whether to count requests to listener routes
+        (:mod:`~wsgi_proxy_listen.metrics`); ``None``: when ``prometheus_client`` is
+        installed (and ``WSGI_PROXY_LISTEN_METRICS`` is not ``0``).
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class ProxyMiddleware:
         listener_domain: str | None = None,
         listener_secret: str | bytes | None = None,
         public_url: str | None = None,
+        metrics: bool | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {app!r}")
@@ -198,6 +203,14 @@ class ProxyMiddleware:
         self._base = prefix + "/"
         self._sessions = prefix + "/sessions/"
         self._owned = (self._sessions, prefix + "/apps/")
+        if metrics is not None and not isinstance(metrics, bool):
+            raise TypeError(f"metrics must be True, False or None, not {metrics!r}")
+        if metrics and not counting.ENABLED:
+            raise ValueError(
+                "metrics=True needs prometheus_client: pip install wsgi-proxy-listen[metrics]"
+                f" (and {counting.ENV_METRICS} not 0)"
+            )
+        self._metrics = counting.ENABLED if metrics is None else metrics
         self._local = registry.get
         self._directory = registry.directory
         # The registry builds the listeners' public URLs with the same domain.
@@ -217,6 +230,10 @@ class ProxyMiddleware:
         path: str = environ.get("PATH_INFO", "")
         if not path.startswith(self._base):
             return self.app(environ, start_response)
+        if self._metrics and path.startswith(self._owned):
+            start_response = counting.Probe(
+                start_response, "session" if path.startswith(self._sessions) else "app"
+            )
         # The common case, a plain session route to a listener of this process, costs a
         # few string operations and one dict read; anything else takes the checked path.
         plain = plain_session_route(
@@ -226,6 +243,8 @@ class ProxyMiddleware:
             listener = self._local(plain[0])
             if listener is not None:
                 if self._plain and listener.plain:
+                    if self._metrics:
+                        start_response.where = "here"  # type: ignore[attr-defined]
                     return self._dispatch(listener, environ, start_response, path, plain[1])
                 return self._serve(
                     listener, environ, start_response, path, plain[1], self._gate, None
@@ -257,6 +276,10 @@ class ProxyMiddleware:
         the raw URI (404), the lookup (404, 400, 503), who may come in (302, 401,
         403), then the body limit (413). ``gate`` decides who may come in (the host's
         login by default), ``user`` is who came in already (a listener origin's)."""
+        if self._metrics and type(start_response) is not counting.Probe:
+            start_response = counting.Probe(  # by a listener origin
+                start_response, "session" if path.startswith(self._sessions) else "app"
+            )
         route = self._route(environ, path)
         if isinstance(route, Answer):
             return respond(start_response, route.status)
@@ -333,6 +356,8 @@ class ProxyMiddleware:
         verdict = gate.verdict(terms.access, environ, user)
         if isinstance(verdict, Refusal):
             return verdict.answer(start_response)
+        if self._metrics:
+            start_response.where = "here"  # type: ignore[attr-defined]
         return self._dispatch(
             listener, environ, start_response, path, split, verdict, bool(terms.sandbox)
         )
@@ -353,6 +378,8 @@ class ProxyMiddleware:
         verdict = gate.verdict(terms.access, environ, user)
         if isinstance(verdict, Refusal):
             return verdict.answer(start_response)
+        if self._metrics:
+            start_response.forwarded()  # type: ignore[attr-defined]
         return self._dispatcher.forward(
             destination, environ, start_response, path, split, verdict, bool(terms.sandbox)
         )

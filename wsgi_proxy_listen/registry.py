@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
+from . import metrics
 from .apps import App, Apps
 from .dispatch import check_limit
 from .events import say
@@ -301,6 +302,8 @@ class Registry:
             self._listeners[session] = listener
             if app is not None:
                 self.apps.join(listener)
+        if replaced is None and metrics.ENABLED:
+            metrics.listeners(1)
         say("listen", "listener of session %r registered", session, session=session, app=app)
         if sharing.active:
             sharing.listened(listener)
@@ -393,6 +396,8 @@ class Registry:
             del self._listeners[listener.session]
             if listener.app is not None:
                 self.apps.leave(listener)
+        if metrics.ENABLED:
+            metrics.listeners(-1)
         say(
             "close",
             "listener of session %r removed",

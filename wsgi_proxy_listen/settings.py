@@ -44,6 +44,7 @@ KEYS = {
     "LISTENER_DOMAIN": "listener_domain",
     "LISTENER_SECRET": "listener_secret",
     "PUBLIC_URL": "public_url",
+    "METRICS": "metrics",
 }
 #: The keys that configure a Redis directory, and the RedisDirectory option each sets
 #: (each before its ``WSGI_PROXY_LISTEN_...`` variable).
@@ -152,6 +153,19 @@ def _check_listener_secret(value: object) -> object:
     return value
 
 
+def _check_metrics(value: object) -> object:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"METRICS must be True, False or None, not {value!r}")
+    from . import metrics
+
+    if value and not metrics.ENABLED:
+        raise ValueError(
+            "METRICS is True, but prometheus_client is not installed (or"
+            f" {metrics.ENV_METRICS}=0): pip install wsgi-proxy-listen[metrics]"
+        )
+    return value
+
+
 def _check_sandbox(value: object) -> object:
     if not isinstance(value, bool):
         raise TypeError(f"SANDBOX must be True or False, not {value!r}")
@@ -257,6 +271,11 @@ _CHECKS: dict[str, tuple[str, t.Callable[[t.Any], object], str]] = {
         "a str of its own (not SECRET), the same in every process; None to take"
         " WSGI_PROXY_LISTEN_LISTENER_SECRET",
     ),
+    "METRICS": (
+        "E020",
+        _check_metrics,
+        "True to count requests (needs prometheus_client), False not to; None: when installed",
+    ),
     "ADVERTISE": (
         "E016",
         _check_advertise,
@@ -323,6 +342,7 @@ def middleware_from_config(
             listener_domain=config.get("LISTENER_DOMAIN"),
             listener_secret=config.get("LISTENER_SECRET"),
             public_url=config.get("PUBLIC_URL"),
+            metrics=config.get("METRICS"),
         )
     except (TypeError, ValueError, RuntimeError) as problem:
         raise error(f"{where}: {problem}") from problem

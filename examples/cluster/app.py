@@ -21,10 +21,11 @@ import itertools
 import logging
 import os
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from wsgi_proxy_listen import close_session, listen, register_app
 from wsgi_proxy_listen.flask import ProxyListen
+from wsgi_proxy_listen.metrics import exposition
 
 from .listener import report
 
@@ -49,6 +50,14 @@ def stop_session(session: str) -> str:
 @app.get("/pid")
 def pid() -> str:
     return str(os.getpid())
+
+
+@app.get("/metrics")
+def metrics_page() -> Response:
+    """Prometheus metrics (the extra ``metrics``): every worker's, whichever answers, when
+    gunicorn starts with PROMETHEUS_MULTIPROC_DIR set (see gunicorn_conf.py)."""
+    body, content_type = exposition(request.headers.get("Accept"))
+    return Response(body, content_type=content_type)
 
 
 _numbers = itertools.count(1)

@@ -6,7 +6,13 @@ from __future__ import annotations
 import os
 import typing as t
 
-from examples.cluster.gunicorn_conf import bind, threads, worker_class, workers  # noqa: F401
+from examples.cluster.gunicorn_conf import (  # noqa: F401
+    bind,
+    child_exit,
+    threads,
+    worker_class,
+    workers,
+)
 
 
 def post_fork(server: t.Any, worker: t.Any) -> None:

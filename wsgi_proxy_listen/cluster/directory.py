@@ -31,7 +31,7 @@ import os
 import threading
 import typing as t
 
-from .. import exits
+from .. import exits, metrics
 from ..answers import NOT_FOUND, UNAVAILABLE, Answer
 from ..exceptions import DirectoryUnavailable
 from .endpoint import InternalEndpoint
@@ -191,6 +191,8 @@ class SharedDirectory(Store):
                     )
                 return
             self.owner, self._endpoint, self.address = owner, endpoint, endpoint.address
+            if metrics.ENABLED:
+                metrics.directory_up(not self._health.down)
             publication.begin(owner, endpoint.address)
             forwarder.owner = owner
             self._stop.clear()

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Iterator
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .. import metrics
 from ..answers import Failure
 from ..events import say
 from ..headers import is_hop_by_hop_key
@@ -315,6 +316,8 @@ class HopClient:
         self.clear()
 
     def _connect(self, owner: str, address: str) -> Connection | Failure:
+        if metrics.ENABLED:
+            metrics.hop_connection()
         try:
             return Connection(
                 address, owner, self.secret, self.connect_timeout, self.read_timeout, self.tls

@@ -22,6 +22,7 @@ import logging
 import threading
 import typing as t
 
+from .. import metrics
 from ..events import say
 from ..exceptions import DirectoryUnavailable
 from .health import reason
@@ -121,6 +122,8 @@ class Publication:
             with self._lock:
                 current = self._host.get(session)
                 if current is listener:
+                    if self._published.get(session) is None and metrics.ENABLED:
+                        metrics.published(1)
                     self._published[session] = listener
                     self._unpublished.pop(session, None)
                     if not published:
@@ -137,6 +140,8 @@ class Publication:
             if self._published.get(session) is not listener:
                 return
             del self._published[session]
+            if metrics.ENABLED:
+                metrics.published(-1)
             self._pending.discard(session)
         self._withdraw(session, self._entry(listener))
 
@@ -147,6 +152,8 @@ class Publication:
             with self._lock:
                 self._leaving = True
                 entries = {s: self._entry(item) for s, item in self._published.items()}
+                if metrics.ENABLED:
+                    metrics.published(-len(self._published))
                 self._published.clear()
                 self._pending.clear()
             if not serving or self._health.down:
@@ -252,6 +259,8 @@ class Publication:
             if self._published.get(listener.session) is not listener:
                 return
             del self._published[listener.session]
+            if metrics.ENABLED:
+                metrics.published(-1)
         listener.close()  # removed() finds it unpublished and leaves the store alone
         say(
             "take_over",

@@ -37,7 +37,7 @@ The keys ``AUTHENTICATE`` (``False`` turns it off), ``DEFAULT_ACCESS`` and
 
 Optionally, add ``"wsgi_proxy_listen.django"`` to ``INSTALLED_APPS``: then
 ``manage.py check`` reports a wrong ``WSGI_PROXY_LISTEN`` (an unknown key, a
-value that means nothing) with an id, ``wsgi_proxy_listen.E001`` to ``E019``
+value that means nothing) with an id, ``wsgi_proxy_listen.E001`` to ``E020``
 (or the warning ``W001``), and a hint, rather than leaving it to the start of the server
 (:mod:`wsgi_proxy_listen.django.checks`).
 """

@@ -34,6 +34,8 @@ wsgi_proxy_listen.E016    ``ADVERTISE`` is no ``host[:port]`` to connect to
 wsgi_proxy_listen.E017    ``BIND`` is no ``[host][:port]`` (or range) this machine can bind
 wsgi_proxy_listen.E018    ``NAMESPACE`` is empty or has ``}``
 wsgi_proxy_listen.E019    ``TLS_CERT``, ``TLS_KEY``, ``TLS_CA``: not all three, or unusable
+wsgi_proxy_listen.E020    ``METRICS`` is not ``True``, ``False`` or ``None`` (or ``True``
+                          without ``prometheus_client``)
 wsgi_proxy_listen.W001    ``SECRET`` without a directory, here
 ========================  ==========================================================
 """

@@ -1,0 +1,192 @@
+"""Prometheus metrics: a known mix of requests gives exactly those counts, in one process
+and scraped from a gunicorn -w 2 host in prometheus_client's multiprocess mode (every
+worker's counts, whichever worker answers the scrape)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import typing as t
+from collections import Counter
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.test import Client
+
+from wsgi_proxy_listen import ProxyMiddleware, Registry, metrics
+from wsgi_proxy_listen.cluster import EmbeddedDirectory
+
+from .support.cluster import NO_REDIS, REDIS, SECRET, RedisServer, gunicorn, short_folder
+from .support.wire import exchange, get
+from .support.wsgi import Host
+
+pytestmark = [pytest.mark.timeout(120)]
+
+Key = tuple[str, str, str]
+
+
+def requests_in(text: str) -> Counter[Key]:
+    """``wsgi_proxy_listen_requests_total`` by (route, where, status)."""
+    found: Counter[Key] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "wsgi_proxy_listen_requests_total":
+                labels = sample.labels
+                found[(labels["route"], labels["where"], labels["status"])] += int(sample.value)
+    return found
+
+
+def value_of(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    raise AssertionError(f"no {name} in the metrics")
+
+
+def scrape() -> str:
+    body, content_type = metrics.exposition()
+    assert content_type.startswith("text/plain")
+    return body.decode()
+
+
+def boom(request: t.Any) -> str:
+    raise RuntimeError("the listener broke")
+
+
+def test_a_mix_of_requests_gives_exactly_those_counts(tmp_path: t.Any) -> None:
+    assert metrics.ENABLED, "the test extra installs prometheus_client"
+    folder = short_folder()
+    made: list[t.Any] = []
+    try:
+        a_directory, b_directory = EmbeddedDirectory(folder), EmbeddedDirectory(folder)
+        made += [a_directory, b_directory]
+        a, b = Registry(directory=a_directory), Registry(directory=b_directory)
+        a_client = Client(ProxyMiddleware(Host(), a, max_content_length=10))
+        b_client = Client(
+            ProxyMiddleware(Host(), b, authenticate=lambda environ: None, max_content_length=10)
+        )
+        for client in (a_client, b_client):
+            client.get("/", buffered=True)  # starts the directories
+        before = requests_in(scrape())
+        listeners_before = value_of(scrape(), "wsgi_proxy_listen_listeners")
+        published_before = value_of(scrape(), "wsgi_proxy_listen_published")
+        a.listen(lambda request: "hello", session="s1")
+        a.listen(lambda request: "member", session="m1", app="dash")
+        a.listen(boom, session="boom")
+        b.listen(lambda request: "private", session="mine", access="authenticated")
+        assert value_of(scrape(), "wsgi_proxy_listen_listeners") == listeners_before + 4
+        assert value_of(scrape(), "wsgi_proxy_listen_published") == published_before + 4
+        statuses = [
+            a_client.get("/proxy/sessions/s1/", buffered=True).status_code,  # here 200
+            a_client.get("/proxy/apps/dash/", buffered=True).status_code,  # app, here 200
+            a_client.get("/proxy/sessions/boom/", buffered=True).status_code,  # here 500
+            a_client.get("/proxy/sessions/nope/", buffered=True).status_code,  # none 404
+            b_client.get("/proxy/sessions/s1/", buffered=True).status_code,  # forwarded 200
+            b_client.get("/proxy/sessions/mine/", buffered=True).status_code,  # none 401
+            b_client.post("/proxy/sessions/s1/", data=b"x" * 100).status_code,  # forwarded 413
+            a_client.get("/", buffered=True).status_code,  # the host's: not counted
+        ]
+        assert statuses == [200, 200, 500, 404, 200, 401, 413, 200]
+        a_directory._endpoint.close()  # a's process as good as gone for b
+        assert b_client.get("/proxy/sessions/s1/", buffered=True).status_code == 502
+        after = requests_in(scrape())
+        assert after - before == Counter(
+            {
+                ("session", "here", "200"): 1,
+                ("app", "here", "200"): 1,
+                ("session", "here", "500"): 1,
+                ("session", "none", "404"): 1,
+                ("session", "forwarded", "200"): 1,
+                ("session", "from_another", "200"): 1,  # what a served for b
+                ("session", "none", "401"): 1,
+                ("session", "forwarded", "413"): 1,  # handed to the hop, bounded there
+                ("session", "forwarded", "502"): 1,
+            }
+        )
+        text = scrape()
+        assert "wsgi_proxy_listen_forward_seconds_bucket" in text
+        assert value_of(text, "wsgi_proxy_listen_directory_up") == 1
+    finally:
+        for directory in made:
+            directory.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_directory_down_is_a_503_and_a_gauge() -> None:
+    if REDIS is None:
+        pytest.skip(NO_REDIS)
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    server = RedisServer()
+    server.start()
+    directory = RedisDirectory(server.url, secret=SECRET, lease=3)
+    try:
+        client = Client(ProxyMiddleware(Host(), Registry(directory=directory)))
+        client.get("/", buffered=True)
+        before = requests_in(scrape())
+        server.stop()
+        assert client.get("/proxy/sessions/elsewhere/", buffered=True).status_code == 503
+        assert requests_in(scrape()) - before == Counter({("session", "none", "503"): 1})
+        assert value_of(scrape(), "wsgi_proxy_listen_directory_up") == 0
+    finally:
+        directory.close()
+        server.stop()
+
+
+def test_the_endpoint_is_a_wsgi_app_that_the_host_mounts() -> None:
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    app = DispatcherMiddleware(Host(), {"/metrics": metrics.wsgi_app()})
+    answer = Client(app).get("/metrics", buffered=True)
+    assert answer.status_code == 200
+    assert "wsgi_proxy_listen_requests_total" in answer.get_data(as_text=True)
+
+
+def test_a_gunicorn_host_counts_every_workers_requests() -> None:
+    folder = short_folder()
+    counters = tempfile.mkdtemp(prefix="wpl-prom-")
+    try:
+        with gunicorn(folder, workers=2, PROMETHEUS_MULTIPROC_DIR=counters) as host:
+            owner = int(exchange(host.port, b"POST /sessions/s1 HTTP/1.0\r\n\r\n").body)
+            served = [get(host.port, "/proxy/sessions/s1/").status for _ in range(20)]
+            missing = get(host.port, "/proxy/sessions/nope/").status
+            too_large = exchange(
+                host.port,
+                b"POST /proxy/sessions/s1/ HTTP/1.0\r\nContent-Length: 100000000\r\n\r\n",
+            ).status
+            assert (set(served), missing, too_large) == ({200}, 404, 413)
+            time.sleep(0.2)
+            scraped = [requests_in(get(host.port, "/metrics").body.decode()) for _ in range(4)]
+        assert all(counts == scraped[0] for counts in scraped), "the same whichever worker"
+        counts = scraped[0]
+        here, forwarded = (
+            counts[("session", "here", "200")],
+            counts[("session", "forwarded", "200")],
+        )
+        assert here + forwarded == 20
+        assert forwarded >= 1, f"both workers answered ({owner} owns s1)"
+        assert counts[("session", "from_another", "200")] == forwarded
+        assert counts[("session", "none", "404")] == 1
+        assert counts[("session", "here", "413")] + counts[("session", "forwarded", "413")] == 1
+        assert sum(counts.values()) == 20 + forwarded + 2
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(counters, ignore_errors=True)
+
+
+def test_without_the_extra_nothing_is_counted() -> None:
+    """With the variable off (as without prometheus_client), the middleware counts
+    nothing, and the endpoint says what to install."""
+    import subprocess
+    import sys
+
+    code = (
+        "from wsgi_proxy_listen import metrics, ProxyMiddleware, Registry\n"
+        "assert not metrics.ENABLED\n"
+        "assert ProxyMiddleware(lambda e, s: [], Registry())._metrics is False\n"
+    )
+    env = {**os.environ, "WSGI_PROXY_LISTEN_METRICS": "0"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)

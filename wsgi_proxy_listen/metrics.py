@@ -1,0 +1,264 @@
+"""
+Metrics
+=======
+
+With the extra ``metrics`` (``prometheus_client``) installed, the package
+counts what it does, in Prometheus's terms; without it, nothing is counted and
+nothing costs. ``WSGI_PROXY_LISTEN_METRICS=0`` turns counting off with it
+installed.
+
+=================================================  ========================================
+metric                                             what it counts
+=================================================  ========================================
+``wsgi_proxy_listen_requests_total``               requests to listener routes, by ``route``
+                                                   (``session``, ``app``), ``where`` and
+                                                   ``status`` (the status sent)
+``wsgi_proxy_listen_forward_seconds``              time from a forwarded request's arrival
+                                                   to its answer's status (histogram)
+``wsgi_proxy_listen_listeners``                    listeners registered in this process
+``wsgi_proxy_listen_published``                    of them, published in the directory (or
+                                                   waiting for it to come back)
+``wsgi_proxy_listen_app_starts_total``             apps' starts that registered a member
+``wsgi_proxy_listen_idle_shutdowns_total``         idle members stopped
+``wsgi_proxy_listen_directory_up``                 1 while the directory answers, 0 while not
+``wsgi_proxy_listen_hop_connections_total``        hop connections opened to other processes
+``wsgi_proxy_listen_owner_failures_total``         owners gone or not reached, by ``reason``
+=================================================  ========================================
+
+``where`` says who answered: ``here`` (a listener of this process), ``forwarded``
+(one of another process, through the hop), ``from_another`` (a request another
+process forwarded to this one), or ``none`` (the middleware itself: a 404, a
+401, a 503...). A listener that raised is ``where="here", status="500"``.
+
+The endpoint is the host's to mount where it wants (never under the proxy
+prefix by default): :func:`wsgi_app` is a WSGI app, :func:`exposition` the body
+and content type for a Flask or Django view. Under ``gunicorn -w N`` set
+``PROMETHEUS_MULTIPROC_DIR`` to an empty folder before the server starts
+(prometheus_client's multiprocess mode): every worker writes its values there
+and the endpoint adds them up, whichever worker serves the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import typing as t
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication
+
+__all__ = ["ENABLED", "ENV_METRICS", "Probe", "exposition", "wsgi_app"]
+
+#: The environment variable that turns counting off (``0``) with the extra installed.
+ENV_METRICS = "WSGI_PROXY_LISTEN_METRICS"
+
+try:
+    import prometheus_client as _prometheus
+except ImportError:  # pragma: no cover - the extra is installed in the tests
+    _prometheus = None  # type: ignore[assignment]
+
+#: Whether this process counts: the extra is installed and not turned off.
+ENABLED = _prometheus is not None and os.environ.get(ENV_METRICS, "1").strip().lower() not in (
+    "0",
+    "false",
+    "no",
+    "off",
+)
+
+#: Whether prometheus_client's multiprocess mode is on (``PROMETHEUS_MULTIPROC_DIR``):
+#: then each count goes to its files, which the endpoint adds up across processes.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+_REQUESTS_DOC = "Requests to listener routes, by route, who answered, and status."
+_REQUEST_LABELS = ("route", "where", "status")
+
+if ENABLED:
+    if MULTIPROCESS:
+        _REQUESTS = _prometheus.Counter(
+            "wsgi_proxy_listen_requests", _REQUESTS_DOC, _REQUEST_LABELS
+        )
+    _FORWARD_SECONDS = _prometheus.Histogram(
+        "wsgi_proxy_listen_forward_seconds",
+        "Time from a forwarded request's arrival to its answer's status.",
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+    )
+    _LISTENERS = _prometheus.Gauge(
+        "wsgi_proxy_listen_listeners",
+        "Listeners registered in this process.",
+        multiprocess_mode="livesum",
+    )
+    _PUBLISHED = _prometheus.Gauge(
+        "wsgi_proxy_listen_published",
+        "Listeners of this process published in the directory.",
+        multiprocess_mode="livesum",
+    )
+    _STARTS = _prometheus.Counter(
+        "wsgi_proxy_listen_app_starts", "Apps' starts that registered a member."
+    )
+    _IDLE = _prometheus.Counter("wsgi_proxy_listen_idle_shutdowns", "Idle members stopped.")
+    _DIRECTORY_UP = _prometheus.Gauge(
+        "wsgi_proxy_listen_directory_up",
+        "1 while the directory answers, 0 while it does not.",
+        multiprocess_mode="livemin",
+    )
+    _HOP_CONNECTIONS = _prometheus.Counter(
+        "wsgi_proxy_listen_hop_connections", "Hop connections opened to other processes."
+    )
+    _OWNER_FAILURES = _prometheus.Counter(
+        "wsgi_proxy_listen_owner_failures",
+        "Owners of listeners gone or not reached, by reason.",
+        ("reason",),
+    )
+
+# In one process, a request is counted in a dict of its thread's (no lock: no other
+# thread writes it), and a collector adds the threads' dicts up when scraped.
+_by_thread = threading.local()
+_threads_counts: list[dict[tuple[str, str, str], int]] = []
+_lock = threading.Lock()
+
+
+def _count_here(key: tuple[str, str, str]) -> None:
+    counts = getattr(_by_thread, "counts", None)
+    if counts is None:
+        counts = _by_thread.counts = {}
+        with _lock:
+            _threads_counts.append(counts)
+    counts[key] = counts.get(key, 0) + 1
+
+
+class _RequestsHere:
+    """``wsgi_proxy_listen_requests_total`` from the threads' counts."""
+
+    def collect(self) -> t.Iterator[t.Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        totals: dict[tuple[str, str, str], int] = {}
+        with _lock:
+            counted = [dict(counts) for counts in _threads_counts]  # a copy is atomic
+        for counts in counted:
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0) + value
+        family = CounterMetricFamily(
+            "wsgi_proxy_listen_requests", _REQUESTS_DOC, labels=_REQUEST_LABELS
+        )
+        for key in sorted(totals):
+            family.add_metric(key, totals[key])
+        yield family
+
+
+# In multiprocess mode, the counter's label children, bound once for each combination.
+_children: dict[tuple[str, str, str], t.Any] = {}
+
+
+def _count_in_files(key: tuple[str, str, str]) -> None:
+    child = _children.get(key)
+    if child is None:
+        with _lock:
+            child = _children.setdefault(key, _REQUESTS.labels(*key))
+    child.inc()
+
+
+_count = _count_in_files if MULTIPROCESS else _count_here
+if ENABLED and not MULTIPROCESS:
+    _prometheus.REGISTRY.register(_RequestsHere())
+
+
+_FORWARDED = "forwarded"
+
+
+class Probe:
+    """A request's ``start_response`` that counts the status sent, by route and by who
+    answered (``where``, set on the way by the middleware)."""
+
+    __slots__ = ("began", "counted", "route", "start_response", "where")
+
+    def __init__(self, start_response: StartResponse, route: str, where: str = "none") -> None:
+        self.start_response = start_response
+        self.route = route
+        self.where = where
+        self.counted = False
+
+    def forwarded(self) -> None:
+        """The request goes to another process, from now."""
+        self.where = _FORWARDED
+        self.began = time.perf_counter()
+
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
+    ) -> t.Callable[[bytes], object]:
+        if not self.counted:  # a second call replaces an answer: counted once
+            self.counted = True
+            where = self.where
+            _count((self.route, where, status[:3]))
+            if where is _FORWARDED:
+                _FORWARD_SECONDS.observe(time.perf_counter() - self.began)
+        return self.start_response(status, headers, exc_info)
+
+
+# -- what changes state: called only when ENABLED -----------------------------------------
+
+
+def listeners(change: int) -> None:
+    _LISTENERS.inc(change)
+
+
+def published(change: int) -> None:
+    _PUBLISHED.inc(change)
+
+
+def app_started() -> None:
+    _STARTS.inc()
+
+
+def idle_shutdown() -> None:
+    _IDLE.inc()
+
+
+def directory_up(up: bool) -> None:
+    _DIRECTORY_UP.set(1 if up else 0)
+
+
+def hop_connection() -> None:
+    _HOP_CONNECTIONS.inc()
+
+
+def owner_failure(reason: str) -> None:
+    _OWNER_FAILURES.labels(reason).inc()
+
+
+# -- the endpoint ----------------------------------------------------------------------------
+
+
+def _registry() -> t.Any:
+    if _prometheus is None:
+        raise RuntimeError(
+            "metrics need the extra: pip install wsgi-proxy-listen[metrics] (prometheus_client)"
+        )
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = _prometheus.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return _prometheus.REGISTRY
+
+
+def exposition(accept: str | None = None) -> tuple[bytes, str]:
+    """The metrics in Prometheus's text format (or OpenMetrics, as ``accept`` asks),
+    and its content type: every worker's under prometheus_client's multiprocess mode.
+
+    :raises RuntimeError: the extra is not installed.
+    """
+    from prometheus_client.exposition import choose_encoder
+
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(_registry()), content_type
+
+
+def wsgi_app() -> WSGIApplication:
+    """A WSGI app that answers every request with the metrics, to mount where the host
+    wants (``DispatcherMiddleware(app, {"/metrics": wsgi_app()})``).
+
+    :raises RuntimeError: the extra is not installed.
+    """
+    return t.cast("WSGIApplication", _prometheus.make_wsgi_app(_registry()))
