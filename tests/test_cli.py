@@ -85,7 +85,7 @@ def test_status_as_json_from_the_environment(shared: Shared) -> None:
         )
     assert result.returncode == 0, result.stderr
     (listener,) = json.loads(result.stdout)
-    keys = {"session", "app", "pid", "owner", "address", "since", "age_seconds"}
+    keys = {"session", "app", "pid", "owner", "address", "since", "age_seconds", "live"}
     assert listener.keys() == keys | ({"namespace"} if shared.kind == "redis" else set())
     assert (listener["session"], listener["app"], listener["pid"]) == ("s1", None, owner)
     assert 0 <= listener["age_seconds"] < 60
@@ -151,8 +151,11 @@ def test_what_a_terminal_would_act_on_is_shown_escaped() -> None:
     ]
     assert lines[2].split()[0] == "'clear\\x1b[2J\\u202eme'"
     assert lines[3].split()[0] == "fine-id"
+    assert [line.split()[-1] for line in lines[1:4]] == ["gone"] * 3  # nobody listens
     assert lines[4:] == [
         "3 listeners in 3 processes",
+        "3 of the processes are gone (the socket refuses): the next request for one of its"
+        " sessions removes its entries",
         "2 of them with a session or app that is no valid id (shown quoted): written by"
         " something else than this package",
     ]

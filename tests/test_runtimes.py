@@ -440,3 +440,47 @@ def test_a_runtime_that_dies_mid_stream_ends_the_answer_without_a_traceback(
         ]
         assert len(said) == 1, log
         assert get(host.port, "/proxy/sessions/flow/").status in (502, 404)
+
+
+def test_status_marks_a_killed_runtime_gone_at_once_and_a_request_clears_it() -> None:
+    """On one machine a socket that refuses proves its process gone: status says so at
+    once (not ~10 s later, when the lease runs out), the next request gets the 502 of a
+    gone owner and removes its entries and its socket file."""
+    import shutil
+
+    from .support.cluster import short_folder
+
+    folder = short_folder()
+    shared = Shared("embedded", folder, None)
+    try:
+        with gunicorn(folder, workers=2) as host, runtime(shared, "doomed") as job:
+            assert get(host.port, "/proxy/sessions/doomed/").status == 200
+            sockets = [name for name in os.listdir(folder) if name.endswith(".sock")]
+            job.process.kill()
+            job.process.wait(10)
+            status = subprocess.run(
+                [sys.executable, "-m", "wsgi_proxy_listen", "status", folder, "--json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            rows = {row["session"]: row for row in json.loads(status.stdout)}
+            assert rows["doomed"]["live"] is False
+            table = subprocess.run(
+                [sys.executable, "-m", "wsgi_proxy_listen", "status", folder],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout.splitlines()
+            assert table[0].split()[-1] == "STATE"
+            assert next(line for line in table if line.startswith("doomed")).endswith("gone")
+            assert table[-1].startswith("1 of the processes is gone (the socket refuses)")
+            assert get(host.port, "/proxy/sessions/doomed/").status == 502
+            assert get(host.port, "/proxy/sessions/doomed/").status == 404
+            left = [name for name in os.listdir(folder) if name.endswith(".sock")]
+            assert len(left) == len(sockets) - 1, "the runtime's socket file was removed"
+            assert "Traceback" not in host.log_text()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

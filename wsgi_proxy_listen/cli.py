@@ -48,6 +48,7 @@ from .routing import is_valid_id
 from .seam import shown_name
 
 if t.TYPE_CHECKING:
+    from .cluster.embedded import EmbeddedDirectory
     from .seam import Entry
 
 __all__ = ["Found", "Unreadable", "check", "main", "read", "run", "status"]
@@ -114,6 +115,10 @@ class Found(t.NamedTuple):
     namespace: str | None
     """The Redis deployment's namespace; ``None`` for the embedded directory."""
     entries: list[Entry]
+    dead: frozenset[str] = frozenset()
+    """The owners found gone: on one machine, a process whose socket refuses a
+    connection is gone, though its lease has not run out yet (Redis lists only
+    owners whose lease runs: a lapsed one is not listed)."""
 
 
 class Unreadable(Exception):
@@ -158,9 +163,12 @@ def read(
                 if namespace is None and resolved:
                     namespace = namespace_for(resolved)
                 return shown, [Found(*found) for found in read_deployments(name, namespace)]
-            directory = open_directory(name, secret=secret)
+            directory = t.cast("EmbeddedDirectory", open_directory(name, secret=secret))
             try:
-                return shown, [Found(None, directory.entries())]
+                entries = directory.entries()
+                owners = {entry.owner for entry in entries}
+                dead = frozenset(owner for owner in owners if not directory.owner_answers(owner))
+                return shown, [Found(None, entries, dead)]
             finally:
                 directory.close()
     except Exception as error:  # noqa: BLE001 - whatever the store says, in one line
@@ -264,7 +272,7 @@ def _show(found: list[Found], name: str, as_json: bool, out: t.TextIO) -> None:
     now = time.time()
     if as_json:
         rows = [
-            _as_dict(entry, now, deployment.namespace)
+            _as_dict(entry, now, deployment.namespace, entry.owner not in deployment.dead)
             for deployment in found
             for entry in deployment.entries
         ]
@@ -274,7 +282,7 @@ def _show(found: list[Found], name: str, as_json: bool, out: t.TextIO) -> None:
         _table(found, now, name, out)
 
 
-def _as_dict(entry: Entry, now: float, namespace: str | None) -> dict[str, object]:
+def _as_dict(entry: Entry, now: float, namespace: str | None, live: bool) -> dict[str, object]:
     shown: dict[str, object] = {} if namespace is None else {"namespace": namespace}
     return shown | {
         "session": entry.session,
@@ -284,6 +292,7 @@ def _as_dict(entry: Entry, now: float, namespace: str | None) -> dict[str, objec
         "address": entry.address,
         "since": entry.since,
         "age_seconds": round(max(now - entry.since, 0.0), 3),
+        "live": live,
     }
 
 
@@ -291,6 +300,7 @@ def _table(found: list[Found], now: float, name: str, out: t.TextIO) -> None:
     entries = [
         (deployment.namespace, entry) for deployment in found for entry in deployment.entries
     ]
+    dead = frozenset().union(*(deployment.dead for deployment in found))
     if not entries:
         where = _printable(name)
         if not found:
@@ -299,7 +309,7 @@ def _table(found: list[Found], now: float, name: str, out: t.TextIO) -> None:
             print(f"no live listeners in {where}", file=out)
         return
     namespaced = any(deployment.namespace is not None for deployment in found)
-    head = ("SESSION", "APP", "PID", "OWNER", "ADDRESS", "AGE")
+    head = ("SESSION", "APP", "PID", "OWNER", "ADDRESS", "AGE") + (("STATE",) if dead else ())
     rows = [(("NAMESPACE",) if namespaced else ()) + head] + [
         ((_printable(namespace or ""),) if namespaced else ())
         + (
@@ -310,6 +320,7 @@ def _table(found: list[Found], now: float, name: str, out: t.TextIO) -> None:
             _printable(entry.address),
             _age(now - entry.since),
         )
+        + (("gone" if entry.owner in dead else "live",) if dead else ())
         for namespace, entry in entries
     ]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
@@ -319,6 +330,13 @@ def _table(found: list[Found], now: float, name: str, out: t.TextIO) -> None:
     every = [entry for _, entry in entries]
     in_deployments = f" of {len(found)} deployments" if len(found) > 1 else ""
     print(_counted(every) + in_deployments, file=out)
+    if dead:
+        gone = len(dead)
+        print(
+            f"{gone} of the processes {'is' if gone == 1 else 'are'} gone (the socket refuses):"
+            " the next request for one of its sessions removes its entries",
+            file=out,
+        )
     invalid = sum(
         not is_valid_id(entry.session) or (entry.app is not None and not is_valid_id(entry.app))
         for entry in every

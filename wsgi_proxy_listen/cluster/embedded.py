@@ -41,6 +41,7 @@ import os
 import random
 import re
 import secrets
+import socket
 import sqlite3
 import stat
 import threading
@@ -380,6 +381,23 @@ class EmbeddedDirectory(SharedDirectory):
             writer.execute("DELETE FROM sessions WHERE owner = ?", (entry.owner,))
             writer.execute("DELETE FROM owners WHERE owner = ?", (entry.owner,))
         self._remove_socket(entry.owner)
+        return True
+
+    def owner_answers(self, owner: str) -> bool:
+        """Whether a process listens on ``owner``'s socket in the folder (the path is
+        computed from its id): a connection is made and closed at once, which its
+        endpoint takes for nothing. On one machine, a refusal proves it gone."""
+        path = self._socket(owner)
+        if path is None:
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                return False
+            except OSError:
+                return True  # busy or slow is not gone
         return True
 
     def _remove_socket(self, owner: str) -> None:
