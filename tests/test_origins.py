@@ -363,6 +363,7 @@ def test_a_refused_token_is_logged_below_warning(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="wsgi_proxy_listen")
     setup.registry.listen(Recorder(), session="s", access="authenticated")
+    caplog.clear()  # the listen event
     at(setup.client, f"{origin('session', 's')}/proxy/sessions/s/?{TOKEN_PARAMETER}=x.y")
     assert [r.levelname for r in caplog.records] == ["INFO"]
 

@@ -10,8 +10,8 @@ the message, which may change.
 =====================  =======  =============================================================
 event                  level    when (fields besides ``event`` and ``pid``)
 =====================  =======  =============================================================
-``listen``             INFO     a listener registered (``session``, ``app``)
-``close``              INFO     a listener removed (``session``, ``app``)
+``listen``             DEBUG    a listener registered (``session``, ``app``)
+``close``              DEBUG    a listener removed (``session``, ``app``)
 ``publish``            DEBUG    a listener written to the directory (``session``, ``owner``)
 ``withdraw``           DEBUG    a listener taken out of it (``session``, ``owner``)
 ``take_over``          INFO     another process took a session over (``session``)
@@ -46,8 +46,8 @@ logger = logging.getLogger("wsgi_proxy_listen")
 
 #: Every event name, with its level.
 EVENTS = {
-    "listen": logging.INFO,
-    "close": logging.INFO,
+    "listen": logging.DEBUG,  # as many as the sessions: below what a server shows
+    "close": logging.DEBUG,
     "publish": logging.DEBUG,
     "withdraw": logging.DEBUG,
     "take_over": logging.INFO,
