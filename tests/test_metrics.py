@@ -158,7 +158,7 @@ def test_a_gunicorn_host_counts_every_workers_requests() -> None:
                 b"POST /proxy/sessions/s1/ HTTP/1.0\r\nContent-Length: 100000000\r\n\r\n",
             ).status
             assert (set(served), missing, too_large) == ({200}, 404, 413)
-            time.sleep(0.2)
+            time.sleep(metrics.FLUSH_INTERVAL + 0.5)  # each worker writes its counts
             scraped = [requests_in(get(host.port, "/metrics").body.decode()) for _ in range(4)]
         assert all(counts == scraped[0] for counts in scraped), "the same whichever worker"
         counts = scraped[0]

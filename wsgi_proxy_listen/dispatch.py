@@ -154,14 +154,16 @@ class Dispatcher:
         split: int,
         user: str | None = None,
         sandbox: bool = False,
+        count: str | None = None,
     ) -> Iterable[bytes]:
         """Call the listener with a copy of the environ, its start_response checked;
         ``user`` is its ``REMOTE_USER``, the one the middleware let in; with ``sandbox``
-        its answer carries :data:`~wsgi_proxy_listen.terms.SANDBOX_POLICY`."""
+        its answer carries :data:`~wsgi_proxy_listen.terms.SANDBOX_POLICY`; with
+        ``count`` (a route kind), the status sent is counted (:mod:`.metrics`)."""
         limit = self.max_content_length
         inner = environ.copy()
         if limit is not None and not _bound_body(inner, limit):
-            return respond(start_response, 413)
+            return _counted_answer(start_response, 413, count)
         inner["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + path[:split]
         inner["PATH_INFO"] = path[split:]
         counted = False
@@ -173,11 +175,11 @@ class Dispatcher:
             concurrency = listener.max_concurrency or self.max_concurrency
             if concurrency is not None or listener.counted:
                 if not listener.admit(concurrency):
-                    return respond(start_response, 503)
+                    return _counted_answer(start_response, 503, count)
                 counted = True
         listener.last_request = monotonic()
         # The listener may change its environ: cookies are confined to what it was given.
-        guard = Guard(start_response, inner["SCRIPT_NAME"], _SANDBOXED if sandbox else ())
+        guard = Guard(start_response, inner["SCRIPT_NAME"], _SANDBOXED if sandbox else (), count)
         try:
             iterable = listener.wsgi_app(inner, guard)
         except BaseException as error:
@@ -252,6 +254,12 @@ class Dispatcher:
             inner["HTTP_COOKIE"] = kept
         else:
             del inner["HTTP_COOKIE"]
+
+
+def _counted_answer(start_response: StartResponse, status: int, count: str | None) -> list[bytes]:
+    if count is not None:
+        metrics.count(count, "here", str(status))
+    return respond(start_response, status)
 
 
 def serve_forwarded(

@@ -24,6 +24,7 @@ import typing as t
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
+from . import metrics
 from .answers import respond
 from .cookies import MAX_PER_ANSWER, confine
 from .events import say
@@ -158,6 +159,7 @@ class Guard:
     """
 
     __slots__ = (
+        "count",
         "extra",
         "held",
         "invalid",
@@ -173,10 +175,12 @@ class Guard:
         start_response: StartResponse,
         script_name: str,
         extra: tuple[tuple[str, str], ...] = (),
+        count: str | None = None,
     ) -> None:
         self.start_response = start_response
         self.script_name = script_name
         self.extra = extra
+        self.count = count  # the route kind to count the status under, if metrics count
         self.held: tuple[str, list[tuple[str, str]], OptExcInfo | None] | None = None
         self.invalid = False
         self.released = False
@@ -244,6 +248,8 @@ class Guard:
         self.released = True
         held = self.held
         if held is not None and self.server_write is None:
+            if self.count is not None:
+                metrics.count(self.count, "here", held[0])
             self.server_write = (
                 self.start_response(held[0], held[1])
                 if held[2] is None
@@ -259,6 +265,8 @@ class Guard:
         held = self.held
         if held is not None and self.server_write is None:
             status, headers, exc_info = held
+            if self.count is not None and not self.sent:
+                metrics.count(self.count, "here", status)
             if exc_info is None:
                 self.server_write = self.start_response(status, headers)
             else:
@@ -309,6 +317,8 @@ def failed(
         close()
     if not guard.sent:
         # The server never saw a status of the listener's: ours is the first.
+        if guard.count is not None:
+            metrics.count(guard.count, "here", str(status))
         return respond(start_response, status)
     # The listener started its body (write()): PEP 3333 says to pass exc_info so that
     # ours replaces what is unsent, or the server raises if it was sent.

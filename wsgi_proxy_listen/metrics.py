@@ -35,11 +35,13 @@ prefix by default): :func:`wsgi_app` is a WSGI app, :func:`exposition` the body
 and content type for a Flask or Django view. Under ``gunicorn -w N`` set
 ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder before the server starts
 (prometheus_client's multiprocess mode): every worker writes its values there
-and the endpoint adds them up, whichever worker serves the scrape.
+(its request counts every :data:`FLUSH_INTERVAL` seconds and at exit) and the
+endpoint adds them up, whichever worker serves the scrape.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -110,57 +112,103 @@ if ENABLED:
         ("reason",),
     )
 
-# In one process, a request is counted in a dict of its thread's (no lock: no other
-# thread writes it), and a collector adds the threads' dicts up when scraped.
+# A request is counted in a dict of its thread's (no lock: no other thread writes it).
+# In one process, a collector adds the threads' dicts up when scraped; in multiprocess
+# mode, a thread adds what was counted to prometheus_client's files every second (a
+# write to them costs a microsecond or more, too much for every request).
 _by_thread = threading.local()
 _threads_counts: list[dict[tuple[str, str, str], int]] = []
 _lock = threading.Lock()
+_flushing_in = 0  # the process whose flusher runs
+_writing = threading.Lock()
 
 
-def _count_here(key: tuple[str, str, str]) -> None:
+def count(route: str, where: str, status: str) -> None:
+    """Count a request to a listener route: ``where`` answered it with ``status`` (a
+    status line or code; its first three characters count)."""
+    key = (route, where, status[:3])
     counts = getattr(_by_thread, "counts", None)
     if counts is None:
         counts = _by_thread.counts = {}
         with _lock:
             _threads_counts.append(counts)
+            if MULTIPROCESS and not _flushing_in:
+                _start_flusher()
     counts[key] = counts.get(key, 0) + 1
 
 
+def _totals() -> dict[tuple[str, str, str], int]:
+    totals: dict[tuple[str, str, str], int] = {}
+    with _lock:
+        counted = [dict(counts) for counts in _threads_counts]  # a copy is atomic
+    for counts in counted:
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
+
+
 class _RequestsHere:
-    """``wsgi_proxy_listen_requests_total`` from the threads' counts."""
+    """``wsgi_proxy_listen_requests_total`` from the threads' counts, in one process."""
 
     def collect(self) -> t.Iterator[t.Any]:
         from prometheus_client.core import CounterMetricFamily
 
-        totals: dict[tuple[str, str, str], int] = {}
-        with _lock:
-            counted = [dict(counts) for counts in _threads_counts]  # a copy is atomic
-        for counts in counted:
-            for key, value in counts.items():
-                totals[key] = totals.get(key, 0) + value
         family = CounterMetricFamily(
             "wsgi_proxy_listen_requests", _REQUESTS_DOC, labels=_REQUEST_LABELS
         )
-        for key in sorted(totals):
-            family.add_metric(key, totals[key])
+        for key, value in sorted(_totals().items()):
+            family.add_metric(key, value)
         yield family
 
 
-# In multiprocess mode, the counter's label children, bound once for each combination.
-_children: dict[tuple[str, str, str], t.Any] = {}
+#: Seconds between two writes of the counts to prometheus_client's files.
+FLUSH_INTERVAL = 1.0
 
 
-def _count_in_files(key: tuple[str, str, str]) -> None:
-    child = _children.get(key)
-    if child is None:
-        with _lock:
-            child = _children.setdefault(key, _REQUESTS.labels(*key))
-    child.inc()
+def _start_flusher() -> None:
+    """(Under ``_lock``.) In multiprocess mode, this process's flusher, and a last write
+    at exit."""
+    global _flushing_in
+    _flushing_in = os.getpid()
+    written: dict[tuple[str, str, str], int] = {}
+    atexit.register(_write, written)
+    threading.Thread(
+        target=_flush, args=(written,), name="wsgi_proxy_listen metrics", daemon=True
+    ).start()
 
 
-_count = _count_in_files if MULTIPROCESS else _count_here
-if ENABLED and not MULTIPROCESS:
-    _prometheus.REGISTRY.register(_RequestsHere())
+def _flush(written: dict[tuple[str, str, str], int]) -> None:
+    while True:
+        time.sleep(FLUSH_INTERVAL)
+        _write(written)
+
+
+def _write(written: dict[tuple[str, str, str], int]) -> None:
+    """Add what was counted since the last write to prometheus_client's files."""
+    if _flushing_in != os.getpid():
+        return  # a forked child's copy of its parent's exit handler
+    with _writing:  # the flusher, and the last write at exit
+        for key, value in _totals().items():
+            added = value - written.get(key, 0)
+            if added:
+                _REQUESTS.labels(*key).inc(added)
+                written[key] = value
+
+
+def _after_fork_in_child() -> None:
+    """A forked child counts afresh (what it inherited is the parent's to report), and
+    starts its own flusher with its first count: a thread does not survive a fork."""
+    global _lock, _writing, _flushing_in
+    _lock, _writing = threading.Lock(), threading.Lock()
+    _threads_counts.clear()
+    _by_thread.__dict__.pop("counts", None)
+    _flushing_in = 0
+
+
+if ENABLED:
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    if not MULTIPROCESS:
+        _prometheus.REGISTRY.register(_RequestsHere())
 
 
 _FORWARDED = "forwarded"
@@ -189,7 +237,7 @@ class Probe:
         if not self.counted:  # a second call replaces an answer: counted once
             self.counted = True
             where = self.where
-            _count((self.route, where, status[:3]))
+            count(self.route, where, status)
             if where is _FORWARDED:
                 _FORWARD_SECONDS.observe(time.perf_counter() - self.began)
         return self.start_response(status, headers, exc_info)

@@ -230,10 +230,6 @@ class ProxyMiddleware:
         path: str = environ.get("PATH_INFO", "")
         if not path.startswith(self._base):
             return self.app(environ, start_response)
-        if self._metrics and path.startswith(self._owned):
-            start_response = counting.Probe(
-                start_response, "session" if path.startswith(self._sessions) else "app"
-            )
         # The common case, a plain session route to a listener of this process, costs a
         # few string operations and one dict read; anything else takes the checked path.
         plain = plain_session_route(
@@ -243,13 +239,19 @@ class ProxyMiddleware:
             listener = self._local(plain[0])
             if listener is not None:
                 if self._plain and listener.plain:
-                    if self._metrics:
-                        start_response.where = "here"  # type: ignore[attr-defined]
+                    if self._metrics:  # counted by the guard, where the status goes out
+                        return self._dispatch(
+                            listener, environ, start_response, path, plain[1], count="session"
+                        )
                     return self._dispatch(listener, environ, start_response, path, plain[1])
+                if self._metrics:
+                    start_response = counting.Probe(start_response, "session")
                 return self._serve(
                     listener, environ, start_response, path, plain[1], self._gate, None
                 )
             if directory is not None and routing.is_valid_id(plain[0]):
+                if self._metrics:
+                    start_response = counting.Probe(start_response, "session")
                 return self._remote(directory, plain[0], environ, start_response, path, plain[1])
         if not path.startswith(self._owned):
             return self.app(environ, start_response)
