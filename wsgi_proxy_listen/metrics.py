@@ -50,7 +50,16 @@ import typing as t
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication
 
-__all__ = ["ENABLED", "ENV_METRICS", "Probe", "exposition", "wsgi_app"]
+__all__ = [
+    "ENABLED",
+    "ENV_METRICS",
+    "FLUSH_INTERVAL",
+    "MULTIPROCESS",
+    "Probe",
+    "count",
+    "exposition",
+    "wsgi_app",
+]
 
 #: The environment variable that turns counting off (``0``) with the extra installed.
 ENV_METRICS = "WSGI_PROXY_LISTEN_METRICS"
@@ -69,7 +78,7 @@ ENABLED = _prometheus is not None and os.environ.get(ENV_METRICS, "1").strip().l
 )
 
 #: Whether prometheus_client's multiprocess mode is on (``PROMETHEUS_MULTIPROC_DIR``):
-#: then each count goes to its files, which the endpoint adds up across processes.
+#: then the counts are written to its files, which the endpoint adds up across processes.
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 _REQUESTS_DOC = "Requests to listener routes, by route, who answered, and status."
 _REQUEST_LABELS = ("route", "where", "status")
