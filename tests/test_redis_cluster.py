@@ -6,6 +6,7 @@ that is: each test runs once for a namespace on each master."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import tempfile
 import time
@@ -16,6 +17,7 @@ import pytest
 from werkzeug.test import Client
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
+from wsgi_proxy_listen.naming import ENV_SECRET
 
 from .support.cluster import NO_REDIS, REDIS, SECRET
 from .support.wire import free_port, stop, wait_until_listening
@@ -237,3 +239,40 @@ def test_a_wrong_cluster_url_is_refused(url: str, message: str) -> None:
 
     with pytest.raises(ValueError, match=message):
         RedisDirectory(url, secret=SECRET)
+
+
+def test_status_reads_a_cluster_without_the_secret(cluster: Cluster) -> None:
+    """The operator's status and check find a deployment's entries on whichever master
+    holds its slot, without its secret (every namespace with a live process)."""
+    import json
+    import subprocess
+    import sys
+
+    namespace = namespace_on(cluster, 2)
+    a = worker(cluster.url, namespace)
+    try:
+        a.registry.listen(lambda request: "x", session="listed")
+        command = [sys.executable, "-m", "wsgi_proxy_listen"]
+        env = {key: value for key, value in os.environ.items() if key != ENV_SECRET}
+        found = subprocess.run(
+            [*command, "status", cluster.url, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env=env,
+        )
+        rows = [(row["namespace"], row["session"]) for row in json.loads(found.stdout)]
+        assert (namespace, "listed") in rows
+        checked = subprocess.run(
+            [*command, "check", cluster.url, "--namespace", namespace],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env=env,
+        )
+        assert checked.stdout.endswith(f"namespace {namespace}: 1 listener in 1 process\n")
+    finally:
+        a.directory.close()
+        a.registry.close()
