@@ -342,8 +342,12 @@ def test_directory_settings_need_a_redis_directory(
     monkeypatch.delenv("WSGI_PROXY_LISTEN_DIRECTORY", raising=False)
     with pytest.raises(ValueError, match="configure a Redis directory, and none is named"):
         flask_host({"NAMESPACE": "ns"}, Registry())
-    with pytest.raises(ValueError, match="only a Redis directory takes them"):
+    with pytest.raises(ValueError, match="BIND configure a Redis directory, and"):
         flask_host({"DIRECTORY": str(tmp_path), "BIND": "127.0.0.1:7000"}, Registry())
+    from wsgi_proxy_listen.naming import open_directory
+
+    with pytest.raises(ValueError, match="only a Redis directory takes them"):
+        open_directory(str(tmp_path), bind="127.0.0.1:7000")
 
 
 def test_directory_settings_after_the_registry_connected_are_refused(redis_url: str) -> None:
@@ -362,3 +366,21 @@ def _has_ipv6() -> bool:
     except OSError:
         return False
     return True
+
+
+def test_directory_settings_with_a_folder_are_a_problem_before_start_up(tmp_path: t.Any) -> None:
+    """Found in review: Django's check found nothing, and start-up refused them."""
+    found = problems({"DIRECTORY": str(tmp_path), "BIND": "127.0.0.1:7000"})
+    assert [problem.id for problem in found] == ["E007"]
+    assert "BIND configure a Redis directory" in found[0].message
+
+
+def test_a_password_in_a_directory_setting_is_never_shown(tmp_path: t.Any) -> None:
+    registry = Registry(directory=str(tmp_path / "wpl"))
+    try:
+        with pytest.raises(ValueError, match="has the directory") as raised:
+            flask_host({"DIRECTORY": "redis://:hunter2@127.0.0.1:1/0", "SECRET": SECRET}, registry)
+        assert "hunter2" not in str(raised.value)
+        assert "redis://:***@127.0.0.1:1/0" in str(raised.value)
+    finally:
+        registry.close()

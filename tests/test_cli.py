@@ -390,3 +390,28 @@ def test_flask_check_reads_the_apps_directory(redis_server: RedisServer) -> None
     )
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.startswith(f"cannot read the directory {redis_server.url}: Error 111")
+
+
+def test_flask_status_reads_the_apps_namespace(redis_server: RedisServer) -> None:
+    """Found in review: the Flask commands left the NAMESPACE setting out, and read the
+    secret's namespace instead (nothing, exit status 0)."""
+    from wsgi_proxy_listen import Registry
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    directory = RedisDirectory(redis_server.url, secret=SECRET, namespace="named-in-settings")
+    registry = Registry(directory=directory)
+    directory.start_serving()
+    registry.listen(lambda request: "x", session="in-named")
+    try:
+        result = run(
+            str(BIN / "flask"),
+            *("--app", "tests.support.cli_flask_app", "wsgi-proxy-listen", "status", "--json"),
+            TEST_DIRECTORY=redis_server.url,
+            TEST_SECRET=SECRET,
+            TEST_NAMESPACE="named-in-settings",
+        )
+        assert result.returncode == 0, result.stderr
+        assert [row["session"] for row in json.loads(result.stdout)] == ["in-named"]
+    finally:
+        directory.close()
+        registry.close()

@@ -255,6 +255,8 @@ def test_the_apps_path_goes_to_another_member_when_the_newest_cannot_be_reached(
     assert client.get("/proxy/apps/dash/", buffered=True).data == b"newest member"
     newest_directory._endpoint.close()  # unreachable from now on
     assert client.post("/proxy/apps/dash/", data=b"x").status_code == 502
+    # No body, but a method that may have run already when a connection closes.
+    assert client.delete("/proxy/apps/dash/").status_code == 502
     if workers.kind == "redis":  # the refused owner renews its lease: it stays listed
         assert client.get("/proxy/sessions/m2/").status_code == 502
     answer = client.get("/proxy/apps/dash/", buffered=True)

@@ -222,3 +222,89 @@ def test_without_the_extra_nothing_is_counted() -> None:
     )
     env = {**os.environ, "WSGI_PROXY_LISTEN_METRICS": "0"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def test_requests_on_listener_origins_are_counted() -> None:
+    """Found in review: with a listener domain the middleware took a path that counted
+    nothing (and once raised on a request that had no probe)."""
+    from wsgi_proxy_listen.origins import label
+
+    from .support.wsgi import at
+
+    registry = Registry()
+    client = Client(
+        ProxyMiddleware(
+            Host(),
+            registry,
+            listener_domain="listeners.example.test",
+            listener_secret="listener-secret",
+            public_url="http://host.example.test",
+        )
+    )
+    registry.listen(lambda request: "on its origin", session="s1")
+    before = requests_in(scrape())
+    own = f"http://{label('session', 's1')}.listeners.example.test/proxy/sessions/s1/"
+    assert at(client, own, buffered=True).status_code == 200
+    host = "http://host.example.test/proxy/sessions/s1/"
+    assert at(client, host, buffered=True).status_code == 403  # no navigation: refused
+    assert requests_in(scrape()) - before == Counter(
+        {("session", "here", "200"): 1, ("session", "none", "403"): 1}
+    )
+
+
+def test_threads_that_ended_keep_their_counts_and_let_go_of_their_dicts() -> None:
+    """Found in review: every thread ever started kept a dict, so a server that starts
+    a thread per request grew without bound (and so did each scrape's work)."""
+    import gc
+    import threading
+
+    before = requests_in(scrape())
+    threads = [
+        threading.Thread(target=metrics.count, args=("session", "here", "200 OK"))
+        for _ in range(200)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    del threads
+    gc.collect()
+    assert requests_in(scrape()) - before == Counter({("session", "here", "200"): 200})
+    alive = threading.active_count()
+    assert len(metrics._threads_counts) <= alive + 1, "the ended threads' dicts were let go"
+
+
+_FORKED = """
+import os, sys
+from wsgi_proxy_listen import metrics
+for _ in range(5):
+    metrics.count("session", "here", "200")
+metrics._write()
+child = os.fork()
+if child == 0:
+    for _ in range(8):
+        metrics.count("session", "here", "200")
+    sys.exit(0)  # its exit writes what it counted, and only that
+os.waitpid(child, 0)
+metrics._write()
+print(metrics.exposition()[0].decode())
+"""
+
+
+def test_a_forked_child_writes_only_its_own_counts() -> None:
+    """Found in review: a child inherited its parent's exit handler and wrote the
+    parent's counts again (13 requests exported as 16)."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder}
+        done = subprocess.run(
+            [sys.executable, "-c", _FORKED],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    assert requests_in(done.stdout) == Counter({("session", "here", "200"): 13})

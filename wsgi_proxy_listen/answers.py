@@ -98,8 +98,8 @@ class Failure(enum.Enum):
 #: The status each :class:`Failure` is answered with: the owner's process gone or
 #: unreachable, 502; no answer within the read timeout, 504. A miss is a 404 unless
 #: the directory finds the session elsewhere, or the app's generic path another
-#: member; on that path, a request without a body whose member's process cannot be
-#: reached goes once to another live member on the same terms instead of the 502.
+#: member; on that path, a GET or HEAD whose member's process cannot be reached goes
+#: once to another live member on the same terms instead of the 502.
 #: (503, with ``Retry-After``, is for what passes: a start, a limit, the directory down.)
 FAILURE_STATUS: dict[Failure, int] = {
     Failure.MISS: 404,

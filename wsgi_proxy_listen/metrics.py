@@ -13,7 +13,7 @@ metric                                             what it counts
 ``wsgi_proxy_listen_requests_total``               requests to listener routes, by ``route``
                                                    (``session``, ``app``), ``where`` and
                                                    ``status`` (the status sent)
-``wsgi_proxy_listen_forward_seconds``              time from a forwarded request's arrival
+``wsgi_proxy_listen_forward_seconds``              time from handing a request to the hop
                                                    to its answer's status (histogram)
 ``wsgi_proxy_listen_listeners``                    listeners registered in this process
 ``wsgi_proxy_listen_published``                    of them, published in the directory (or
@@ -21,14 +21,21 @@ metric                                             what it counts
 ``wsgi_proxy_listen_app_starts_total``             apps' starts that registered a member
 ``wsgi_proxy_listen_idle_shutdowns_total``         idle members stopped
 ``wsgi_proxy_listen_directory_up``                 1 while the directory answers, 0 while not
-``wsgi_proxy_listen_hop_connections_total``        hop connections opened to other processes
+                                                   (from when a process's directory starts)
+``wsgi_proxy_listen_hop_connections_total``        connections to other processes' endpoints,
+                                                   attempted
 ``wsgi_proxy_listen_owner_failures_total``         owners gone or not reached, by ``reason``
 =================================================  ========================================
 
-``where`` says who answered: ``here`` (a listener of this process), ``forwarded``
-(one of another process, through the hop), ``from_another`` (a request another
-process forwarded to this one), or ``none`` (the middleware itself: a 404, a
-401, a 503...). A listener that raised is ``where="here", status="500"``.
+``where`` says who the request was handed to: ``here`` (a listener of this
+process), ``forwarded`` (one of another process, through the hop),
+``from_another`` (a request another process forwarded to this one), or ``none``
+(the middleware answered before: a 404, a 401, a 503 for the directory...). A
+listener that raised is ``where="here", status="500"``; a body over the limit or a
+listener at its concurrency limit is a ``413`` or ``503`` where it was handed.
+``ProxyMiddleware(metrics=False)`` counts nothing of the requests it receives;
+requests forwarded to this process (``from_another``) are counted whenever
+counting is on for the process.
 
 The endpoint is the host's to mount where it wants (never under the proxy
 prefix by default): :func:`wsgi_app` is a WSGI app, :func:`exposition` the body
@@ -46,6 +53,7 @@ import os
 import threading
 import time
 import typing as t
+import weakref
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication
@@ -107,13 +115,9 @@ if ENABLED:
         "wsgi_proxy_listen_app_starts", "Apps' starts that registered a member."
     )
     _IDLE = _prometheus.Counter("wsgi_proxy_listen_idle_shutdowns", "Idle members stopped.")
-    _DIRECTORY_UP = _prometheus.Gauge(
-        "wsgi_proxy_listen_directory_up",
-        "1 while the directory answers, 0 while it does not.",
-        multiprocess_mode="livemin",
-    )
     _HOP_CONNECTIONS = _prometheus.Counter(
-        "wsgi_proxy_listen_hop_connections", "Hop connections opened to other processes."
+        "wsgi_proxy_listen_hop_connections",
+        "Connections to other processes' endpoints, attempted.",
     )
     _OWNER_FAILURES = _prometheus.Counter(
         "wsgi_proxy_listen_owner_failures",
@@ -124,12 +128,21 @@ if ENABLED:
 # A request is counted in a dict of its thread's (no lock: no other thread writes it).
 # In one process, a collector adds the threads' dicts up when scraped; in multiprocess
 # mode, a thread adds what was counted to prometheus_client's files every second (a
-# write to them costs a microsecond or more, too much for every request).
+# write to them costs a microsecond or more, too much for every request). The counts of
+# a thread that ended are kept in _retired, and its dict let go.
 _by_thread = threading.local()
 _threads_counts: list[dict[tuple[str, str, str], int]] = []
-_lock = threading.Lock()
+_retired: dict[tuple[str, str, str], int] = {}
+_lock = threading.RLock()  # a thread's end may be handled while its holder has it
 _flushing_in = 0  # the process whose flusher runs
+_written: dict[tuple[str, str, str], int] = {}  # what this process wrote to the files
 _writing = threading.Lock()
+
+
+class _Holder:
+    """Lives as long as its thread's local data: its end retires the thread's counts."""
+
+    __slots__ = ("__weakref__",)
 
 
 def count(route: str, where: str, status: str) -> None:
@@ -139,6 +152,8 @@ def count(route: str, where: str, status: str) -> None:
     counts = getattr(_by_thread, "counts", None)
     if counts is None:
         counts = _by_thread.counts = {}
+        holder = _by_thread.holder = _Holder()
+        weakref.finalize(holder, _retire, counts)
         with _lock:
             _threads_counts.append(counts)
             if MULTIPROCESS and not _flushing_in:
@@ -146,9 +161,16 @@ def count(route: str, where: str, status: str) -> None:
     counts[key] = counts.get(key, 0) + 1
 
 
-def _totals() -> dict[tuple[str, str, str], int]:
-    totals: dict[tuple[str, str, str], int] = {}
+def _retire(counts: dict[tuple[str, str, str], int]) -> None:
     with _lock:
+        for key, value in counts.items():
+            _retired[key] = _retired.get(key, 0) + value
+        _threads_counts[:] = [kept for kept in _threads_counts if kept is not counts]
+
+
+def _totals() -> dict[tuple[str, str, str], int]:
+    with _lock:
+        totals = dict(_retired)
         counted = [dict(counts) for counts in _threads_counts]  # a copy is atomic
     for counts in counted:
         for key, value in counts.items():
@@ -175,48 +197,50 @@ FLUSH_INTERVAL = 1.0
 
 
 def _start_flusher() -> None:
-    """(Under ``_lock``.) In multiprocess mode, this process's flusher, and a last write
-    at exit."""
+    """(Under ``_lock``.) In multiprocess mode, this process's flusher."""
     global _flushing_in
     _flushing_in = os.getpid()
-    written: dict[tuple[str, str, str], int] = {}
-    atexit.register(_write, written)
-    threading.Thread(
-        target=_flush, args=(written,), name="wsgi_proxy_listen metrics", daemon=True
-    ).start()
+    threading.Thread(target=_flush, name="wsgi_proxy_listen metrics", daemon=True).start()
 
 
-def _flush(written: dict[tuple[str, str, str], int]) -> None:
+def _flush() -> None:
     while True:
         time.sleep(FLUSH_INTERVAL)
-        _write(written)
+        _write()
 
 
-def _write(written: dict[tuple[str, str, str], int]) -> None:
-    """Add what was counted since the last write to prometheus_client's files."""
+def _write() -> None:
+    """Add what this process counted since its last write to prometheus_client's files
+    (every second, and at exit)."""
     if _flushing_in != os.getpid():
-        return  # a forked child's copy of its parent's exit handler
-    with _writing:  # the flusher, and the last write at exit
+        return  # nothing counted here (what a forked child inherited is its parent's)
+    with _writing:
         for key, value in _totals().items():
-            added = value - written.get(key, 0)
+            added = value - _written.get(key, 0)
             if added:
                 _REQUESTS.labels(*key).inc(added)
-                written[key] = value
+                _written[key] = value
 
 
 def _after_fork_in_child() -> None:
     """A forked child counts afresh (what it inherited is the parent's to report), and
     starts its own flusher with its first count: a thread does not survive a fork."""
     global _lock, _writing, _flushing_in
-    _lock, _writing = threading.Lock(), threading.Lock()
-    _threads_counts.clear()
+    _lock, _writing = threading.RLock(), threading.Lock()
+    # First: letting go of this thread's holder retires the parent's counts it held.
     _by_thread.__dict__.pop("counts", None)
+    _by_thread.__dict__.pop("holder", None)
+    _threads_counts.clear()
+    _retired.clear()
+    _written.clear()
     _flushing_in = 0
 
 
 if ENABLED:
     os.register_at_fork(after_in_child=_after_fork_in_child)
-    if not MULTIPROCESS:
+    if MULTIPROCESS:
+        atexit.register(_write)
+    else:
         _prometheus.REGISTRY.register(_RequestsHere())
 
 
@@ -271,8 +295,20 @@ def idle_shutdown() -> None:
     _IDLE.inc()
 
 
+_directory_up: list[t.Any] = []  # made when a directory starts: no sample before
+
+
 def directory_up(up: bool) -> None:
-    _DIRECTORY_UP.set(1 if up else 0)
+    with _lock:
+        if not _directory_up:
+            _directory_up.append(
+                _prometheus.Gauge(
+                    "wsgi_proxy_listen_directory_up",
+                    "1 while the directory answers, 0 while it does not.",
+                    multiprocess_mode="livemin",
+                )
+            )
+    _directory_up[0].set(1 if up else 0)
 
 
 def hop_connection() -> None:
@@ -291,7 +327,7 @@ def _registry() -> t.Any:
         raise RuntimeError(
             "metrics need the extra: pip install wsgi-proxy-listen[metrics] (prometheus_client)"
         )
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if MULTIPROCESS:
         from prometheus_client import multiprocess
 
         registry = _prometheus.CollectorRegistry()

@@ -211,6 +211,7 @@ class ProxyMiddleware:
                 f" (and {counting.ENV_METRICS} not 0)"
             )
         self._metrics = counting.ENABLED if metrics is None else metrics
+        self._count = "session" if self._metrics else None
         self._local = registry.get
         self._directory = registry.directory
         # The registry builds the listeners' public URLs with the same domain.
@@ -239,11 +240,10 @@ class ProxyMiddleware:
             listener = self._local(plain[0])
             if listener is not None:
                 if self._plain and listener.plain:
-                    if self._metrics:  # counted by the guard, where the status goes out
-                        return self._dispatch(
-                            listener, environ, start_response, path, plain[1], count="session"
-                        )
-                    return self._dispatch(listener, environ, start_response, path, plain[1])
+                    # Counted (with metrics) by the guard, where the status goes out.
+                    return self._dispatch(
+                        listener, environ, start_response, path, plain[1], count=self._count
+                    )
                 if self._metrics:
                     start_response = counting.Probe(start_response, "session")
                 return self._serve(
@@ -278,8 +278,8 @@ class ProxyMiddleware:
         the raw URI (404), the lookup (404, 400, 503), who may come in (302, 401,
         403), then the body limit (413). ``gate`` decides who may come in (the host's
         login by default), ``user`` is who came in already (a listener origin's)."""
-        if self._metrics and type(start_response) is not counting.Probe:
-            start_response = counting.Probe(  # by a listener origin
+        if self._metrics:
+            start_response = counting.Probe(
                 start_response, "session" if path.startswith(self._sessions) else "app"
             )
         route = self._route(environ, path)
@@ -358,8 +358,8 @@ class ProxyMiddleware:
         verdict = gate.verdict(terms.access, environ, user)
         if isinstance(verdict, Refusal):
             return verdict.answer(start_response)
-        if self._metrics:
-            start_response.where = "here"  # type: ignore[attr-defined]
+        if self._metrics and type(start_response) is counting.Probe:
+            start_response.where = "here"
         return self._dispatch(
             listener, environ, start_response, path, split, verdict, bool(terms.sandbox)
         )
@@ -380,8 +380,8 @@ class ProxyMiddleware:
         verdict = gate.verdict(terms.access, environ, user)
         if isinstance(verdict, Refusal):
             return verdict.answer(start_response)
-        if self._metrics:
-            start_response.forwarded()  # type: ignore[attr-defined]
+        if self._metrics and type(start_response) is counting.Probe:
+            start_response.forwarded()
         return self._dispatcher.forward(
             destination, environ, start_response, path, split, verdict, bool(terms.sandbox)
         )
@@ -400,6 +400,10 @@ class ProxyMiddleware:
         path: str = environ.get("PATH_INFO", "")
         origin = origins.label_of(environ)
         owned = path.startswith(self._owned)
+        if owned and self._metrics:
+            start_response = counting.Probe(
+                start_response, "session" if path.startswith(self._sessions) else "app"
+            )
         if origin is None:
             if not owned:
                 return self.app(environ, start_response)

@@ -23,6 +23,7 @@ from .naming import ENV_DIRECTORY, check_name, open_directory, resolve_secret
 from .origins import check_listener_domain, check_public_url
 from .registry import Registry, default_registry
 from .routing import validate_prefix
+from .seam import shown_name
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -120,7 +121,13 @@ def problems(config: object) -> list[Problem]:
         if any(problem.id == "E008" for problem in found):
             secret = "reported above"  # the name is checked as if the secret were right
         try:
-            check_name(directory, secret=secret)
+            if check_name(directory, secret=secret) == "embedded" and any(
+                key in config for key in DIRECTORY_KEYS
+            ):
+                raise ValueError(
+                    f"{', '.join(key for key in DIRECTORY_KEYS if key in config)} configure a"
+                    f" Redis directory, and {directory!r} is a folder"
+                )
         except (TypeError, ValueError) as error:
             found.append(Problem("E007", f"DIRECTORY: {error}", _DIRECTORY_HINT))
     elif secret is not None and not os.environ.get(ENV_DIRECTORY):
@@ -373,7 +380,7 @@ def _connect(registry: Registry, config: Mapping[str, t.Any]) -> None:
         raise ValueError(f"{SECRET_WITHOUT_DIRECTORY}: {_SECRET_HINT}")
     if registry.connected and directory != registry.directory_name:
         raise ValueError(
-            f"DIRECTORY is {directory!r}, but {registry!r} has the directory"
+            f"DIRECTORY is {shown_name(directory)!r}, but {registry!r} has the directory"
             f" {registry.directory!r} already: name the directory in one place"
         )
     if options:

@@ -18,5 +18,6 @@ else:
     app.config["WSGI_PROXY_LISTEN"] = {
         "DIRECTORY": os.environ["TEST_DIRECTORY"],
         "SECRET": os.environ.get("TEST_SECRET") or None,
+        "NAMESPACE": os.environ.get("TEST_NAMESPACE") or None,
     }
     ProxyListen(app)

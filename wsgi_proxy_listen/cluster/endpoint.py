@@ -111,12 +111,15 @@ def _bind_tcp(bind: Bind) -> socket.socket:
     :raises OSError: every port is taken (``EADDRINUSE``, naming them), or the
         address cannot be bound.
     """
-    family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+    family = socket.getaddrinfo(bind.host, 0, type=socket.SOCK_STREAM)[0][0]
     for port in bind.ports:
         listener = socket.socket(family)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((bind.host, port))
+            # Listening at once: until a socket listens, another may bind the same port
+            # with SO_REUSEADDR, and only one of the two could listen on it then.
+            listener.listen(64)
             return listener
         except OSError as error:
             listener.close()

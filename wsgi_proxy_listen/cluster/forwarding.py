@@ -95,7 +95,7 @@ class Forwarder:
         """Forward a request for ``session`` to ``owner``, answering for what went
         wrong; ``None`` when the owner does not serve the session and the store
         names no other. ``app_path``: the request came by its app's generic path, so
-        that, without a body, it may go to another live member when the owner cannot be
+        that a GET or HEAD may go to another live member when the owner cannot be
         reached."""
         result = self._client.forward(
             owner.owner, owner.address, session, self._host.prefix, environ, start_response
@@ -110,7 +110,7 @@ class Forwarder:
             except DirectoryUnavailable:
                 return respond(start_response, 503)
             if fresh is not None and fresh.owner != self.owner and fresh != owner:
-                return self.forward(session, fresh, False, environ, start_response)
+                return self.forward(session, fresh, False, environ, start_response, app_path)
             if fresh is None and result is Failure.MISS:
                 return None
         if result is Failure.MISS:
@@ -145,27 +145,18 @@ class Forwarder:
                     owner.address,
                     **where,
                 )
-        elif result in (Failure.TIMEOUT, Failure.UNRESPONSIVE):
+        elif result in _SAID:
+            what, why = _SAID[result]
             say(
                 "owner_unreached",
-                "the owner of session %r at %s did not answer in time",
+                f"the owner of session %r at %s {what}",
                 session,
                 owner.address,
                 session=session,
                 address=owner.address,
-                reason="timeout",
+                reason=why,
             )
-        elif result is Failure.BROKEN:
-            say(
-                "owner_unreached",
-                "the owner of session %r at %s ended the connection without an answer",
-                session,
-                owner.address,
-                session=session,
-                address=owner.address,
-                reason="closed",
-            )
-        if app_path and result in _UNREACHED and is_bodyless(environ):
+        if app_path and result in _UNREACHED and environ.get("REQUEST_METHOD") in _SAFE:
             other = self._other_member(owner)
             if other is not None:
                 return self.forward(other[0], other[1], False, environ, start_response)
@@ -177,16 +168,25 @@ class Forwarder:
         on the app's generic path goes instead of a 502. Once: it gets no other."""
         try:
             found = self._health.call(self._current, t.cast(str, unreached.app), unreached.owner)
-        except DirectoryUnavailable:
+        except Exception:  # noqa: BLE001 - down, or any error of the store: the 502 stands
             return None
         if found is None or found[1].owner == self.owner or found[1].terms != unreached.terms:
             return None
         return found
 
 
-# The failures that leave the owner unreached (a 502), so that no answer of it can have
-# begun: a bodyless request on an app's generic path may go to another member.
+# The failures that leave the owner unreached (a 502): no answer of it began. A request
+# that may be sent twice (a safe method: GET or HEAD, which carry no body) on an app's
+# generic path may go to another member; a closed connection may come after the owner
+# ran it, which only a safe request can bear.
 _UNREACHED = (Failure.GONE, Failure.UNRESPONSIVE, Failure.BROKEN)
+_SAFE = ("GET", "HEAD")
+# What the log says of an owner that was reached but did not answer, and the reason.
+_SAID = {
+    Failure.TIMEOUT: ("did not answer in time", "timeout"),
+    Failure.UNRESPONSIVE: ("did not answer in time", "timeout"),
+    Failure.BROKEN: ("ended the connection without an answer", "closed"),
+}
 
 
 class Remote:
