@@ -370,8 +370,9 @@ def _has_ipv6() -> bool:
 
 def test_directory_settings_with_a_folder_are_a_problem_before_start_up(tmp_path: t.Any) -> None:
     """Found in review: Django's check found nothing, and start-up refused them."""
-    found = problems({"DIRECTORY": str(tmp_path), "BIND": "127.0.0.1:7000"})
+    found = problems({"DIRECTORY": str(tmp_path), "BIND": "127.0.0.1:7000", "NAMESPACE": None})
     assert [problem.id for problem in found] == ["E007"]
+    assert problems({"DIRECTORY": str(tmp_path), "NAMESPACE": None}) == []  # None: not given
     assert "BIND configure a Redis directory" in found[0].message
 
 

@@ -121,12 +121,10 @@ def problems(config: object) -> list[Problem]:
         if any(problem.id == "E008" for problem in found):
             secret = "reported above"  # the name is checked as if the secret were right
         try:
-            if check_name(directory, secret=secret) == "embedded" and any(
-                key in config for key in DIRECTORY_KEYS
-            ):
+            given = [key for key in DIRECTORY_KEYS if config.get(key) is not None]
+            if check_name(directory, secret=secret) == "embedded" and given:
                 raise ValueError(
-                    f"{', '.join(key for key in DIRECTORY_KEYS if key in config)} configure a"
-                    f" Redis directory, and {directory!r} is a folder"
+                    f"{', '.join(given)} configure a Redis directory, and {directory!r} is a folder"
                 )
         except (TypeError, ValueError) as error:
             found.append(Problem("E007", f"DIRECTORY: {error}", _DIRECTORY_HINT))
