@@ -67,12 +67,17 @@ def say(event: str, message: str, *args: object, **fields: object) -> None:
     """Log ``event`` at its level: ``message % args``, with ``fields`` (and ``event``,
     ``pid``) in the record, and count it where a metric does (:mod:`.metrics`). Costs
     one level check when the level is off."""
-    if metrics.ENABLED:
+    if metrics.ENABLED and event in _MEASURED:
         _measure(event, fields)
     level = EVENTS[event]
     if logger.isEnabledFor(level):
         extra = {"event": event, "pid": os.getpid(), **fields}
         logger.log(level, message, *args, extra=extra, stacklevel=2)
+
+
+_MEASURED = frozenset(
+    {"start", "idle_shutdown", "owner_gone", "owner_unreached", "directory_down", "directory_up"}
+)
 
 
 def _measure(event: str, fields: dict[str, object]) -> None:

@@ -90,26 +90,25 @@ ENABLED = _prometheus is not None and os.environ.get(ENV_METRICS, "1").strip().l
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 _REQUESTS_DOC = "Requests to listener routes, by route, who answered, and status."
 _REQUEST_LABELS = ("route", "where", "status")
+# The gauges kept as counts of changes, as requests are: name -> help.
+_GAUGES = {
+    "wsgi_proxy_listen_listeners": "Listeners registered in this process.",
+    "wsgi_proxy_listen_published": "Listeners of this process published in the directory.",
+}
 
 if ENABLED:
     if MULTIPROCESS:
         _REQUESTS = _prometheus.Counter(
             "wsgi_proxy_listen_requests", _REQUESTS_DOC, _REQUEST_LABELS
         )
+        _GAUGES_IN_FILES = {
+            name: _prometheus.Gauge(name, doc, multiprocess_mode="livesum")
+            for name, doc in _GAUGES.items()
+        }
     _FORWARD_SECONDS = _prometheus.Histogram(
         "wsgi_proxy_listen_forward_seconds",
         "Time from a forwarded request's arrival to its answer's status.",
         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
-    )
-    _LISTENERS = _prometheus.Gauge(
-        "wsgi_proxy_listen_listeners",
-        "Listeners registered in this process.",
-        multiprocess_mode="livesum",
-    )
-    _PUBLISHED = _prometheus.Gauge(
-        "wsgi_proxy_listen_published",
-        "Listeners of this process published in the directory.",
-        multiprocess_mode="livesum",
     )
     _STARTS = _prometheus.Counter(
         "wsgi_proxy_listen_app_starts", "Apps' starts that registered a member."
@@ -125,17 +124,19 @@ if ENABLED:
         ("reason",),
     )
 
-# A request is counted in a dict of its thread's (no lock: no other thread writes it).
+# A request (or a change of a gauge: a listener more or less) is counted in a dict of
+# its thread's (no lock: no other thread writes it).
 # In one process, a collector adds the threads' dicts up when scraped; in multiprocess
 # mode, a thread adds what was counted to prometheus_client's files every second (a
 # write to them costs a microsecond or more, too much for every request). The counts of
 # a thread that ended are kept in _retired, and its dict let go.
+Key = tuple[str, ...]  # (route, where, status) for a request, (gauge name,) for a gauge
 _by_thread = threading.local()
-_threads_counts: list[dict[tuple[str, str, str], int]] = []
-_retired: dict[tuple[str, str, str], int] = {}
+_threads_counts: list[dict[Key, int]] = []
+_retired: dict[Key, int] = {}
 _lock = threading.RLock()  # a thread's end may be handled while its holder has it
 _flushing_in = 0  # the process whose flusher runs
-_written: dict[tuple[str, str, str], int] = {}  # what this process wrote to the files
+_written: dict[Key, int] = {}  # what this process wrote to the files
 _writing = threading.Lock()
 
 
@@ -148,7 +149,10 @@ class _Holder:
 def count(route: str, where: str, status: str) -> None:
     """Count a request to a listener route: ``where`` answered it with ``status`` (a
     status line or code; its first three characters count)."""
-    key = (route, where, status[:3])
+    _add((route, where, status[:3]), 1)
+
+
+def _add(key: Key, change: int) -> None:
     counts = getattr(_by_thread, "counts", None)
     if counts is None:
         counts = _by_thread.counts = {}
@@ -158,17 +162,17 @@ def count(route: str, where: str, status: str) -> None:
             _threads_counts.append(counts)
             if MULTIPROCESS and not _flushing_in:
                 _start_flusher()
-    counts[key] = counts.get(key, 0) + 1
+    counts[key] = counts.get(key, 0) + change
 
 
-def _retire(counts: dict[tuple[str, str, str], int]) -> None:
+def _retire(counts: dict[Key, int]) -> None:
     with _lock:
         for key, value in counts.items():
             _retired[key] = _retired.get(key, 0) + value
         _threads_counts[:] = [kept for kept in _threads_counts if kept is not counts]
 
 
-def _totals() -> dict[tuple[str, str, str], int]:
+def _totals() -> dict[Key, int]:
     with _lock:
         totals = dict(_retired)
         counted = [dict(counts) for counts in _threads_counts]  # a copy is atomic
@@ -178,18 +182,23 @@ def _totals() -> dict[tuple[str, str, str], int]:
     return totals
 
 
-class _RequestsHere:
-    """``wsgi_proxy_listen_requests_total`` from the threads' counts, in one process."""
+class _CountedHere:
+    """``wsgi_proxy_listen_requests_total`` and the gauges from the threads' counts, in
+    one process."""
 
     def collect(self) -> t.Iterator[t.Any]:
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        totals = _totals()
         family = CounterMetricFamily(
             "wsgi_proxy_listen_requests", _REQUESTS_DOC, labels=_REQUEST_LABELS
         )
-        for key, value in sorted(_totals().items()):
-            family.add_metric(key, value)
+        for key, value in sorted(totals.items()):
+            if len(key) == 3:
+                family.add_metric(key, value)
         yield family
+        for name, doc in _GAUGES.items():
+            yield GaugeMetricFamily(name, doc, value=totals.get((name,), 0))
 
 
 #: Seconds between two writes of the counts to prometheus_client's files.
@@ -217,9 +226,13 @@ def _write() -> None:
     with _writing:
         for key, value in _totals().items():
             added = value - _written.get(key, 0)
-            if added:
+            if not added:
+                continue
+            if len(key) == 3:
                 _REQUESTS.labels(*key).inc(added)
-                _written[key] = value
+            else:
+                _GAUGES_IN_FILES[key[0]].set(value)
+            _written[key] = value
 
 
 def _after_fork_in_child() -> None:
@@ -241,7 +254,7 @@ if ENABLED:
     if MULTIPROCESS:
         atexit.register(_write)
     else:
-        _prometheus.REGISTRY.register(_RequestsHere())
+        _prometheus.REGISTRY.register(_CountedHere())
 
 
 _FORWARDED = "forwarded"
@@ -280,11 +293,11 @@ class Probe:
 
 
 def listeners(change: int) -> None:
-    _LISTENERS.inc(change)
+    _add(("wsgi_proxy_listen_listeners",), change)
 
 
 def published(change: int) -> None:
-    _PUBLISHED.inc(change)
+    _add(("wsgi_proxy_listen_published",), change)
 
 
 def app_started() -> None:

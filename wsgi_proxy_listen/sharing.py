@@ -100,7 +100,7 @@ class Sharing:
         self.active = False
         self._connecting = threading.RLock()
         self.routed = False
-        self._said_alone = False
+        self._looked_alone = False
         self.runtime = runtime
         # Answers what other processes forward here: a middleware's options where one
         # routes with the registry, the defaults in a runtime.
@@ -250,12 +250,12 @@ class Sharing:
         """A ``listen()`` with no directory. In a process that is said (or seen) to be
         a runtime, a notebook kernel, and that no middleware routes, it cannot be what
         was meant: said once, with the variable to set."""
-        if self._said_alone or self.routed:
+        if self._looked_alone or self.routed:
             return
+        self._looked_alone = True  # looked at once: a kernel is one from its start
         with contextlib.suppress(ValueError):  # a wrong value is said where it is used
             said = runtime_from_environment()
             if said or (said is None and self._runtime is not False and _in_a_kernel()):
-                self._said_alone = True
                 logger.warning(
                     "listen() in a runtime without a directory: its listeners are reachable"
                     " only inside this process (no server routes here); set %s (and"
