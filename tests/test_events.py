@@ -217,3 +217,35 @@ def test_every_event_has_a_level_and_a_line_in_the_docs() -> None:
         Path(__file__).resolve().parent.parent / "docs" / "guides" / "operations.md"
     ).read_text()
     assert all(f"`{name}`" in guide for name in EVENTS)
+
+
+def test_an_answer_cut_says_whether_its_owner_ended_or_went_silent(
+    folder: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: a read timeout in the middle of an answer was said to be the
+    owner ending the connection."""
+    caplog.set_level(logging.WARNING, logger="wsgi_proxy_listen")
+    options = {"lease": 3, "read_timeout": 0.5}
+    a = worker(EmbeddedDirectory(folder, **options))
+    b = worker(EmbeddedDirectory(folder, **options))
+
+    def stalls(environ: dict[str, t.Any], start_response: t.Any) -> t.Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first"
+        time.sleep(2)  # silent for longer than the read timeout
+        yield b"late"
+
+    try:
+        a.registry.listen(stalls, session="slow", kind="wsgi")
+        with b.client.get("/proxy/sessions/slow/") as answer:
+            chunks = iter(answer.response)
+            assert next(chunks) == b"first"
+            with pytest.raises(ConnectionResetError):
+                next(chunks)
+        (cut,) = events(caplog, "answer_cut")
+        assert cut.reason == "timeout"  # type: ignore[attr-defined]
+        assert "sent nothing within the read timeout" in cut.getMessage()
+    finally:
+        for made in (a, b):
+            made.directory.close()
+            made.registry.close()

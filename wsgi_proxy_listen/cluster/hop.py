@@ -447,17 +447,19 @@ class _Relay:
             try:
                 kind, payload = read()
             except (EOFError, OSError, FrameError) as error:
-                # The owner's process died (or the link broke) while its answer streamed.
+                # The owner's process died, the link broke, or the owner went silent for
+                # the read timeout, while its answer streamed.
+                slow = isinstance(error, TimeoutError)
                 say(
                     "answer_cut",
-                    "the owner at %s ended the connection in the middle of its answer for"
-                    " session %r (%s): the answer is cut",
+                    "the owner at %s %s in the middle of its answer for session %r: the"
+                    " answer is cut",
                     self.connection.address,
+                    "sent nothing within the read timeout" if slow else "ended the connection",
                     self.session,
-                    error,
                     session=self.session,
                     address=self.connection.address,
-                    reason=str(error) or type(error).__name__,
+                    reason="timeout" if slow else str(error) or type(error).__name__,
                 )
                 raise _cut() from None
             if kind == DATA:
