@@ -17,6 +17,7 @@ from werkzeug.test import Client
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry, metrics
 from wsgi_proxy_listen.cluster import EmbeddedDirectory
+from wsgi_proxy_listen.settings import problems
 
 from .support.cluster import (
     NO_REDIS,
@@ -308,3 +309,36 @@ def test_a_forked_child_writes_only_its_own_counts() -> None:
             check=True,
         )
     assert requests_in(done.stdout) == Counter({("session", "here", "200"): 13})
+
+
+def test_a_wrong_metrics_option_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="metrics must be True, False or None, not 'yes'"):
+        ProxyMiddleware(Host(), Registry(), metrics=t.cast(t.Any, "yes"))
+    assert [
+        problem.id
+        for problem in __import__("wsgi_proxy_listen").settings.problems({"METRICS": "yes"})
+    ] == ["E020"]
+
+
+def test_metrics_on_without_prometheus_client_is_a_clear_error() -> None:
+    """With counting off for the process (as without the extra), asking for it says what
+    to install, from the middleware and from the settings."""
+    import subprocess
+    import sys
+
+    code = (
+        "from wsgi_proxy_listen import ProxyMiddleware, Registry\n"
+        "from wsgi_proxy_listen.settings import problems\n"
+        "try:\n"
+        "    ProxyMiddleware(lambda e, s: [], Registry(), metrics=True)\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+        "print(problems({'METRICS': True})[0].message)\n"
+    )
+    env = {**os.environ, "WSGI_PROXY_LISTEN_METRICS": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("metrics=True needs prometheus_client: pip install")
+    assert lines[1].startswith("METRICS: METRICS=True needs prometheus_client")

@@ -177,6 +177,17 @@ def read(
         raise Unreadable(f"cannot read the directory {shown}: {said}") from None
 
 
+def _read_or_say(
+    name: str | None, secret: str | None, namespace: str | None, err: t.TextIO | None
+) -> tuple[str, list[Found]] | None:
+    """:func:`read`, or ``None`` once the reason it cannot is printed to ``err``."""
+    try:
+        return read(name, secret=secret, namespace=namespace)
+    except Unreadable as error:
+        print(error, file=sys.stderr if err is None else err)
+        return None
+
+
 def status(
     name: str | None,
     *,
@@ -188,13 +199,11 @@ def status(
 ) -> int:
     """Print the live listeners of the directory ``name`` (or the environment's);
     the exit status."""
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    try:
-        shown, found = read(name, secret=secret, namespace=namespace)
-    except Unreadable as error:
-        print(error, file=err)
+    got = _read_or_say(name, secret, namespace, err)
+    if got is None:
         return UNREACHABLE
+    shown, found = got
+    out = sys.stdout if out is None else out
     _show(found, shown, as_json, out)
     return 0
 
@@ -209,13 +218,11 @@ def check(
 ) -> int:
     """Say in one line whether the directory ``name`` (or the environment's) answers,
     and what it holds; the exit status (0, or 2 when it cannot be read)."""
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    try:
-        shown, found = read(name, secret=secret, namespace=namespace)
-    except Unreadable as error:
-        print(error, file=err)
+    got = _read_or_say(name, secret, namespace, err)
+    if got is None:
         return UNREACHABLE
+    shown, found = got
+    out = sys.stdout if out is None else out
     if not found:
         held = "no deployment has a live process there"
     else:

@@ -138,16 +138,22 @@ def cli() -> None:
     the group through the package's ``flask.commands`` entry point."""
 
 
-def _app_directory() -> tuple[str | None, str | None, str | None]:
-    """The app's DIRECTORY, SECRET and NAMESPACE settings (exits with one line if the
-    settings are no dict)."""
+def _with_app_settings(
+    directory: str | None, secret: str | None, namespace: str | None
+) -> dict[str, t.Any]:
+    """The command line's directory, secret and namespace, each else the app's setting
+    (exits with one line if the settings are no dict)."""
     from flask import current_app
 
     config = current_app.config.get("WSGI_PROXY_LISTEN") or {}
     if not isinstance(config, Mapping):
         click.echo(f'app.config["WSGI_PROXY_LISTEN"]: {problems(config)[0].message}', err=True)
         raise SystemExit(UNREACHABLE)
-    return config.get("DIRECTORY"), config.get("SECRET"), config.get("NAMESPACE")
+    return {
+        "name": directory or config.get("DIRECTORY"),
+        "secret": secret or config.get("SECRET"),
+        "namespace": namespace or config.get("NAMESPACE"),
+    }
 
 
 _NAMESPACE_HELP = "A Redis deployment's namespace: read only it."
@@ -164,15 +170,7 @@ def status_command(
 ) -> None:
     """List the live listeners of DIRECTORY: by default the app's DIRECTORY setting,
     else WSGI_PROXY_LISTEN_DIRECTORY."""
-    configured, configured_secret, configured_namespace = _app_directory()
-    raise SystemExit(
-        status(
-            directory or configured,
-            secret=secret or configured_secret,
-            namespace=namespace or configured_namespace,
-            as_json=as_json,
-        )
-    )
+    raise SystemExit(status(**_with_app_settings(directory, secret, namespace), as_json=as_json))
 
 
 @cli.command("check")
@@ -182,11 +180,4 @@ def status_command(
 @with_appcontext
 def check_command(directory: str | None, secret: str | None, namespace: str | None) -> None:
     """Exit 0 if DIRECTORY (by default the app's) answers, 2 with one line if not."""
-    configured, configured_secret, configured_namespace = _app_directory()
-    raise SystemExit(
-        check(
-            directory or configured,
-            secret=secret or configured_secret,
-            namespace=namespace or configured_namespace,
-        )
-    )
+    raise SystemExit(check(**_with_app_settings(directory, secret, namespace)))

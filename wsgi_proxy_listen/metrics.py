@@ -66,6 +66,7 @@ __all__ = [
     "Probe",
     "count",
     "exposition",
+    "wanted",
     "wsgi_app",
 ]
 
@@ -287,6 +288,24 @@ class Probe:
             if where is _FORWARDED:
                 _FORWARD_SECONDS.observe(time.perf_counter() - self.began)
         return self.start_response(status, headers, exc_info)
+
+
+def wanted(value: object, name: str = "metrics") -> bool:
+    """Whether to count, as ``value`` asks: ``True``, ``False``, or ``None`` for
+    :data:`ENABLED`.
+
+    :raises TypeError: ``value`` is not ``True``, ``False`` or ``None``.
+    :raises ValueError: ``True`` where prometheus_client is not installed (or counting
+        is turned off).
+    """
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True, False or None, not {value!r}")
+    if value and not ENABLED:
+        raise ValueError(
+            f"{name}=True needs prometheus_client: pip install wsgi-proxy-listen[metrics]"
+            f" (and {ENV_METRICS} not 0)"
+        )
+    return ENABLED if value is None else value
 
 
 # -- what changes state: called only when ENABLED -----------------------------------------

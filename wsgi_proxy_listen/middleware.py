@@ -203,14 +203,7 @@ class ProxyMiddleware:
         self._base = prefix + "/"
         self._sessions = prefix + "/sessions/"
         self._owned = (self._sessions, prefix + "/apps/")
-        if metrics is not None and not isinstance(metrics, bool):
-            raise TypeError(f"metrics must be True, False or None, not {metrics!r}")
-        if metrics and not counting.ENABLED:
-            raise ValueError(
-                "metrics=True needs prometheus_client: pip install wsgi-proxy-listen[metrics]"
-                f" (and {counting.ENV_METRICS} not 0)"
-            )
-        self._metrics = counting.ENABLED if metrics is None else metrics
+        self._metrics = counting.wanted(metrics)
         self._count = "session" if self._metrics else None
         self._local = registry.get
         self._directory = registry.directory

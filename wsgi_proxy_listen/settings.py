@@ -16,6 +16,7 @@ import os
 import typing as t
 from collections.abc import Mapping
 
+from . import metrics
 from .access import PUBLIC, check_access, check_authenticate, check_login_url
 from .dispatch import check_content_length, check_limit, withheld_cookies
 from .middleware import ProxyMiddleware
@@ -158,19 +159,6 @@ def _check_listener_secret(value: object) -> object:
     return value
 
 
-def _check_metrics(value: object) -> object:
-    if value is not None and not isinstance(value, bool):
-        raise TypeError(f"METRICS must be True, False or None, not {value!r}")
-    from . import metrics
-
-    if value and not metrics.ENABLED:
-        raise ValueError(
-            "METRICS is True, but prometheus_client is not installed (or"
-            f" {metrics.ENV_METRICS}=0): pip install wsgi-proxy-listen[metrics]"
-        )
-    return value
-
-
 def _check_sandbox(value: object) -> object:
     if not isinstance(value, bool):
         raise TypeError(f"SANDBOX must be True or False, not {value!r}")
@@ -278,7 +266,7 @@ _CHECKS: dict[str, tuple[str, t.Callable[[t.Any], object], str]] = {
     ),
     "METRICS": (
         "E020",
-        _check_metrics,
+        lambda value: metrics.wanted(value, "METRICS"),
         "True to count requests (needs prometheus_client), False not to; None: when installed",
     ),
     "ADVERTISE": (
