@@ -689,12 +689,12 @@ def lose_lease(workers: Workers, owner: str) -> None:
     else:
         import redis
 
-        from wsgi_proxy_listen.cluster import redis_directory
+        from wsgi_proxy_listen.cluster import redis_scripts
 
         client = redis.Redis.from_url(workers.name)
         try:
             assert client.scard(f"{{{NAMESPACE}}}:owned:{owner}")
-            forget = client.register_script(redis_directory._FORGET)
+            forget = client.register_script(redis_scripts.FORGET)
             forget(keys=[f"{{{NAMESPACE}}}:"], args=[owner])
         finally:
             client.close()

@@ -49,6 +49,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..seam import Entry, shown_name
+from . import redis_scripts as scripts
 from .addresses import Bind, bind_for, is_loopback, parse_advertise, parse_bind
 from .directory import SharedDirectory
 from .health import ACL_REFUSED_IN_SCRIPT, PROBE_INTERVAL
@@ -60,189 +61,6 @@ from .variables import ENV_ADVERTISE, ENV_BIND, ENV_NAMESPACE, check_namespace, 
 __all__ = ["RedisDirectory", "entries_in", "namespaces_in", "read_deployments"]
 
 logger = logging.getLogger("wsgi_proxy_listen")
-
-# Every script gets the namespace's prefix as its one key (KEYS[1], "{ns}:") and builds
-# the names of the keys it touches from it: all of them carry the same hash tag, so they
-# are in one slot, the prefix's, where a Redis Cluster sends the script.
-_HELPERS = """
-local function record(value)
-    if not value then return nil end
-    local ok, decoded = pcall(cjson.decode, value)
-    if ok and type(decoded) == 'table' then return decoded end
-    return nil
-end
-local function text(value)
-    if type(value) == 'string' then return value end
-    return ''
-end
-local function drop(prefix, session, owner, app)
-    redis.call('del', prefix .. 'session:' .. session)
-    redis.call('srem', prefix .. 'owned:' .. owner, session)
-    if app ~= '' then redis.call('zrem', prefix .. 'app:' .. app, session) end
-    redis.call('publish', prefix .. 'notices', session .. ' -')
-end
-local function now_ms()
-    local now = redis.call('time')
-    return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-end
-local function own(prefix, owner, owner_record, lease)
-    -- The owner's lease: 1 if it was still running, 0 if it had run out (or never ran).
-    local key = prefix .. 'owner:' .. owner
-    local running = redis.call('set', key, owner_record, 'PX', lease, 'XX')
-    if not running then redis.call('set', key, owner_record, 'PX', lease) end
-    redis.call('zadd', prefix .. 'owners', now_ms() + lease, owner)
-    if running then return 1 end
-    return 0
-end
-local function forget(prefix, owner)
-    for _, session in ipairs(redis.call('smembers', prefix .. 'owned:' .. owner)) do
-        local found = record(redis.call('get', prefix .. 'session:' .. session))
-        if found and found['owner'] == owner then
-            drop(prefix, session, owner, text(found['app']))
-        end
-    end
-    redis.call('del', prefix .. 'owned:' .. owner, prefix .. 'owner:' .. owner)
-    redis.call('zrem', prefix .. 'owners', owner)
-end
-"""
-# KEYS[1]: the prefix; ARGV: session, owner, app or '', the session's record, the join
-# time, the owner's record, the lease in ms (its lease starts with its first entry).
-_PUBLISH = (
-    _HELPERS
-    + """
-local prefix, session, owner, app = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-if redis.call('exists', prefix .. 'owner:' .. owner) == 0 then
-    own(prefix, owner, ARGV[6], tonumber(ARGV[7]))
-end
-local key = prefix .. 'session:' .. session
-local previous = record(redis.call('get', key))
-redis.call('set', key, ARGV[4])
-redis.call('sadd', prefix .. 'owned:' .. owner, session)
-if app ~= '' then redis.call('zadd', prefix .. 'app:' .. app, ARGV[5], session) end
-if previous then
-    local before = text(previous['app'])
-    if before ~= '' and before ~= app then
-        redis.call('zrem', prefix .. 'app:' .. before, session)
-    end
-    local was = text(previous['owner'])
-    if was ~= owner then
-        redis.call('srem', prefix .. 'owned:' .. was, session)
-        redis.call('publish', prefix .. 'notices', session .. ' ' .. owner)
-    end
-end
-return 1
-"""
-)
-# Delete a session's entry only while it is this one: the same owner and app.
-# KEYS[1]: the prefix; ARGV: session, owner, app or ''.
-_WITHDRAW = (
-    _HELPERS
-    + """
-local found = record(redis.call('get', KEYS[1] .. 'session:' .. ARGV[1]))
-if not found or found['owner'] ~= ARGV[2] or text(found['app']) ~= ARGV[3] then return 0 end
-drop(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
-return 1
-"""
-)
-# Every entry of an owner. KEYS[1]: the prefix; ARGV: the owner, and (for a refused
-# connection) how long before its lease's end it last renewed, at the latest, in ms.
-_FORGET = (
-    _HELPERS
-    + """
-if ARGV[2] then
-    -- Across machines a refused connection proves nothing of the owner (a firewall's
-    -- reject reads the same): its lease decides. An owner that renewed it within a
-    -- heartbeat (a third of *its* lease) and half a second lives.
-    local expires = redis.call('zscore', KEYS[1] .. 'owners', ARGV[1])
-    local owned = record(redis.call('get', KEYS[1] .. 'owner:' .. ARGV[1]))
-    local window = tonumber(ARGV[2])
-    if owned and tonumber(owned['lease']) then
-        local lease = tonumber(owned['lease'])
-        window = lease - lease / 3 - 500
-    end
-    if expires and tonumber(expires) > now_ms() + window then return 0 end
-end
-forget(KEYS[1], ARGV[1])
-return 1
-"""
-)
-# Renew the owner's lease (1 if it was still running, 0 if it had run out), and clean up
-# after a few owners whose lease ran out. The time is the server's: every process agrees.
-# KEYS[1]: the prefix; ARGV: owner, its record, the lease in ms.
-_RENEW = (
-    _HELPERS
-    + """
-local prefix = KEYS[1]
-local running = own(prefix, ARGV[1], ARGV[2], tonumber(ARGV[3]))
-local silent = redis.call('zrangebyscore', prefix .. 'owners', '-inf', now_ms(), 'LIMIT', 0, 16)
-for _, dead in ipairs(silent) do
-    if redis.call('exists', prefix .. 'owner:' .. dead) == 0 then forget(prefix, dead) end
-end
-return running
-"""
-)
-# Write an owner's entries again where they are missing; the sessions that another owner
-# holds now are returned. KEYS[1]: the prefix; ARGV: the owner, the join time, then the
-# session, its app or '' and its record, for each.
-_REPUBLISH = (
-    _HELPERS
-    + """
-local prefix, owner, now = KEYS[1], ARGV[1], ARGV[2]
-local taken = {}
-for i = 3, #ARGV, 3 do
-    local session, app = ARGV[i], ARGV[i + 1]
-    local found = record(redis.call('get', prefix .. 'session:' .. session))
-    if found and found['owner'] ~= owner then
-        table.insert(taken, session)
-    else
-        if not found then
-            redis.call('set', prefix .. 'session:' .. session, ARGV[i + 2])
-            if app ~= '' then redis.call('zadd', prefix .. 'app:' .. app, now, session) end
-        end
-        redis.call('sadd', prefix .. 'owned:' .. owner, session)
-    end
-end
-return taken
-"""
-)
-# A session's record and its owner's, while the owner's lease runs. KEYS[1]: the prefix;
-# ARGV: the session.
-_LOCATE = (
-    _HELPERS
-    + """
-local value = redis.call('get', KEYS[1] .. 'session:' .. ARGV[1])
-local found = record(value)
-if not found then return value end
-local owner = redis.call('get', KEYS[1] .. 'owner:' .. text(found['owner']))
-if not owner then return nil end
-return {value, owner}
-"""
-)
-# The newest member of an app whose owner's lease runs: {session, record, owner record};
-# members whose entry is gone or in another app leave the app. KEYS[1]: the prefix;
-# ARGV: the slug, and an owner to pass over ('' for none).
-_CURRENT = (
-    _HELPERS
-    + """
-local prefix, slug, skip = KEYS[1], ARGV[1], ARGV[2]
-local members = prefix .. 'app:' .. slug
-for _, session in ipairs(redis.call('zrevrange', members, 0, 15)) do
-    local value = redis.call('get', prefix .. 'session:' .. session)
-    local found = record(value)
-    if found and text(found['app']) == slug then
-        local owner = redis.call('get', prefix .. 'owner:' .. text(found['owner']))
-        if owner and text(found['owner']) ~= skip then return {session, value, owner} end
-    elseif value == false or found then
-        redis.call('zrem', members, session)
-    end
-end
-return nil
-"""
-)
-_DELETE_IF = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-)
-
 
 # Sessions written again by one script: a short stop for Redis, few round trips.
 _REPUBLISH_BATCH = 500
@@ -411,13 +229,13 @@ class RedisDirectory(SharedDirectory):
         self._keys = [self._prefix]  # the one key of every script: where a cluster runs it
         self._started = 0.0
         script = self._redis.register_script
-        self._publish_script = script(_PUBLISH)
-        self._withdraw_script = script(_WITHDRAW)
-        self._forget_script = script(_FORGET)
-        self._renew_script = script(_RENEW)
-        self._republish_script = script(_REPUBLISH)
-        self._locate_script = script(_LOCATE)
-        self._current_script = script(_CURRENT)
+        self._publish_script = script(scripts.PUBLISH)
+        self._withdraw_script = script(scripts.WITHDRAW)
+        self._forget_script = script(scripts.FORGET)
+        self._renew_script = script(scripts.RENEW)
+        self._republish_script = script(scripts.REPUBLISH)
+        self._locate_script = script(scripts.LOCATE)
+        self._current_script = script(scripts.CURRENT)
 
     def acl(self) -> str:
         """The Redis ACL rules a user of this deployment needs, and no more: its
@@ -548,7 +366,7 @@ class RedisDirectory(SharedDirectory):
         return bool(self._redis.set(key, self.owner, nx=True, px=int(seconds * 1000)))
 
     def _store_unlock(self, slug: str) -> None:
-        self._redis.eval(_DELETE_IF, 1, f"{self._prefix}start:{slug}", self.owner)
+        self._redis.eval(scripts.DELETE_IF, 1, f"{self._prefix}start:{slug}", self.owner)
 
     def _store_first_use(self, key: str, seconds: float) -> bool:
         key = f"{self._prefix}used:{key}"
