@@ -25,11 +25,20 @@ directory is made, not a listener that silently stays local.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import typing as t
 
-__all__ = ["Bind", "bind_for", "check_advertise", "is_loopback", "parse_advertise", "parse_bind"]
+__all__ = [
+    "Bind",
+    "bind_for",
+    "check_advertise",
+    "is_loopback",
+    "listen_on",
+    "parse_advertise",
+    "parse_bind",
+]
 
 
 class Bind(t.NamedTuple):
@@ -171,3 +180,31 @@ def bind_for(
             " leave the port out of ADVERTISE"
         )
     return Bind(host, ports, advertise.strip("[]"), advertise_port)
+
+
+def listen_on(bind: Bind) -> socket.socket:
+    """A TCP socket listening on the first free port of ``bind.ports``.
+
+    :raises OSError: every port is taken (``EADDRINUSE``, naming them), or the
+        address cannot be bound.
+    """
+    family = socket.getaddrinfo(bind.host, 0, type=socket.SOCK_STREAM)[0][0]
+    for port in bind.ports:
+        listener = socket.socket(family)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((bind.host, port))
+            # Listening at once: until a socket listens, another may bind the same port
+            # with SO_REUSEADDR, and only one of the two could listen on it then.
+            listener.listen(64)
+            return listener
+        except OSError as error:
+            listener.close()
+            if error.errno != errno.EADDRINUSE:
+                raise
+    ports = f"{bind.ports.start}-{bind.ports.stop - 1}" if len(bind.ports) > 1 else bind.ports.start
+    raise OSError(
+        errno.EADDRINUSE,
+        f"every port to bind on {bind.host} ({ports}) is taken, by other processes of this"
+        " machine? Give BIND (WSGI_PROXY_LISTEN_BIND) a range with a port for each process",
+    )

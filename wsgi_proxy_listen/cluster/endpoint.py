@@ -33,7 +33,6 @@ this process's listeners.
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import logging
 import os
@@ -49,7 +48,7 @@ from werkzeug.exceptions import ClientDisconnected
 
 from ..answers import respond
 from ..events import say
-from .addresses import Bind
+from .addresses import Bind, listen_on
 from .frames import (
     ABORT,
     DATA,
@@ -105,34 +104,6 @@ _ENVIRON = {
 }
 
 
-def _bind_tcp(bind: Bind) -> socket.socket:
-    """A TCP socket bound to the first free port of ``bind.ports``.
-
-    :raises OSError: every port is taken (``EADDRINUSE``, naming them), or the
-        address cannot be bound.
-    """
-    family = socket.getaddrinfo(bind.host, 0, type=socket.SOCK_STREAM)[0][0]
-    for port in bind.ports:
-        listener = socket.socket(family)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((bind.host, port))
-            # Listening at once: until a socket listens, another may bind the same port
-            # with SO_REUSEADDR, and only one of the two could listen on it then.
-            listener.listen(64)
-            return listener
-        except OSError as error:
-            listener.close()
-            if error.errno != errno.EADDRINUSE:
-                raise
-    ports = f"{bind.ports.start}-{bind.ports.stop - 1}" if len(bind.ports) > 1 else bind.ports.start
-    raise OSError(
-        errno.EADDRINUSE,
-        f"every port to bind on {bind.host} ({ports}) is taken, by other processes of this"
-        " machine? Give BIND (WSGI_PROXY_LISTEN_BIND) a range with a port for each process",
-    )
-
-
 class InternalEndpoint:
     """Serves hop requests for ``owner`` on ``address``.
 
@@ -179,7 +150,7 @@ class InternalEndpoint:
                 raise
             self.address = address
         else:
-            listener = _bind_tcp(address)
+            listener = listen_on(address)
             self.address = address.published(listener.getsockname()[1])
         listener.listen(64)
         listener.setblocking(False)
