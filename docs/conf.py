@@ -60,4 +60,7 @@ nitpick_ignore = [
     ("py:class", "t.Callable"),
     # open_directory's **options, spelt as the module imports typing.
     ("py:class", "t.Any"),
+    # listen_on()'s return type: Python's inventory names the class socket.socket
+    # under another role.
+    ("py:class", "socket.socket"),
 ]
