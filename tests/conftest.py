@@ -73,6 +73,27 @@ def redis_server() -> Iterator[RedisServer]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """The URL of a Redis server that the test module shares (started once for it)."""
+    if REDIS is None:
+        pytest.skip(NO_REDIS)
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def folder() -> Iterator[str]:
+    """A folder of the test's own, short enough for Unix sockets in it; removed after."""
+    made = short_folder()
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
+
+
 @pytest.fixture(params=["embedded", "redis"])
 def shared(request: pytest.FixtureRequest) -> Iterator[Shared]:
     if request.param == "redis":

@@ -20,7 +20,7 @@ from wsgi_proxy_listen.flask import ProxyListen
 from wsgi_proxy_listen.settings import problems
 
 from .support.certs import authority, issued
-from .support.cluster import NO_REDIS, REDIS, SECRET, RedisServer
+from .support.cluster import SECRET
 from .support.relay import Relay
 from .support.wsgi import Host
 
@@ -28,18 +28,6 @@ pytestmark = [pytest.mark.timeout(60)]
 
 # TEST-NET addresses (RFC 5737, RFC 3849): never a machine's own.
 ELSEWHERE_V4, ELSEWHERE_V6 = "192.0.2.1", "2001:db8::1"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    if REDIS is None:
-        pytest.skip(NO_REDIS)
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def free_ports(count: int) -> int:

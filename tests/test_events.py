@@ -8,7 +8,6 @@ import logging
 import socket
 import time
 import typing as t
-from collections.abc import Iterator
 
 import pytest
 from werkzeug.test import Client
@@ -18,7 +17,7 @@ from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen.cluster import EmbeddedDirectory
 from wsgi_proxy_listen.events import EVENTS
 
-from .support.cluster import NO_REDIS, REDIS, SECRET, RedisServer, short_folder
+from .support.cluster import NO_REDIS, REDIS, SECRET, RedisServer
 from .support.wsgi import Host
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -28,17 +27,6 @@ class Worker(t.NamedTuple):
     directory: t.Any
     registry: Registry
     client: Client
-
-
-@pytest.fixture
-def folder() -> Iterator[str]:
-    import shutil
-
-    made = short_folder()
-    try:
-        yield made
-    finally:
-        shutil.rmtree(made, ignore_errors=True)
 
 
 def worker(directory: t.Any) -> Worker:

@@ -4,16 +4,14 @@ host: the way Livebook's notebooks listen, from their runtime."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 import typing as t
-from collections.abc import Iterator
 
 import jupyter_client
 import pytest
 
-from .support.cluster import ROOT, Shared, get, gunicorn, short_folder
+from .support.cluster import ROOT, Shared, get, gunicorn
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -58,13 +56,6 @@ class Kernel:
     def shut_down(self) -> None:
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=False)
-
-
-@pytest.fixture
-def folder() -> Iterator[str]:
-    made = short_folder()
-    yield made
-    shutil.rmtree(made, ignore_errors=True)
 
 
 def left_by(folder: str, pid: int) -> list[str]:

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import typing as t
-from collections.abc import Iterator
 
 import flask
 import pytest
@@ -19,13 +18,6 @@ from wsgi_proxy_listen.naming import check_name, open_directory
 from wsgi_proxy_listen.seam import shown_name
 
 from .support.cluster import short_folder
-
-
-@pytest.fixture
-def folder() -> Iterator[str]:
-    made = short_folder()
-    yield made
-    shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -19,25 +19,13 @@ from werkzeug.test import Client
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
 from .support.certs import authority, issued
-from .support.cluster import NAMESPACE, NO_REDIS, REDIS, SECRET, RedisServer
+from .support.cluster import NAMESPACE, SECRET
 from .support.relay import Relay
 from .support.wsgi import Host
 
 pytestmark = [pytest.mark.timeout(60)]
 
 COOKIE = "session=a-users-login-cookie-value"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    if REDIS is None:
-        pytest.skip(NO_REDIS)
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
