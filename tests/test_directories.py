@@ -1069,6 +1069,19 @@ def test_two_deployments_on_one_database_never_meet(monkeypatch: pytest.MonkeyPa
         server.stop()
 
 
+def acl_user(url: str, user: str, rules: str) -> str:
+    """Give ``user`` exactly ``rules`` on the Redis server of ``url``; the URL it logs in
+    with."""
+    import redis
+
+    admin = redis.Redis.from_url(url)
+    try:
+        admin.execute_command("ACL", "SETUSER", user, "on", f">{user}-password", *rules.split())
+    finally:
+        admin.close()
+    return url.replace("redis://", f"redis://{user}:{user}-password@")
+
+
 def test_a_redis_user_with_the_documented_acl_and_no_more_is_enough(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -1076,7 +1089,6 @@ def test_a_redis_user_with_the_documented_acl_and_no_more_is_enough(
     work. Without its channel, the watcher is refused and says so once, and goes on."""
     if REDIS is None:
         pytest.skip(NO_REDIS)
-    import redis
 
     from wsgi_proxy_listen.cluster import RedisDirectory
 
@@ -1085,14 +1097,8 @@ def test_a_redis_user_with_the_documented_acl_and_no_more_is_enough(
     made: list[t.Any] = []
     try:
         rules = RedisDirectory(server.url, secret=SECRET).acl()
-        admin = redis.Redis.from_url(server.url)
-        admin.execute_command("ACL", "SETUSER", "app", "on", ">app-password", *rules.split())
-        without_channel = rules.replace(f"&{{{NAMESPACE}}}:notices", "")
-        admin.execute_command(
-            "ACL", "SETUSER", "deaf", "on", ">deaf-password", *without_channel.split()
-        )
-        admin.close()
-        url = server.url.replace("redis://", "redis://app:app-password@")
+        url = acl_user(server.url, "app", rules)
+        deaf_url = acl_user(server.url, "deaf", rules.replace(f"&{{{NAMESPACE}}}:notices", ""))
         clients = []
         for _ in range(2):
             directory = RedisDirectory(url, secret=SECRET, lease=3)
@@ -1107,9 +1113,7 @@ def test_a_redis_user_with_the_documented_acl_and_no_more_is_enough(
         handle.close()
         assert b.get("/proxy/sessions/s1/", buffered=True).status_code == 404
         caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
-        deaf = RedisDirectory(
-            server.url.replace("redis://", "redis://deaf:deaf-password@"), secret=SECRET, lease=3
-        )
+        deaf = RedisDirectory(deaf_url, secret=SECRET, lease=3)
         made.append(deaf)
         Client(ProxyMiddleware(Host(), Registry(directory=deaf))).get("/", buffered=True)
         deadline = time.monotonic() + 5
@@ -1129,7 +1133,6 @@ def test_a_redis_user_without_a_rule_is_told_at_start_which_it_needs(
     every rule the user needs; the process goes on serving its own pages."""
     if REDIS is None:
         pytest.skip(NO_REDIS)
-    import redis
 
     from wsgi_proxy_listen.cluster import RedisDirectory
 
@@ -1138,11 +1141,9 @@ def test_a_redis_user_without_a_rule_is_told_at_start_which_it_needs(
     directory = None
     try:
         rules = RedisDirectory(server.url, secret=SECRET).acl()
-        admin = redis.Redis.from_url(server.url)
-        admin.execute_command("ACL", "SETUSER", "app", "on", ">pw", *rules.split(), "-zadd")
-        admin.close()
+        url = acl_user(server.url, "app", rules + " -zadd")
         caplog.set_level(logging.ERROR, logger="wsgi_proxy_listen")
-        directory = RedisDirectory(server.url.replace("redis://", "redis://app:pw@"), secret=SECRET)
+        directory = RedisDirectory(url, secret=SECRET)
         client = Client(ProxyMiddleware(Host(), Registry(directory=directory)))
         assert client.get("/", buffered=True).status_code == 200
         deadline = time.monotonic() + 5
@@ -1191,7 +1192,6 @@ def test_an_owner_is_judged_by_its_own_lease() -> None:
 def test_the_acl_covers_a_database_other_than_0() -> None:
     if REDIS is None:
         pytest.skip(NO_REDIS)
-    import redis
 
     from wsgi_proxy_listen.cluster import RedisDirectory
 
@@ -1200,11 +1200,8 @@ def test_the_acl_covers_a_database_other_than_0() -> None:
     directory = None
     try:
         url = server.url.replace("/0", "/1")
-        admin = redis.Redis.from_url(url)
-        rules = RedisDirectory(url, secret=SECRET).acl().split()
-        admin.execute_command("ACL", "SETUSER", "app", "on", ">pw", *rules)
-        admin.close()
-        directory = RedisDirectory(url.replace("redis://", "redis://app:pw@"), secret=SECRET)
+        user_url = acl_user(url, "app", RedisDirectory(url, secret=SECRET).acl())
+        directory = RedisDirectory(user_url, secret=SECRET)
         registry = Registry(directory=directory)
         Client(ProxyMiddleware(Host(), registry)).get("/", buffered=True)
         registry.listen(text("in db 1"), session="s1")
