@@ -8,7 +8,10 @@ runtime (a plain Python process, connected by the environment) owns the session
 ``runtime``. The client is this process, over kept-alive connections, asking in
 turn: a listener of B's own (``local``, a start-up listener every worker has), the
 runtime's (``runtime``, one hop), and the peers' way, a urllib3 reverse proxy in B
-to a waitress backend running the same listener (``peer``). Also measured: the
+to a waitress backend running the same listener (``peer``). Then where the time
+goes: a bare WSGI function as B's own listener (``bare-here``) and as the runtime's
+(``bare``), the hop without a framework's cost; and a raw exchange from B's worker
+with a process that answers at once (``floor``). Also measured: the
 floor of any Python hop, a length-prefixed exchange over a persistent Unix socket
 between two processes; and a kept-alive round trip to waitress alone. Then the CPU
 that B's workers and the runtime spend per request (``/proc``), and 200 MB streamed
@@ -51,14 +54,19 @@ CASES = {
     "local": "/proxy/sessions/everywhere/",
     "runtime": "/proxy/sessions/runtime/",
     "peer": "/peer/",
+    "bare-here": "/proxy/sessions/bare-here/",
+    "bare": "/proxy/sessions/bare/",
+    "floor": "/floor/",
 }
 TICK = os.sysconf("SC_CLK_TCK")
 
 # A runtime: a plain Python process, connected by the environment, that only listens.
 _RUNTIME = """
+from bench.bare import bare
 from examples.cluster.listener import report
 from wsgi_proxy_listen import listen, serve_forever
 listen(report("runtime"), session="runtime")
+listen(bare, session="bare", kind="wsgi")
 print("ready", flush=True)
 serve_forever()
 """
@@ -133,11 +141,24 @@ class Hop(t.NamedTuple):
     upload_mb_s: dict[str, float]
 
 
-def floor_exchange_us(folder: str, count: int) -> float:
-    """The median round trip of a length-prefixed exchange over a persistent Unix socket."""
+@contextlib.contextmanager
+def floor_process(folder: str) -> t.Iterator[str]:
+    """A process that answers a length-prefixed exchange at once, on the Unix socket whose
+    path is given."""
     path = os.path.join(folder, "floor.sock")
     process = child(_FLOOR, path)
     try:
+        yield path
+    finally:
+        process.kill()
+        process.wait()
+        t.cast(t.IO[str], process.stdout).close()
+        os.unlink(path)
+
+
+def floor_exchange_us(folder: str, count: int) -> float:
+    """The median round trip of a length-prefixed exchange over a persistent Unix socket."""
+    with floor_process(folder) as path:
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(path)
         reader = sock.makefile("rb")
@@ -147,11 +168,9 @@ def floor_exchange_us(folder: str, count: int) -> float:
             reader.read(struct.unpack(">I", reader.read(4))[0])
 
         samples = timed(exchange, count)
+        reader.close()
         sock.close()
         return statistics.median(samples) * 1e6
-    finally:
-        process.kill()
-        process.wait()
 
 
 def timed(call: t.Callable[[], object], count: int) -> list[float]:
@@ -201,11 +220,15 @@ def tls_environment(folder: str) -> dict[str, str]:
 
 
 def measure_hop(
-    directory: str, count: int, megabytes: int, tls: dict[str, str] | None = None
+    directory: str, folder: str, count: int, megabytes: int, tls: dict[str, str] | None = None
 ) -> Hop:
-    with waitress_backend() as backend:
-        variables: dict[str, t.Any] = {"BENCH_BACKEND": f"http://127.0.0.1:{backend}"}
-        variables.update(tls or {})
+    """The hop to a runtime through host B, for ``directory``; ``folder`` is the run's."""
+    with waitress_backend() as backend, floor_process(folder) as floor:
+        variables: dict[str, t.Any] = {
+            "BENCH_BACKEND": f"http://127.0.0.1:{backend}",
+            "BENCH_FLOOR": floor,
+            **(tls or {}),
+        }
         with gunicorn(directory, workers=4, app="bench.host:app", **variables) as host:
             owner = child(_RUNTIME, env={**environment_of(directory), **(tls or {})})
             try:
@@ -452,14 +475,14 @@ def main() -> None:
         floor_us = floor_exchange_us(folder, count)
         with waitress_backend() as backend:
             waitress_us = waitress_round_trip_us(backend, count)
-        hops["embedded"] = measure_hop(folder, count, megabytes)
+        hops["embedded"] = measure_hop(folder, folder, count, megabytes)
         renewals["embedded"] = renewal(os.path.join(folder, "many"), sessions, idle, None)
         churns = measure_churn(os.path.join(folder, "churn"), churn_seconds)
         if server is not None:
             server.start()
-            hops["redis"] = measure_hop(server.url, count, megabytes)
+            hops["redis"] = measure_hop(server.url, folder, count, megabytes)
             tls = tls_environment(folder)
-            hops["redis+tls"] = measure_hop(server.url, count, megabytes, tls)
+            hops["redis+tls"] = measure_hop(server.url, folder, count, megabytes, tls)
             assert server.process is not None
             renewals["redis"] = renewal(server.url, sessions, idle, server.process.pid)
     finally:
@@ -478,7 +501,9 @@ def main() -> None:
     print(f"{'directory':10} {'case':8} {'median µs':>10} {'p99 µs':>8} {'extra µs':>9}")
     for kind, hop in hops.items():
         for case in CASES:
-            extra = hop.median_us[case] - hop.median_us["local"]
+            # The bare listener and the raw exchange against the bare listener of B's own.
+            base = "local" if case in ("local", "runtime", "peer") else "bare-here"
+            extra = hop.median_us[case] - hop.median_us[base]
             print(
                 f"{kind:10} {case:8} {hop.median_us[case]:10.0f} {hop.p99_us[case]:8.0f}"
                 f" {extra:9.0f}"
@@ -522,6 +547,22 @@ def main() -> None:
             f"{up:.2f}",
             ">= 0.85",
             verdict(up, 0.85, False),
+        ),
+    ]
+    bare_extra = embedded.median_us["bare"] - embedded.median_us["bare-here"]
+    floor_extra = embedded.median_us["floor"] - embedded.median_us["bare-here"]
+    rows += [
+        (
+            "where it goes: hop extra with bare listeners, µs",
+            f"{bare_extra:.0f}",
+            "(where)",
+            "",
+        ),
+        (
+            "where it goes: a raw exchange from B's worker, µs",
+            f"{floor_extra:.0f}",
+            "(where)",
+            "",
         ),
     ]
     peer_extra = embedded.median_us["peer"] - embedded.median_us["local"]

@@ -1,8 +1,11 @@
 """The host that ``make bench-cluster`` measures: examples/cluster/app.py, plus the peers'
 way of reaching a process of its own, a reverse proxy inside the host (urllib3, as
 jupyter-server-proxy deployments do) to a backend server (waitress) that runs the same
-listener: ``/peer/...`` goes to ``BENCH_BACKEND``; and ``/floor/``, the least any hop
-can cost in this host (one raw exchange with a process that answers at once).
+listener: ``/peer/...`` goes to ``BENCH_BACKEND``; ``/floor/``, the least any hop
+can cost in this host (one raw exchange with the process at ``BENCH_FLOOR``, which
+answers at once); and ``bare-here``, a start-up listener that is a bare WSGI function,
+the twin of a runtime's ``bare``, so that the hop is measured without the cost of a
+listener's framework.
 
     BENCH_BACKEND=http://127.0.0.1:9000 gunicorn bench.host:app
 """
@@ -19,8 +22,10 @@ from collections.abc import Iterator
 import urllib3
 from flask import Response, request
 
+from bench.bare import bare
 from examples.cluster.app import app
 from examples.cluster.listener import report
+from wsgi_proxy_listen import listen
 from wsgi_proxy_listen.handlers import to_wsgi
 from wsgi_proxy_listen.headers import is_hop_by_hop
 
@@ -52,6 +57,8 @@ def peer(rest: str) -> Response:
     headers = [(k, v) for k, v in upstream.headers.items() if not is_hop_by_hop(k)]
     return Response(body(), status=upstream.status, headers=headers)
 
+
+listen(bare, session="bare-here", kind="wsgi")
 
 _floor = threading.local()
 

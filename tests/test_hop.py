@@ -280,6 +280,13 @@ class Started:
         self.status, self.headers = status, headers
 
 
+def closing(answer: Iterable[bytes]) -> None:
+    """Close an answer as a server does (a whole small answer is a plain list)."""
+    close = getattr(answer, "close", None)
+    if close is not None:
+        close()
+
+
 def forward(
     client: HopClient, endpoint: InternalEndpoint, path: str, session: str = "s", **environ: t.Any
 ) -> tuple[Started, bytes | Failure]:
@@ -292,7 +299,7 @@ def forward(
     try:
         return started, b"".join(answer)
     finally:
-        t.cast(t.Any, answer).close()
+        closing(answer)
 
 
 def test_an_answer_comes_back_whole(endpoint: tuple[InternalEndpoint, Owner]) -> None:
@@ -370,6 +377,91 @@ def test_a_stream_is_relayed(endpoint: tuple[InternalEndpoint, Owner]) -> None:
     wait_for(lambda: owner.closed == 1)
 
 
+def answer_frames(server: InternalEndpoint, path: str) -> list[int]:
+    """The kinds of the frames the owner answers a request for ``path`` with."""
+    connection = Connection(server.address, OWNER, server.secret, 1.0, 5.0)
+    channel = connection.channel
+    try:
+        request = pack({"REQUEST_METHOD": "GET", "PATH_INFO": path}, "s", "/proxy")
+        channel.send(channel.frame(frames.REQUEST, request))
+        kinds = [channel.read()[0]]
+        while kinds[-1] in (frames.RESPONSE, frames.DATA):
+            kinds.append(channel.read()[0])
+        return kinds
+    finally:
+        connection.close()
+
+
+def test_a_small_whole_answer_is_one_frame(endpoint: tuple[InternalEndpoint, Owner]) -> None:
+    """A list body the owner knows whole comes in one WHOLE frame (one read for the host);
+    a large one, and a stream, in RESPONSE, DATA... and END."""
+    server, _ = endpoint
+    assert answer_frames(server, "/early") == [frames.WHOLE]
+    assert answer_frames(server, "/big") == [frames.WHOLE]  # a large head, a small body
+    assert answer_frames(server, "/stream") == [frames.RESPONSE, *[frames.DATA] * 3, frames.END]
+    data = os.urandom(frames.CHUNK + 1)
+
+    def large(
+        environ: WSGIEnvironment, start_response: StartResponse, session: str, prefix: str
+    ) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return [data]
+
+    folder = short_folder()
+    big = InternalEndpoint(os.path.join(folder, "e.sock"), OWNER, large, None)
+    big.start()
+    try:
+        assert answer_frames(big, "/") == [frames.RESPONSE, frames.DATA, frames.DATA, frames.END]
+        assert forward(client_for(big), big, "/")[1] == data
+    finally:
+        big.close()
+        shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\x00\x00", b"\x00\x00\x00\x09200 OK", b"\xff\xff\xff\xff200 OK\x00hi"],
+)
+def test_a_whole_frame_whose_head_runs_past_it_is_refused(payload: bytes) -> None:
+    with pytest.raises(FrameError):
+        frames.decode_whole(payload)
+    head, body = frames.decode_whole(frames.encode_whole(["200 OK", "A", "1"], [b"x", b"y"]))
+    assert (head, body) == (["200 OK", "A", "1"], b"xy")
+
+
+def test_a_malformed_whole_answer_is_a_broken_owner() -> None:
+    """An owner (or anything at its address) whose WHOLE frame does not check out: the host
+    answers 502 (BROKEN), and the connection is not pooled."""
+    folder = short_folder()
+    path = os.path.join(folder, "rogue.sock")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(path)
+    listening.listen(1)
+
+    def rogue() -> None:
+        sock, _ = listening.accept()
+        with sock:
+            channel = frames.Channel(sock)
+            channel.read()  # HELLO
+            channel.send(channel.frame(frames.WELCOME, os.urandom(frames.NONCE_SIZE)))
+            channel.read()  # REQUEST
+            channel.send(channel.frame(frames.WHOLE, b"\x00\x00\x10\x00200 OK"))
+            with contextlib.suppress(EOFError, OSError):
+                channel.read()
+
+    thread = threading.Thread(target=rogue, daemon=True)
+    thread.start()
+    try:
+        client = HopClient(None, read_timeout=2.0)
+        CLIENTS.append(client)
+        assert forward_to(client, path) is Failure.BROKEN
+        thread.join(5)
+        assert not thread.is_alive(), "the host closed the connection"
+    finally:
+        listening.close()
+        shutil.rmtree(folder)
+
+
 def test_head_gets_headers_only(endpoint: tuple[InternalEndpoint, Owner]) -> None:
     server, _ = endpoint
     client = client_for(server)
@@ -434,7 +526,7 @@ def forward_to(client: HopClient, address: str, path: str = "/") -> Failure | by
     try:
         return b"".join(answer)
     finally:
-        t.cast(t.Any, answer).close()
+        closing(answer)
 
 
 def test_an_owner_that_is_gone_is_told_apart_from_a_paused_one() -> None:

@@ -51,6 +51,7 @@ from ..events import say
 from .addresses import Bind, listen_on
 from .frames import (
     ABORT,
+    CHUNK,
     DATA,
     END,
     HEADER,
@@ -59,10 +60,12 @@ from .frames import (
     REQUEST,
     RESPONSE,
     WELCOME,
+    WHOLE,
     Channel,
     FrameError,
     Keys,
     encode_fields,
+    encode_whole,
     read_hello,
     welcome,
 )
@@ -431,17 +434,22 @@ class _HostGone(Exception):
 
 
 class _Exchange:
-    """One forwarded request and its answer on ``channel``."""
+    """One forwarded request and its answer on ``channel``.
+
+    What the listener sends is queued (its head, then its body) and framed when it
+    leaves: a stream chunk by chunk as the listener makes it, a list body at its end,
+    in one ``WHOLE`` frame where it is small."""
 
     def __init__(self, channel: Channel, serve: ServeForwarded) -> None:
         self.channel = channel
         self.serve = serve
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
-        self.sent = False
+        self.sent = False  # whether the head was queued
         self.bodiless = False
         self.remaining: int | None = None  # bytes still owed under a Content-Length
-        self.out: list[bytes] = []  # frames not written yet
+        self.head: list[str] | None = None  # status and headers, queued and not framed yet
+        self.body: list[bytes] = []  # body bytes queued and not framed yet
         self.flushed = False  # whether any of the answer went out
         self.cut = False  # whether bytes past its Content-Length were dropped
         self.ended = False  # whether END went out (with the chunk that completed it)
@@ -487,20 +495,21 @@ class _Exchange:
 
     def _answer(self, session: str, iterable: Iterable[bytes]) -> bool:
         """Send the answer; whether it ended as framed (else ``ABORT`` was sent)."""
-        # A list body is known whole: it leaves in one write with its head and its end.
-        # Anything else may be a stream: each chunk leaves as it comes, and the one that
-        # completes its Content-Length takes the end along.
-        stream = type(iterable) not in (list, tuple)
+        # A list body is known whole: it leaves at its end, with its head. Anything else
+        # may be a stream: each chunk leaves as it comes, and the one that completes its
+        # Content-Length takes the end along.
+        whole = type(iterable) in (list, tuple)
         try:
             for chunk in iterable:
                 if self.status is None:
                     raise AssertionError("a body before start_response()")
                 self._add(chunk)
-                if stream and self.out:
+                if not whole and (self.body or self.head is not None):
                     if self.remaining == 0 and not self.ended:
-                        self.out += self.channel.frame(END)
                         self.ended = True
-                    self._flush()
+                        self._flush(END)
+                    else:
+                        self._flush()
             if self.status is None:
                 raise AssertionError("no start_response()")
         except _HostGone:
@@ -516,9 +525,13 @@ class _Exchange:
                 session,
                 self.remaining,
             )
-            self._send([*self.out, *self.channel.frame(ABORT)])
+            self._flush(ABORT)
             return False
-        self._send([*self.out, *self.channel.frame(END)])
+        if self.head is not None and sum(map(len, self.body)) <= CHUNK:
+            # Nothing went yet and the body is small: one frame, one read for the host.
+            self._send(self.channel.frame(WHOLE, encode_whole(self.head, self.body)))
+            return True
+        self._flush(END)
         return True
 
     def _failed(self, session: str) -> bool:
@@ -531,16 +544,16 @@ class _Exchange:
             return True
         if not self.flushed:
             logger.exception("a forwarded request of session %r failed", session)
-            self.status, self.headers, self.out, self.sent = None, [], [], False
-            self.remaining = None
+            self.status, self.headers, self.sent = None, [], False
+            self.head, self.body, self.remaining = None, [], None
             for chunk in respond(self.start_response, 500):
                 self._add(chunk)
-            self._send([*self.out, *self.channel.frame(END)])
+            self._flush(END)
             return True
         logger.error(
             "a forwarded answer of session %r failed after it began", session, exc_info=True
         )
-        self._send([*self.out, *self.channel.frame(ABORT)])
+        self._flush(ABORT)
         return False
 
     def write(self, data: bytes) -> None:
@@ -554,7 +567,22 @@ class _Exchange:
         except OSError as error:
             raise _HostGone() from error
         self.flushed = True
-        self.out = []
+
+    def _flush(self, end: int | None = None) -> None:
+        """Send what is queued, framed, then ``end`` (``END`` or ``ABORT``) if given."""
+        frame = self.channel.frame
+        pieces: list[bytes] = []
+        if self.head is not None:
+            pieces += frame(RESPONSE, encode_fields(self.head))
+            self.head = None
+        for data in self.body:
+            for start in range(0, len(data), CHUNK):
+                pieces += frame(DATA, data[start : start + CHUNK])
+        self.body = []
+        if end is not None:
+            pieces += frame(end)
+        if pieces:
+            self._send(pieces)
 
     def _add(self, data: bytes) -> None:
         self._start()
@@ -569,13 +597,7 @@ class _Exchange:
             self.remaining -= len(data)
             if not data:
                 return
-        frame = self.channel.frame
-        for start in range(0, len(data), 1 << 18):
-            self.out += frame(DATA, data[start : start + (1 << 18)])
-
-    def _flush(self) -> None:
-        if self.out:
-            self._send(self.out)
+        self.body.append(data)
 
     def _start(self) -> None:
         """Queue the head, once: status and headers as the listener sent them."""
@@ -592,8 +614,8 @@ class _Exchange:
         }
         if not self.bodiless and len(lengths) == 1 and (length := next(iter(lengths))).isdigit():
             self.remaining = int(length)
-        fields = [self.status]
+        head = [self.status]
         for name, value in self.headers:
-            fields.append(name)
-            fields.append(value)
-        self.out[:0] = self.channel.frame(RESPONSE, encode_fields(fields))
+            head.append(name)
+            head.append(value)
+        self.head = head

@@ -21,15 +21,18 @@ directory, where the folder's permissions keep others out) nothing is signed.
 Then each request is: ``REQUEST`` (the target session, the prefix it was
 routed with, the forwarded environ), ``DATA`` frames of its body, ``END``;
 and its answer: ``RESPONSE`` (status and headers), ``DATA`` frames, ``END``;
-or ``MISS`` when the owner does not serve the session; or ``ABORT`` after the
-owner's answer began and could not be finished.
+or, for an answer known whole and small, one ``WHOLE`` frame (status,
+headers and body: one read for the host); or ``MISS`` when the owner does
+not serve the session; or ``ABORT`` after the owner's answer began and could
+not be finished.
 
 A frame is a 4-byte big-endian payload length, a 1-byte type, the payload,
 and, with a key, a 16-byte MAC. A request's session, prefix and environ, and
 an answer's status and headers, are strings joined by NUL (``"\\0"``), encoded
 as UTF-8: a header of any size travels as it came, with no line limit of the
 hop's own. Where a string holds a NUL itself (a decoded ``%00`` in a path),
-the fields travel as a JSON list instead.
+the fields travel as a JSON list instead. A ``WHOLE`` payload is the size of
+its status and headers (4 bytes, big-endian), them, then the body.
 """
 
 from __future__ import annotations
@@ -52,17 +55,20 @@ __all__ = [
     "REQUEST",
     "RESPONSE",
     "VERSION",
+    "WHOLE",
     "Channel",
     "FrameError",
     "Keys",
     "decode_fields",
+    "decode_whole",
     "encode_fields",
+    "encode_whole",
 ]
 
 #: The version of the frames; a process that meets another refuses the connection.
-VERSION = 1
+VERSION = 2
 
-HELLO, WELCOME, REQUEST, DATA, END, RESPONSE, MISS, ABORT = range(1, 9)
+HELLO, WELCOME, REQUEST, DATA, END, RESPONSE, MISS, ABORT, WHOLE = range(1, 10)
 
 HEADER = struct.Struct(">IB")
 #: The longest payload a frame may carry; bodies travel in frames of at most CHUNK.
@@ -76,6 +82,7 @@ NONCE_SIZE = 16
 #: Seconds a HELLO's timestamp may be off.
 WINDOW = 30.0
 _HELLO = struct.Struct(">Bd16s")
+_HEAD_SIZE = struct.Struct(">I")
 _TO_OWNER, _TO_HOST = b">", b"<"
 
 
@@ -106,6 +113,26 @@ def decode_fields(payload: bytes) -> list[str]:
     if not isinstance(fields, list) or not all(type(field) is str for field in fields):
         raise FrameError("a malformed field list")
     return fields
+
+
+def encode_whole(head: list[str], body: list[bytes]) -> bytes:
+    """The payload of a ``WHOLE`` frame: ``head`` (status and headers, as fields), then
+    ``body``."""
+    fields = encode_fields(head)
+    return b"".join([_HEAD_SIZE.pack(len(fields)), fields, *body])
+
+
+def decode_whole(payload: bytes) -> tuple[list[str], bytes]:
+    """The head (status and headers, as fields) and body of a ``WHOLE`` frame.
+
+    :raises FrameError: the payload is not what :func:`encode_whole` writes.
+    """
+    if len(payload) < _HEAD_SIZE.size:
+        raise FrameError("a WHOLE frame too short")
+    end = _HEAD_SIZE.size + _HEAD_SIZE.unpack_from(payload)[0]
+    if end > len(payload):
+        raise FrameError("a WHOLE frame whose head runs past it")
+    return decode_fields(payload[_HEAD_SIZE.size : end]), payload[end:]
 
 
 def _secret_key(secret: bytes) -> bytes:

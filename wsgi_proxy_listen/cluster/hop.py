@@ -54,10 +54,12 @@ from .frames import (
     REQUEST,
     RESPONSE,
     WELCOME,
+    WHOLE,
     Channel,
     FrameError,
     Keys,
     decode_fields,
+    decode_whole,
     encode_fields,
     hello,
     read_welcome,
@@ -378,22 +380,37 @@ class HopClient:
         else:
             return Failure.BROKEN
         if kind == MISS:
-            if sent:
-                self.checkin(connection)
-            else:
-                connection.close()
+            self.done(connection, sent)
             return Failure.MISS
+        head: list[str]
+        whole: bytes | None = None  # the body of an answer that came in one frame
         try:
-            if kind != RESPONSE:
+            if kind == WHOLE:
+                head, whole = decode_whole(payload)
+            elif kind == RESPONSE:
+                head = decode_fields(payload)
+            else:
                 raise FrameError("an answer that is no RESPONSE")
-            status, *pairs = decode_fields(payload)
+            status, *pairs = head
             # As the owner sent them: the host checks them as a local listener's.
             headers = list(zip(pairs[::2], pairs[1::2], strict=True))
         except (FrameError, ValueError):
             connection.close()
             return Failure.BROKEN
+        if whole is not None:
+            self.done(connection, sent)  # the whole answer is here
+            start_response(status, headers)
+            return [whole] if whole else []
         start_response(status, headers)
         return _Relay(self, connection, session, reusable=sent)
+
+    def done(self, connection: Connection, sent: bool) -> None:
+        """An answer was read to its end: the connection goes back to the pool if the
+        whole request went (else the owner closes its side)."""
+        if sent:
+            self.checkin(connection)
+        else:
+            connection.close()
 
     @staticmethod
     def _send(channel: Channel, fields: bytes, body: _Body | None) -> bool:
@@ -466,10 +483,7 @@ class _Relay:
                 yield payload
             elif kind == END:
                 self.done = True
-                if self.reusable:
-                    self.client.checkin(self.connection)
-                else:
-                    self.connection.close()
+                self.client.done(self.connection, self.reusable)
                 return
             else:
                 # ABORT: the owner could not finish its answer (its listener failed, or
