@@ -280,9 +280,10 @@ class Channel:
         # sendmsg() writes the pieces of a large frame without joining them first, and
         # the timeouts can be the system's; an SSL socket has neither.
         self._plain = type(sock) is socket.socket
-        # Room for a stream to run ahead of its reader: each process then works in
-        # batches, instead of taking turns chunk by chunk.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+        # The send buffer stays the system's (TCP tunes its own): a stream that runs
+        # megabytes ahead of its reader is read back from memory the cache has left,
+        # and streamed at 0.6 of the speed (measured: 1.3 GB/s against 2.2 with a 4 MB
+        # buffer, where a bare socket relay in the same host did 2.2).
         raw: io.RawIOBase = _Reader(sock) if self._plain else socket.SocketIO(sock, "rb")
         self.rfile = io.BufferedReader(raw, BUFFER)
         self.keys: Keys | None = None
