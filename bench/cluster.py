@@ -15,7 +15,9 @@ with a process that answers at once (``floor``). Also measured: the
 floor of any Python hop, a length-prefixed exchange over a persistent Unix socket
 between two processes; and a kept-alive round trip to waitress alone. Then the CPU
 that B's workers and the runtime spend per request (``/proc``), and 200 MB streamed
-each way.
+each way (and down through a bare socket relay in B: the floor process sends
+megabytes as fast as its socket takes them, a worker of B passes on what each
+``recv`` gives, the most any hop through B can do).
 
 **The directories.** ``listen()`` in a runtime that holds 50,000 sessions, while its
 heartbeat renews (p99), and the CPU an idle one spends renewing; writers churning
@@ -73,10 +75,16 @@ serve_forever()
 
 _FLOOR = """
 import socket, struct, sys, threading
+BLOCK = b"x" * 65536
 def answer(connection):
     reader = connection.makefile("rb")
     while header := reader.read(4):
-        reader.read(struct.unpack(">I", header)[0])
+        asked = reader.read(struct.unpack(">I", header)[0])
+        if asked.startswith(b"mb="):  # a download: megabytes as fast as the socket takes
+            for _ in range(int(asked[3:]) * 16):
+                connection.sendall(BLOCK)
+            connection.close()
+            return
         connection.sendall(struct.pack(">I", 5) + b"hello")
 server = socket.socket(socket.AF_UNIX)
 server.bind(sys.argv[1])
@@ -283,7 +291,7 @@ UPLOAD_MB = 48
 def streaming(host: Cluster, megabytes: int) -> tuple[dict[str, float], dict[str, float]]:
     """MB/s of a download of ``megabytes`` and of an upload (at most :data:`UPLOAD_MB`),
     best of three, each case."""
-    down: dict[str, list[float]] = {"local": [], "runtime": []}
+    down: dict[str, list[float]] = {"local": [], "runtime": [], "floor": []}
     up: dict[str, list[float]] = {"local": [], "runtime": []}
     upload = min(megabytes, UPLOAD_MB)
     body = b"u" * (upload << 20)
@@ -299,6 +307,9 @@ def streaming(host: Cluster, megabytes: int) -> tuple[dict[str, float], dict[str
             while response.readinto(buffer):
                 pass
             down[case].append(megabytes / (time.perf_counter() - began))
+            if case not in up:
+                connection.close()
+                continue
             began = time.perf_counter()
             connection.request("POST", f"{CASES[case]}upload", body=body)
             answer = json.loads(connection.getresponse().read())
@@ -561,6 +572,12 @@ def main() -> None:
         (
             "where it goes: a raw exchange from B's worker, µs",
             f"{floor_extra:.0f}",
+            "(where)",
+            "",
+        ),
+        (
+            "where it goes: a bare socket relay's download / in-process",
+            f"{embedded.download_mb_s['floor'] / embedded.download_mb_s['local']:.2f}",
             "(where)",
             "",
         ),

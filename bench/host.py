@@ -3,9 +3,11 @@ way of reaching a process of its own, a reverse proxy inside the host (urllib3, 
 jupyter-server-proxy deployments do) to a backend server (waitress) that runs the same
 listener: ``/peer/...`` goes to ``BENCH_BACKEND``; ``/floor/``, the least any hop
 can cost in this host (one raw exchange with the process at ``BENCH_FLOOR``, which
-answers at once); and ``bare-here``, a start-up listener that is a bare WSGI function,
-the twin of a runtime's ``bare``, so that the hop is measured without the cost of a
-listener's framework.
+answers at once), and ``/floor/download?mb=N``, the most a hop can stream (what
+that process sends as fast as it can, passed on as each ``recv`` gives it); and
+``bare-here``, a start-up listener that is a bare WSGI function, the twin of a
+runtime's ``bare``, so that the hop is measured without the cost of a listener's
+framework.
 
     BENCH_BACKEND=http://127.0.0.1:9000 gunicorn bench.host:app
 """
@@ -80,9 +82,32 @@ def floor(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) -> 
 _inner = app.wsgi_app
 
 
+def floor_download(
+    environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]
+) -> Iterator[bytes]:
+    """The most a hop can do for a download in this host: what each ``recv`` from a
+    process that sends as fast as it can gives, passed on as it is."""
+    megabytes = environ.get("QUERY_STRING", "").partition("mb=")[2] or "1"
+    connection = socket.socket(socket.AF_UNIX)
+    connection.connect(os.environ["BENCH_FLOOR"])
+    asked = f"mb={int(megabytes)}".encode()
+    connection.sendall(struct.pack(">I", len(asked)) + asked)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+    def body() -> Iterator[bytes]:
+        with connection:
+            while chunk := connection.recv(65536):
+                yield chunk
+
+    return body()
+
+
 def _with_floor(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) -> t.Any:
-    if environ.get("PATH_INFO") == "/floor/":
+    path = environ.get("PATH_INFO")
+    if path == "/floor/":
         return floor(environ, start_response)
+    if path == "/floor/download":
+        return floor_download(environ, start_response)
     return _inner(environ, start_response)
 
 

@@ -63,6 +63,7 @@ def test_quick_cluster_benchmark_runs_and_prints_both_directories() -> None:
         "embedded   bare",
         "embedded   floor",
         "where it goes: hop extra with bare listeners, µs",
+        "where it goes: a bare socket relay's download / in-process",
         "hop extra latency / floor exchange (median)",
         "CPU per forwarded request / local (host + owner)",
         "streaming download, runtime / in-process",
