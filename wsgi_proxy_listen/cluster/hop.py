@@ -380,7 +380,7 @@ class HopClient:
         else:
             return Failure.BROKEN
         if kind == MISS:
-            self.done(connection, sent)
+            self.release(connection, sent)
             return Failure.MISS
         head: list[str]
         whole: bytes | None = None  # the body of an answer that came in one frame
@@ -398,13 +398,13 @@ class HopClient:
             connection.close()
             return Failure.BROKEN
         if whole is not None:
-            self.done(connection, sent)  # the whole answer is here
+            self.release(connection, sent)  # the whole answer is here
             start_response(status, headers)
             return [whole] if whole else []
         start_response(status, headers)
         return _Relay(self, connection, session, reusable=sent)
 
-    def done(self, connection: Connection, sent: bool) -> None:
+    def release(self, connection: Connection, sent: bool) -> None:
         """An answer was read to its end: the connection goes back to the pool if the
         whole request went (else the owner closes its side)."""
         if sent:
@@ -483,7 +483,7 @@ class _Relay:
                 yield payload
             elif kind == END:
                 self.done = True
-                self.client.done(self.connection, self.reusable)
+                self.client.release(self.connection, self.reusable)
                 return
             else:
                 # ABORT: the owner could not finish its answer (its listener failed, or
