@@ -1,6 +1,6 @@
-"""The hop between processes (cluster/frames.py, cluster/hop.py, cluster/endpoint.py), in one
-process: a real endpoint on a Unix socket (no secret) or a TCP port (with one), a real
-HopClient, and raw sockets for what a stranger can send."""
+"""The hop between processes (cluster/frames.py, cluster/hop.py, cluster/endpoint.py,
+cluster/exchange.py), in one process: a real endpoint on a Unix socket (no secret) or a TCP
+port (with one), a real HopClient, and raw sockets for what a stranger can send."""
 
 from __future__ import annotations
 
