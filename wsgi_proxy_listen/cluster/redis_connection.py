@@ -67,14 +67,17 @@ CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
 def client(url: str, timeout: float, retry: Retry) -> Commands:
+    # Every kind of client connects to its servers on the same terms.
+    options: dict[str, t.Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": retry,
+    }
     if url.lower().startswith(SENTINEL_SCHEME):
-        return _sentinel_client(url, timeout, retry)
+        return _sentinel_client(url, options)
     if url.lower().startswith(CLUSTER_SCHEMES):
-        return _cluster_client(url, timeout, retry)
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=retry
-    )
-    return t.cast(Commands, client)
+        return _cluster_client(url, options)
+    return t.cast(Commands, redis.Redis.from_url(url, **options))
 
 
 def _hosts(url: str, default_port: int, what: str) -> list[tuple[str, int]]:
@@ -113,31 +116,19 @@ def sentinels_of(url: str) -> tuple[list[tuple[str, int]], str, int]:
     return sentinels, path[0], int(path[1]) if len(path) == 2 else 0
 
 
-def _sentinel_client(url: str, timeout: float, retry: Retry) -> Commands:
+def _sentinel_client(url: str, options: dict[str, t.Any]) -> Commands:
     """A client of the master that the sentinels of ``url`` name, found again after a
     failover (redis-py's :class:`~redis.sentinel.Sentinel`)."""
     sentinels, master, db = sentinels_of(url)
     user, password = _credentials(url)
     query = parse_qs(urlsplit(url).query)
+    timeouts = {key: options[key] for key in ("socket_timeout", "socket_connect_timeout")}
     sentinel = Sentinel(
         sentinels,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        sentinel_kwargs={
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "password": query.get("sentinel_password", [None])[0],
-        },
+        **timeouts,
+        sentinel_kwargs={**timeouts, "password": query.get("sentinel_password", [None])[0]},
     )
-    client = sentinel.master_for(
-        master,
-        db=db,
-        username=user,
-        password=password,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=retry,
-    )
+    client = sentinel.master_for(master, db=db, username=user, password=password, **options)
     return t.cast(Commands, client)
 
 
@@ -159,7 +150,7 @@ def cluster_nodes_of(url: str) -> list[tuple[str, int]]:
 _CLUSTER_TLS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
-def _cluster_client(url: str, timeout: float, retry: Retry) -> Commands:
+def _cluster_client(url: str, options: dict[str, t.Any]) -> Commands:
     """A client of a Redis Cluster that finds the node holding each key's slot, and
     finds it again when the slot moves (redis-py's :class:`~redis.cluster.RedisCluster`).
     ``rediss+cluster://`` speaks TLS, with ``?ssl_ca_certs=`` (``ssl_certfile``,
@@ -175,9 +166,7 @@ def _cluster_client(url: str, timeout: float, retry: Retry) -> Commands:
         startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes_of(url)],
         username=user,
         password=password,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=retry,
+        **options,
         **tls,
     )
     return t.cast(Commands, client)
