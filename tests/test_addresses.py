@@ -4,25 +4,21 @@ port (or a range, one port a process), and a NAT's port between the two."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import typing as t
-from collections.abc import Iterator
 
 import flask
 import pytest
-from werkzeug.test import Client
 
-from wsgi_proxy_listen import ProxyMiddleware, Registry
+from wsgi_proxy_listen import Registry
 from wsgi_proxy_listen.cluster.addresses import Bind, bind_for, parse_advertise, parse_bind
 from wsgi_proxy_listen.flask import ProxyListen
 from wsgi_proxy_listen.settings import problems
 
 from .support.certs import authority, issued
-from .support.cluster import SECRET
+from .support.cluster import SECRET, redis_workers
 from .support.relay import Relay
-from .support.wsgi import Host
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -51,31 +47,6 @@ def free_ports(count: int) -> int:
             for sock in held:
                 sock.close()
     raise AssertionError(f"no {count} consecutive free ports")
-
-
-class Worker(t.NamedTuple):
-    directory: t.Any
-    registry: Registry
-    client: Client
-
-
-@contextlib.contextmanager
-def workers(url: str, *options: dict[str, t.Any]) -> Iterator[list[Worker]]:
-    from wsgi_proxy_listen.cluster import RedisDirectory
-
-    made: list[Worker] = []
-    try:
-        for given in options:
-            directory = RedisDirectory(url, secret=SECRET, lease=30, **given)
-            registry = Registry(directory=directory)
-            client = Client(ProxyMiddleware(Host(), registry))
-            client.get("/", buffered=True)  # the first request starts the endpoint
-            made.append(Worker(directory, registry, client))
-        yield made
-    finally:
-        for worker in made:
-            worker.directory.close()
-            worker.registry.close()
 
 
 def hello(request: t.Any) -> str:
@@ -184,7 +155,7 @@ def test_an_advertised_port_with_a_range_is_refused_when_the_directory_is_made()
 
 def test_a_fixed_port_is_bound_and_published(redis_url: str) -> None:
     port = free_ports(1)
-    with workers(redis_url, {"bind": f"127.0.0.1:{port}"}, {}) as (a, b):
+    with redis_workers(redis_url, {"bind": f"127.0.0.1:{port}"}, {}) as (a, b):
         assert a.directory.address == f"127.0.0.1:{port}"
         a.registry.listen(hello, session="fixed")
         assert b.client.get("/proxy/sessions/fixed/").get_data() == b"hello"
@@ -198,7 +169,7 @@ def test_a_taken_port_is_said_and_the_listeners_stay_local(
     port = free_ports(1)
     bind = {"bind": f"127.0.0.1:{port}"}
     logging_errors = caplog.at_level(logging.ERROR, "wsgi_proxy_listen")
-    with logging_errors, workers(redis_url, bind, bind, {}) as (a, second, b):
+    with logging_errors, redis_workers(redis_url, bind, bind, {}) as (a, second, b):
         assert a.directory.address == f"127.0.0.1:{port}"
         assert not second.directory.serving
         second.registry.listen(hello, session="stays-local")
@@ -217,7 +188,7 @@ def test_a_taken_port_is_said_and_the_listeners_stay_local(
 def test_a_range_gives_each_process_of_a_machine_its_own_port(redis_url: str) -> None:
     first = free_ports(2)
     bind = {"bind": f"127.0.0.1:{first}-{first + 1}"}
-    with workers(redis_url, bind, bind, {}) as (a, b, c):
+    with redis_workers(redis_url, bind, bind, {}) as (a, b, c):
         assert {a.directory.address, b.directory.address} == {
             f"127.0.0.1:{first}",
             f"127.0.0.1:{first + 1}",
@@ -235,7 +206,7 @@ def test_behind_a_nat_the_advertised_port_is_published(redis_url: str) -> None:
     relay = Relay(("127.0.0.1", bound))
     try:
         nat = {"advertise_host": f"127.0.0.1:{relay.port}", "bind": f"127.0.0.1:{bound}"}
-        with workers(redis_url, nat, {}) as (a, b):
+        with redis_workers(redis_url, nat, {}) as (a, b):
             assert a.directory.address == f"127.0.0.1:{relay.port}"
             a.registry.listen(hello, session="behind-nat")
             assert b.client.get("/proxy/sessions/behind-nat/").get_data() == b"hello"
@@ -247,10 +218,10 @@ def test_behind_a_nat_the_advertised_port_is_published(redis_url: str) -> None:
 def test_the_bind_variable(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_ports(1)
     monkeypatch.setenv("WSGI_PROXY_LISTEN_BIND", f"127.0.0.1:{port}")
-    with workers(redis_url, {}) as (a,):
+    with redis_workers(redis_url, {}) as (a,):
         assert a.directory.address == f"127.0.0.1:{port}"
     monkeypatch.setenv("WSGI_PROXY_LISTEN_BIND", f"{ELSEWHERE_V4}:1")
-    with pytest.raises(ValueError, match="to listen on"), workers(redis_url, {}):
+    with pytest.raises(ValueError, match="to listen on"), redis_workers(redis_url, {}):
         pass
 
 
@@ -291,7 +262,7 @@ def test_the_settings_configure_the_redis_directory(redis_url: str, tmp_path: t.
         app.test_client().get("/")  # the first request starts the endpoint
         assert directory.address == f"127.0.0.1:{port}"
         registry.listen(hello, session="configured")
-        with workers(
+        with redis_workers(
             redis_url,
             {"namespace": "from-settings", "tls_cert": cert, "tls_key": key, "tls_ca": ca_file},
         ) as (b,):

@@ -38,6 +38,7 @@ from .support.cluster import (
     stop_session,
 )
 from .support.wire import Answer, exchange, peak_rss_growth_mib, upload_arrives_whole
+from .support.wsgi import closing
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -238,9 +239,7 @@ def hop_to_owner(shared: Shared, session: str, path: str) -> tuple[int, bytes]:
         )
         assert not isinstance(answer, Failure), answer
         body = b"".join(answer)
-        close = getattr(answer, "close", None)  # a whole small answer is a plain list
-        if close is not None:
-            close()
+        closing(answer)
         return int(started[0][:3]), body
     finally:
         client.clear()

@@ -26,6 +26,7 @@ from wsgi_proxy_listen.cluster.frames import FrameError, Keys
 from wsgi_proxy_listen.cluster.hop import Connection, HopClient, pack, unpack
 
 from .support.cluster import short_folder
+from .support.wsgi import closing
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -278,13 +279,6 @@ class Started:
         self, status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
     ) -> t.Any:
         self.status, self.headers = status, headers
-
-
-def closing(answer: Iterable[bytes]) -> None:
-    """Close an answer as a server does (a whole small answer is a plain list)."""
-    close = getattr(answer, "close", None)
-    if close is not None:
-        close()
 
 
 def forward(

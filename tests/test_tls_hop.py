@@ -14,14 +14,10 @@ import typing as t
 from collections.abc import Iterator
 
 import pytest
-from werkzeug.test import Client
-
-from wsgi_proxy_listen import ProxyMiddleware, Registry
 
 from .support.certs import authority, issued
-from .support.cluster import NAMESPACE, SECRET
+from .support.cluster import NAMESPACE, SECRET, RedisWorker, redis_workers
 from .support.relay import Relay
-from .support.wsgi import Host
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -39,39 +35,21 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, t.Any]:
     }
 
 
-class Worker(t.NamedTuple):
-    directory: t.Any
-    registry: Registry
-    client: Client
-
-
 @contextlib.contextmanager
-def workers(url: str, *files: t.Any) -> Iterator[list[Worker]]:
-    from wsgi_proxy_listen.cluster import RedisDirectory
-
-    made: list[Worker] = []
-    try:
-        for given in files:
-            names = ("tls_cert", "tls_key", "tls_ca")
-            tls = {} if given is None else dict(zip(names, given, strict=True))
-            directory = RedisDirectory(url, secret=SECRET, lease=30, **tls)
-            registry = Registry(directory=directory)
-            # No cookie jar: the test's Cookie header is sent as given.
-            client = Client(ProxyMiddleware(Host(), registry), use_cookies=False)
-            client.get("/", buffered=True)
-            made.append(Worker(directory, registry, client))
+def workers(url: str, *files: t.Any) -> Iterator[list[RedisWorker]]:
+    """Workers with the TLS files given for each (``None``: without TLS), and no cookie
+    jar: a test's Cookie header is sent as given."""
+    names = ("tls_cert", "tls_key", "tls_ca")
+    options = [{} if given is None else dict(zip(names, given, strict=True)) for given in files]
+    with redis_workers(url, *options, use_cookies=False) as made:
         yield made
-    finally:
-        for worker in made:
-            worker.directory.close()
-            worker.registry.close()
 
 
 def echo(request: t.Any) -> str:
     return f"{request.headers.get('Cookie')} {request.get_data(as_text=True)}"
 
 
-def through_a_relay(url: str, owner: Worker) -> Relay:
+def through_a_relay(url: str, owner: RedisWorker) -> Relay:
     """Rewrite the owner's entry so that hops go through a relay (what anyone who can
     write to the directory could do)."""
     import redis

@@ -22,9 +22,13 @@ import typing as t
 from collections.abc import Iterator
 from pathlib import Path
 
+from werkzeug.test import Client
+
+from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen.cluster.variables import namespace_for
 
 from .wire import Answer, exchange, free_port, get, stop, wait_until_listening
+from .wsgi import Host
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS = shutil.which("redis-server")
@@ -266,3 +270,33 @@ def concurrently(count: int, clients: int, call: t.Callable[[], Answer]) -> list
     for thread in threads:
         thread.join()
     return answers
+
+
+class RedisWorker(t.NamedTuple):
+    directory: t.Any
+    registry: Registry
+    client: Client
+
+
+@contextlib.contextmanager
+def redis_workers(
+    url: str, *options: dict[str, t.Any], use_cookies: bool = True
+) -> Iterator[list[RedisWorker]]:
+    """Workers of a host on the Redis directory at ``url``, in this process: one for each
+    of ``options`` (a RedisDirectory's keyword arguments), each with its directory, its
+    registry and a test client of a host that routes with it, its endpoint started."""
+    from wsgi_proxy_listen.cluster import RedisDirectory
+
+    made: list[RedisWorker] = []
+    try:
+        for given in options:
+            directory = RedisDirectory(url, secret=SECRET, lease=30, **given)
+            registry = Registry(directory=directory)
+            client = Client(ProxyMiddleware(Host(), registry), use_cookies=use_cookies)
+            client.get("/", buffered=True)  # the first request starts the endpoint
+            made.append(RedisWorker(directory, registry, client))
+        yield made
+    finally:
+        for worker in made:
+            worker.directory.close()
+            worker.registry.close()
