@@ -853,6 +853,79 @@ def test_a_table_laid_out_by_a_later_release_is_refused_in_one_line(
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# The table as the releases before wrote it (layout 2; layout 1 had no records, no
+# new owners and no version): sessions in a table of rowids.
+_LAYOUT_2 = """
+CREATE TABLE owners (
+    owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, address TEXT NOT NULL,
+    expires REAL NOT NULL, started REAL NOT NULL);
+CREATE TABLE sessions (
+    session TEXT PRIMARY KEY, owner TEXT NOT NULL, app TEXT, joined REAL NOT NULL, record TEXT);
+CREATE INDEX sessions_by_owner ON sessions (owner);
+CREATE INDEX sessions_by_app ON sessions (app, joined);
+CREATE TABLE takeovers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, old_owner TEXT NOT NULL,
+    at REAL NOT NULL, new_owner TEXT);
+CREATE INDEX takeovers_by_owner ON takeovers (old_owner, id);
+CREATE TABLE locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TRIGGER sessions_taken_over BEFORE INSERT ON sessions
+WHEN EXISTS (SELECT 1 FROM sessions WHERE session = NEW.session AND owner <> NEW.owner)
+BEGIN
+    INSERT INTO takeovers (session, old_owner, at, new_owner)
+    SELECT session, owner, NEW.joined, NEW.owner FROM sessions WHERE session = NEW.session;
+END;
+PRAGMA user_version = 2;
+"""
+
+
+@pytest.mark.parametrize("layout", [1, 2])
+def test_a_table_of_an_earlier_layout_is_brought_to_this_one_with_its_rows(layout: int) -> None:
+    """A table that an earlier release laid out (sessions in a table of rowids, an index
+    of every app) is laid out anew, sessions kept by their id, when a process of this
+    release opens it: its rows are kept, and a take-over is still noticed."""
+    folder = short_folder()
+    made = Workers("embedded", folder)
+    try:
+        path = os.path.join(folder, "directory.sqlite3")
+        old = "1-aaaaaaaaaa"
+        rows: list[tuple[t.Any, ...]] = [
+            ("kept", old, None, 5.0, json.dumps({"v": 1, "owner": old})),
+            ("member", old, "board", 6.0, json.dumps({"v": 1, "owner": old, "app": "board"})),
+        ]
+        script = _LAYOUT_2
+        if layout == 1:
+            script = script.replace(", record TEXT", "").replace(", new_owner TEXT", "")
+            script = script.replace(", NEW.owner", "").replace(", new_owner", "")
+            script = script.replace("PRAGMA user_version = 2;", "")
+            rows = [row[:4] for row in rows]
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            db.executescript(script)
+            db.execute("INSERT INTO owners VALUES (?, 1, ?, 1e12, 0)", (old, "/nowhere.sock"))
+            db.executemany(f"INSERT INTO sessions VALUES ({', '.join('?' * len(rows[0]))})", rows)
+        _, registry, _ = made.worker()
+        registry.listen(text("new"), session="taken")
+        with made.table() as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == embedded.SCHEMA == 3
+            layout = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+            kept = db.execute(
+                "SELECT * FROM sessions WHERE owner = ? ORDER BY session", (old,)
+            ).fetchall()
+        assert layout["sessions"].endswith("WITHOUT ROWID")
+        assert layout["sessions_by_app"].endswith("WHERE app IS NOT NULL")
+        assert "sessions_before_3" not in layout
+        assert "sessions_taken_over" in layout
+        assert kept == [row + (None,) * (5 - len(row)) for row in sorted(rows)]
+        # The trigger came back with the table: a session published by another owner is a
+        # take-over, which its old owner hears of.
+        registry.listen(text("mine now"), session="kept")
+        with made.table() as db:
+            notices = db.execute("SELECT session, old_owner FROM takeovers").fetchall()
+        assert notices == [("kept", old)]
+    finally:
+        made.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_child_forked_after_using_the_table_takes_its_own_file_locks() -> None:
     """SQLite connections must not cross a fork: the child would believe it holds the

@@ -59,7 +59,7 @@ logger = logging.getLogger("wsgi_proxy_listen")
 
 DATABASE = "directory.sqlite3"
 #: The version of the table's layout (``PRAGMA user_version``) this release writes.
-SCHEMA = 2
+SCHEMA = 3
 #: Seconds between two looks at the take-over notices (take-over within a second).
 WATCH_INTERVAL = 0.2
 #: Seconds a write waits for its turn before it counts as busy (it is tried again).
@@ -79,9 +79,10 @@ CREATE TABLE IF NOT EXISTS owners (
     owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, address TEXT NOT NULL,
     expires REAL NOT NULL, started REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
-    session TEXT PRIMARY KEY, owner TEXT NOT NULL, app TEXT, joined REAL NOT NULL, record TEXT);
+    session TEXT PRIMARY KEY, owner TEXT NOT NULL, app TEXT, joined REAL NOT NULL, record TEXT
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sessions_by_owner ON sessions (owner);
-CREATE INDEX IF NOT EXISTS sessions_by_app ON sessions (app, joined);
+CREATE INDEX IF NOT EXISTS sessions_by_app ON sessions (app, joined) WHERE app IS NOT NULL;
 CREATE TABLE IF NOT EXISTS takeovers (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, old_owner TEXT NOT NULL,
     at REAL NOT NULL, new_owner TEXT);
@@ -106,7 +107,7 @@ _LOCATE = (
 )
 _ENTRIES = (
     "SELECT s.session, o.pid, o.address, s.record FROM sessions s"
-    " JOIN owners o ON o.owner = s.owner WHERE o.expires > ? ORDER BY s.joined"
+    " JOIN owners o ON o.owner = s.owner WHERE o.expires > ? ORDER BY s.joined, s.session"
 )
 _CURRENT = (
     "SELECT s.session, s.owner, s.record FROM sessions s JOIN owners o ON o.owner = s.owner"
@@ -552,12 +553,34 @@ def _set_up(writer: sqlite3.Connection, database: str) -> None:
             f"the directory table {database} has layout {version}; this wsgi-proxy-listen"
             f" knows layouts up to {SCHEMA}: run the same release in every process"
         )
+    moved = version < 3 and bool(_columns(writer, "sessions"))
+    if moved:
+        # Layouts 1 and 2 kept the sessions in a table of rowids, with an index of their
+        # ids and one of every app (none included): four trees for each write, where
+        # layout 3 has two (the sessions by id, and by owner), a third for an app's.
+        writer.execute("ALTER TABLE sessions RENAME TO sessions_before_3")
+        for kind, name in (
+            ("INDEX", "sessions_by_owner"),
+            ("INDEX", "sessions_by_app"),
+            ("TRIGGER", "sessions_taken_over"),
+        ):
+            writer.execute(f"DROP {kind} IF EXISTS {name}")
     for statement in filter(str.strip, _SCHEMA.split(";")):
         writer.execute(statement)
+    if moved:
+        record = "record" if "record" in _columns(writer, "sessions_before_3") else "NULL"
+        writer.execute(
+            f"INSERT INTO sessions SELECT session, owner, app, joined, {record}"
+            " FROM sessions_before_3"
+        )
+        writer.execute("DROP TABLE sessions_before_3")
     writer.execute(_TAKEOVER)
-    for table, column in (("sessions", "record"), ("takeovers", "new_owner")):
-        columns = {row[1] for row in writer.execute(f"PRAGMA table_info({table})")}
-        if column not in columns:
-            writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    if "new_owner" not in _columns(writer, "takeovers"):
+        writer.execute("ALTER TABLE takeovers ADD COLUMN new_owner TEXT")
     if version < SCHEMA:
         writer.execute(f"PRAGMA user_version = {SCHEMA}")
+
+
+def _columns(writer: sqlite3.Connection, table: str) -> set[str]:
+    """The columns of ``table`` (none: there is no such table)."""
+    return {row[1] for row in writer.execute(f"PRAGMA table_info({table})")}
