@@ -217,7 +217,8 @@ class Directory(t.Protocol):
         directory is no error (the lock expires by itself)."""
 
     def entries(self) -> list[Entry]:
-        """Every live listener of every process, oldest first.
+        """Every live listener of every process, oldest first (those of the same moment by
+        session id).
 
         :raises DirectoryUnavailable: the directory cannot be reached.
         """

@@ -120,7 +120,8 @@ def namespaces_in(client: Commands) -> list[str]:
 
 
 def entries_in(client: Commands, namespace: str) -> list[Entry]:
-    """The live entries of the deployment ``namespace``, oldest first."""
+    """The live entries of the deployment ``namespace``, oldest first (those of the same
+    moment by session id)."""
     prefix = "{" + namespace + "}:"
     keys = list(client.scan_iter(match=f"{prefix}session:*", count=1000))
     sessions = [decode_record(value) for value in client.mget(keys)] if keys else []
@@ -148,7 +149,7 @@ def entries_in(client: Commands, namespace: str) -> list[Entry]:
                 record["since"],
             )
         )
-    return sorted(entries, key=lambda entry: entry.since)
+    return sorted(entries, key=lambda entry: (entry.since, entry.session))
 
 
 class RedisDirectory(SharedDirectory):
