@@ -558,6 +558,7 @@ def _set_up(writer: sqlite3.Connection, database: str) -> None:
         # Layouts 1 and 2 kept the sessions in a table of rowids, with an index of their
         # ids and one of every app (none included): four trees for each write, where
         # layout 3 has two (the sessions by id, and by owner), a third for an app's.
+        writer.execute("DROP TABLE IF EXISTS sessions_before_3")  # made by hand, say
         writer.execute("ALTER TABLE sessions RENAME TO sessions_before_3")
         for kind, name in (
             ("INDEX", "sessions_by_owner"),
@@ -571,7 +572,7 @@ def _set_up(writer: sqlite3.Connection, database: str) -> None:
         record = "record" if "record" in _columns(writer, "sessions_before_3") else "NULL"
         writer.execute(
             f"INSERT INTO sessions SELECT session, owner, app, joined, {record}"
-            " FROM sessions_before_3"
+            " FROM sessions_before_3 WHERE session IS NOT NULL"  # a key now, never NULL
         )
         writer.execute("DROP TABLE sessions_before_3")
     writer.execute(_TAKEOVER)
