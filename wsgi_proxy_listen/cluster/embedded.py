@@ -556,8 +556,9 @@ def _set_up(writer: sqlite3.Connection, database: str) -> None:
     moved = version < 3 and bool(_columns(writer, "sessions"))
     if moved:
         # Layouts 1 and 2 kept the sessions in a table of rowids, with an index of their
-        # ids and one of every app (none included): four trees for each write, where
-        # layout 3 has two (the sessions by id, and by owner), a third for an app's.
+        # ids, one of their owners and one of every app (none included): four trees for
+        # each write, where layout 3 has two (the sessions by id, and by owner), and a
+        # third for an app's member.
         writer.execute("DROP TABLE IF EXISTS sessions_before_3")  # made by hand, say
         writer.execute("ALTER TABLE sessions RENAME TO sessions_before_3")
         for kind, name in (
