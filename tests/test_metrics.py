@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 import typing as t
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -154,22 +156,51 @@ def test_the_endpoint_is_a_wsgi_app_that_the_host_mounts() -> None:
     assert "wsgi_proxy_listen_requests_total" in answer.get_data(as_text=True)
 
 
+class Held:
+    """A request to the metrics host's /hold: the sync worker that takes it serves nothing
+    else until ``release()``, so every other request goes to the other worker."""
+
+    def __init__(self, port: int, mark: Path) -> None:
+        self.mark = mark
+        self.thread = threading.Thread(target=get, args=(port, f"/hold?mark={mark}"))
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not mark.exists():
+            assert time.monotonic() < deadline, "no worker took the hold"
+            time.sleep(0.01)
+        self.pid = int(mark.read_text())
+
+    def release(self) -> None:
+        self.mark.unlink()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
 def test_a_gunicorn_host_counts_every_workers_requests() -> None:
     """gunicorn -w 2 in prometheus_client's multiprocess mode, after a known mix: served
     here and forwarded, 404, 413, 401, 500 and 503; four scrapes, whichever worker
-    answers, give the same, exact counts."""
+    answers, give the same, exact counts. Sync workers, so that a held worker steers the
+    requests: the sessions start in one and are requested through the other (the kernel
+    alone once gave every request to one worker, and nothing was forwarded)."""
     folder = short_folder()
     counters = tempfile.mkdtemp(prefix="wpl-prom-")
     app = "tests.support.metrics_host:app"
     try:
-        with gunicorn(folder, workers=2, app=app, PROMETHEUS_MULTIPROC_DIR=counters) as host:
+        with gunicorn(
+            folder, workers=2, worker_class="sync", app=app, PROMETHEUS_MULTIPROC_DIR=counters
+        ) as host:
 
-            def start(kind: str, session: str) -> None:
+            def start(kind: str, session: str) -> int:
                 request = f"POST /sessions/{kind}/{session} HTTP/1.0\r\n\r\n"
-                assert exchange(host.port, request.encode()).status == 200
+                answer = exchange(host.port, request.encode())
+                assert answer.status == 200
+                return int(answer.body)
 
-            for kind in ("hello", "broken", "private", "slow"):
-                start(kind, kind)
+            first = Held(host.port, Path(folder, "first"))
+            owners = {start(kind, kind) for kind in ("hello", "broken", "private", "slow")}
+            second = Held(host.port, Path(folder, "second"))
+            assert owners == {second.pid} != {first.pid}, "the sessions are the second's"
+            first.release()  # from here on, the first worker takes every request
             served = [get(host.port, "/proxy/sessions/hello/").status for _ in range(20)]
             statuses = [
                 get(host.port, "/proxy/sessions/nope/").status,
@@ -180,6 +211,7 @@ def test_a_gunicorn_host_counts_every_workers_requests() -> None:
                 get(host.port, "/proxy/sessions/private/").status,
                 get(host.port, "/proxy/sessions/broken/").status,
             ]
+            second.release()
             slow = concurrently(2, 2, lambda: get(host.port, "/proxy/sessions/slow/"))
             assert set(served) == {200}
             assert statuses == [404, 413, 401, 500]
@@ -201,9 +233,10 @@ def test_a_gunicorn_host_counts_every_workers_requests() -> None:
         assert (received("200"), received("404"), received("413")) == (20 + 1, 1, 1)
         assert (received("401"), received("500"), received("503")) == (1, 1, 1)
         assert counts[("session", "none", "404")] == counts[("session", "none", "401")] == 1
+        assert counts[("session", "forwarded", "200")] >= 20, "every hello went through"
+        assert counts[("session", "forwarded", "500")] == 1
         forwarded = sum(v for (_, where, _), v in counts.items() if where == "forwarded")
         from_another = sum(v for (_, where, _), v in counts.items() if where == "from_another")
-        assert forwarded >= 1, "both workers received requests"
         assert from_another == forwarded - counts[("session", "forwarded", "413")]
     finally:
         shutil.rmtree(folder, ignore_errors=True)

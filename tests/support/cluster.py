@@ -176,8 +176,11 @@ def gunicorn(
 ) -> Iterator[Cluster]:
     """examples/cluster/app.py (or ``app``) under gunicorn, connected through the
     environment as its docstring says; with ``lease`` or ``read_timeout``, through the
-    test config instead. ``environment`` adds variables (``SCRATCHPAD_IDLE_TIMEOUT="1"``)."""
+    test config instead. ``environment`` adds variables (``SCRATCHPAD_IDLE_TIMEOUT="1"``).
+    A sync worker gets one thread: with the example's ``threads = 4``, gunicorn would quietly
+    run gthread instead."""
     port = free_port()
+    threads = ("--threads", "1") if worker_class == "sync" else ()
     env = {**os.environ, "PYTHONPATH": str(ROOT), **environment}
     env.pop("WSGI_PROXY_LISTEN_SECRET", None)
     if not directory.startswith("/"):
@@ -192,7 +195,7 @@ def gunicorn(
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "gunicorn", "-c", "tests/support/cluster_gunicorn.py"),
-                *("-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", worker_class),
+                *("-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", worker_class, *threads),
                 app,
             ],
             cwd=ROOT,
@@ -204,6 +207,7 @@ def gunicorn(
         try:
             wait_until_listening(process, port, log)
             cluster = Cluster(port, process, log)
+            assert f"Using worker: {worker_class}" in cluster.log_text()
             warm_up(cluster, workers)
             yield cluster
         finally:

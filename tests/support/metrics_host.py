@@ -1,11 +1,13 @@
 """A Flask host for tests/test_metrics.py under gunicorn: its routes register listeners
 that answer 200, raise (500), need a login nobody has (401), or take a second with one
-request at a time (the second at once: 503); /metrics serves the counts."""
+request at a time (the second at once: 503); /metrics serves the counts; /hold keeps the
+worker that takes it busy until the test lets go, so that the next requests go to the other."""
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from flask import Flask, Response, request
 
@@ -50,6 +52,19 @@ def start(kind: str, session: str) -> str:
 
 @app.get("/pid")
 def pid() -> str:
+    return str(os.getpid())
+
+
+@app.get("/hold")
+def hold() -> str:
+    """Write this worker's pid to the file ``mark`` names, then wait until the test deletes it."""
+    mark = Path(request.args["mark"])
+    written = mark.with_suffix(".part")
+    written.write_text(str(os.getpid()))
+    written.replace(mark)
+    deadline = time.monotonic() + 30
+    while mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     return str(os.getpid())
 
 
