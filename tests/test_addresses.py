@@ -31,7 +31,7 @@ def free_ports(count: int) -> int:
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
+            first = int(probe.getsockname()[1])
         if first + count > 65535:
             continue
         held = []
@@ -181,8 +181,10 @@ def test_a_taken_port_is_said_and_the_listeners_stay_local(
         if "cannot start its internal endpoint" in record.getMessage()
     ]
     assert len(said) == 1
-    assert "is taken" in str(said[0].exc_info[1])
-    assert "WSGI_PROXY_LISTEN_BIND" in str(said[0].exc_info[1])
+    exc_info = said[0].exc_info
+    assert exc_info is not None
+    assert "is taken" in str(exc_info[1])
+    assert "WSGI_PROXY_LISTEN_BIND" in str(exc_info[1])
 
 
 def test_a_range_gives_each_process_of_a_machine_its_own_port(redis_url: str) -> None:
@@ -255,7 +257,10 @@ def test_the_settings_configure_the_redis_directory(redis_url: str, tmp_path: t.
         registry,
     )
     try:
+        from wsgi_proxy_listen.cluster.redis_directory import RedisDirectory
+
         directory = registry.directory
+        assert isinstance(directory, RedisDirectory), directory
         assert directory.namespace == "from-settings"
         assert directory.tls is not None
         assert directory.tls.cert == cert

@@ -111,7 +111,7 @@ def test_a_request_in_flight_keeps_its_session_alive(registry: Registry, board: 
     stream = client.get("/proxy/apps/board/stream", buffered=False)
     assert member.active == 1
     assert registry.close_idle(now=time.monotonic() + 3600) == [], "in flight"
-    assert b"".join(stream.response) == b"ab"
+    assert b"".join(stream.iter_encoded()) == b"ab"
     stream.close()
     assert member.active == 0
     ended = t.cast(float, member.last_request)
@@ -226,7 +226,7 @@ def test_a_retirement_that_fails_is_tried_again_and_spares_the_others(
     registry.register_app("app", idle_timeout=1)
     first = registry.listen(lambda request: "", session="a", app="app")
     second = registry.listen(lambda request: "", session="b", app="app")
-    real = apps_module.retire
+    real = retiring.retire
     failures = [first]
 
     def retire(listener: Listener, *arguments: t.Any) -> None:

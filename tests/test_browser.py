@@ -18,7 +18,7 @@ from examples import demo
 from wsgi_proxy_listen import Registry
 from wsgi_proxy_listen.origins import label
 
-from .support.browser import Browser, Page, browser, served, watched
+from .support.browser import BrowserContext, Page, browser, served, watched
 from .support.wsgi import running_server
 
 __all__ = ["browser"]  # the fixture, imported for the tests here
@@ -26,7 +26,7 @@ __all__ = ["browser"]  # the fixture, imported for the tests here
 pytestmark = pytest.mark.browser
 
 
-def test_demo_page_in_chromium(browser: Browser) -> None:
+def test_demo_page_in_chromium(browser: BrowserContext) -> None:
     """Start a session from the index form, open its page: the relative stylesheet
     applies, the relative fetch() renders, the relative link stays under the prefix."""
     app, _ = demo.create_app(Registry())
@@ -77,7 +77,7 @@ def user_on(page: Page, url: str) -> str | None:
     return page.locator("#user").text_content()
 
 
-def test_a_listener_login_and_the_host_login_live_side_by_side(browser: Browser) -> None:
+def test_a_listener_login_and_the_host_login_live_side_by_side(browser: BrowserContext) -> None:
     """Finding 1, in a browser: the host and a Flask listener both use a cookie called
     ``session`` at Path=/; the listener's is confined to its path, so logging into the
     listener leaves the host's login alone, and each reads its own."""
@@ -93,7 +93,9 @@ def test_a_listener_login_and_the_host_login_live_side_by_side(browser: Browser)
         assert {("session", "/"), ("session", "/proxy/sessions/nb")} <= cookies
 
 
-def test_a_listener_cookie_named_as_the_withheld_host_cookie_reaches_it(browser: Browser) -> None:
+def test_a_listener_cookie_named_as_the_withheld_host_cookie_reaches_it(
+    browser: BrowserContext,
+) -> None:
     """The host withholds its ``session`` cookie, and a Flask listener's cookie has the same
     name (as Flask-Admin's has): the browser sends the listener's first (its path is
     longer), only the host's is withheld, and both logins hold."""
@@ -108,7 +110,7 @@ def test_a_listener_cookie_named_as_the_withheld_host_cookie_reaches_it(browser:
         assert seen == f"session={jar['/proxy/sessions/nb']}", "the host's login was sent"
 
 
-def test_listener_cookies_work_with_the_host_session_withheld(browser: Browser) -> None:
+def test_listener_cookies_work_with_the_host_session_withheld(browser: BrowserContext) -> None:
     """Finding 2, in a browser: with the host's session cookie withheld (not every cookie,
     as forward_cookies=False did), Trac-like form tokens and the Django admin's CSRF and
     session cookies reach their listeners, and the admin login works."""
@@ -134,7 +136,7 @@ def test_listener_cookies_work_with_the_host_session_withheld(browser: Browser) 
     ("kind", "login_path"), [("flask", "/login"), ("django", "/accounts/login/")]
 )
 def test_the_hosts_login_stands_in_front_of_its_listeners(
-    browser: Browser, kind: str, login_path: str
+    browser: BrowserContext, kind: str, login_path: str
 ) -> None:
     """A Flask-Login host and a Django auth host, found by the integrations without a line
     of configuration: a listener for alice sends a browser that is not logged in to the
@@ -167,7 +169,9 @@ def test_the_hosts_login_stands_in_front_of_its_listeners(
             with page.expect_navigation():
                 page.click("button")
             assert user_on(page, f"{base}/proxy/sessions/members/") == "bob"
-            assert page.goto(alices).status == 403
+            answer = page.goto(alices)
+            assert answer is not None
+            assert answer.status == 403
             assert t.cast(str, page.text_content("body")).startswith("403 ")
 
 
@@ -183,7 +187,9 @@ def host_login(page: Page) -> dict[str, str]:
     return {cookie["name"]: cookie["value"] for cookie in page.context.cookies()}
 
 
-def test_a_listener_page_on_the_hosts_origin_acts_as_the_hosts_user(browser: Browser) -> None:
+def test_a_listener_page_on_the_hosts_origin_acts_as_the_hosts_user(
+    browser: BrowserContext,
+) -> None:
     """What the docs say a listener's page can do on the host's origin, shown: it reads
     the user's account, CSRF token included, and tosses a cookie that the browser then
     sends to the host's /account before the host's own."""
@@ -200,7 +206,7 @@ def test_a_listener_page_on_the_hosts_origin_acts_as_the_hosts_user(browser: Bro
         assert page.text_content("body") == "nobody", "the tossed cookie shadows the login"
 
 
-def test_a_sandboxed_listener_page_cannot_act_as_the_hosts_user(browser: Browser) -> None:
+def test_a_sandboxed_listener_page_cannot_act_as_the_hosts_user(browser: BrowserContext) -> None:
     """sandbox=True: the page's origin is opaque; its script cannot read the host's
     account, nor read or write cookies, and the host's login is unchanged."""
     expected = ["blocked by CORS policy", "net::ERR_FAILED"]
@@ -237,7 +243,7 @@ def origins_host(**environment: str) -> t.Iterator[Origins]:
         yield Origins(f"http://localhost:{port}", port)
 
 
-def test_each_session_has_an_origin_of_its_own(browser: Browser) -> None:
+def test_each_session_has_an_origin_of_its_own(browser: BrowserContext) -> None:
     """A user not logged in follows a link to alice's listener on the host's page: the
     host's login page, then the listener's own origin, its page rendered. Its script
     cannot read the host's /account nor another session's page (CORS), sees no cookie,
@@ -285,7 +291,7 @@ def test_each_session_has_an_origin_of_its_own(browser: Browser) -> None:
             assert all(c["value"] != "tossed-by-a-listener" for c in host_cookies)
 
 
-def test_a_token_that_waited_too_long_is_refused(browser: Browser) -> None:
+def test_a_token_that_waited_too_long_is_refused(browser: BrowserContext) -> None:
     with origins_host(TEST_TOKEN_SECONDS="1") as site:
         browser.clear_cookies()
         prying = site.of("prying")
@@ -303,7 +309,7 @@ def test_a_token_that_waited_too_long_is_refused(browser: Browser) -> None:
             assert page.goto(token_url).status == 403  # type: ignore[union-attr]
 
 
-def test_the_django_admin_recipe_on_an_origin_of_its_own(browser: Browser) -> None:
+def test_the_django_admin_recipe_on_an_origin_of_its_own(browser: BrowserContext) -> None:
     with origins_host() as site:
         browser.clear_cookies()
         admin = site.of("dj")

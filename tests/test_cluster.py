@@ -30,14 +30,13 @@ from .support.cluster import (
     Shared,
     answers_within,
     concurrently,
-    get,
     gunicorn,
     owner_in,
     short_folder,
     start_session,
     stop_session,
 )
-from .support.wire import Answer, exchange, peak_rss_growth_mib, upload_arrives_whole
+from .support.wire import Answer, exchange, get, peak_rss_growth_mib, upload_arrives_whole
 from .support.wsgi import closing
 
 pytestmark = pytest.mark.timeout(180)
@@ -233,10 +232,14 @@ def hop_to_owner(shared: Shared, session: str, path: str) -> tuple[int, bytes]:
     client = HopClient(SECRET.encode() if shared.kind == "redis" else None, read_timeout=10)
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.input": io.BytesIO()}
     started: list[str] = []
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
+    ) -> t.Any:
+        started.append(status)
+
     try:
-        answer = client.forward(
-            owner, address, session, "/proxy", environ, lambda status, *_: started.append(status)
-        )
+        answer = client.forward(owner, address, session, "/proxy", environ, start_response)
         assert not isinstance(answer, Failure), answer
         body = b"".join(answer)
         closing(answer)

@@ -22,7 +22,7 @@ import pytest
 from werkzeug.test import Client
 
 from wsgi_proxy_listen import Listener, ProxyMiddleware, Registry
-from wsgi_proxy_listen.cluster import EmbeddedDirectory, Owner, embedded, store
+from wsgi_proxy_listen.cluster import EmbeddedDirectory, Owner, SharedDirectory, embedded, store
 from wsgi_proxy_listen.cluster.variables import namespace_for
 
 from .support.cluster import NAMESPACE, NO_REDIS, REDIS, SECRET, RedisServer, short_folder
@@ -40,6 +40,7 @@ class Workers:
         self.made: list[t.Any] = []
 
     def directory(self, **options: t.Any) -> t.Any:
+        directory: SharedDirectory
         if self.kind == "embedded":
             directory = EmbeddedDirectory(self.name, lease=3, **options)
         else:
@@ -720,7 +721,7 @@ def test_a_listener_closed_while_its_entries_are_written_again_is_taken_out(
 ) -> None:
     """close() between the heartbeat's snapshot and its writing the entries again (the
     lease had run out): the entry written again must be taken back out."""
-    directory = workers.directory()
+    directory: SharedDirectory = workers.directory()
     republish = type(directory)._store_republish
     closed = threading.Event()
     handles: list[Listener] = []

@@ -13,7 +13,13 @@ import pytest
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 from wsgi_proxy_listen.flask import ProxyListen
 
-from .support.wsgi import BufferedClient, assert_plain_answer, checked, environ_for
+from .support.wsgi import (
+    BufferedClient,
+    assert_plain_answer,
+    checked,
+    environ_for,
+    start_response_stub,
+)
 
 
 class Gate:
@@ -183,5 +189,5 @@ def test_a_base_exception_of_the_listener_gives_the_place_back(registry: Registr
     middleware = ProxyMiddleware(lambda e, s: [], registry)
     for _ in range(2):
         with pytest.raises(SystemExit):
-            middleware(environ_for("/proxy/sessions/s/"), lambda *a: None)
+            middleware(environ_for("/proxy/sessions/s/"), start_response_stub)
     assert listener.active == 0

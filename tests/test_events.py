@@ -197,7 +197,7 @@ def test_every_event_has_a_level_and_a_line_in_the_docs() -> None:
 
     import wsgi_proxy_listen.events as module
 
-    doc = t.cast(str, module.__doc__)
+    doc = module.__doc__
     for name, level in EVENTS.items():
         line = next(line for line in doc.splitlines() if line.startswith(f"``{name}``"))
         assert logging.getLevelName(level) in line, name
@@ -213,9 +213,8 @@ def test_an_answer_cut_says_whether_its_owner_ended_or_went_silent(
     """Found in review: a read timeout in the middle of an answer was said to be the
     owner ending the connection."""
     caplog.set_level(logging.WARNING, logger="wsgi_proxy_listen")
-    options = {"lease": 3, "read_timeout": 0.5}
-    a = worker(EmbeddedDirectory(folder, **options))
-    b = worker(EmbeddedDirectory(folder, **options))
+    a = worker(EmbeddedDirectory(folder, lease=3, read_timeout=0.5))
+    b = worker(EmbeddedDirectory(folder, lease=3, read_timeout=0.5))
 
     def stalls(environ: dict[str, t.Any], start_response: t.Any) -> t.Iterator[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])

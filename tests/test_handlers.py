@@ -33,6 +33,10 @@ def request_handler(request: Request) -> str:
     return f"request {type(request).__name__} {request.path}"
 
 
+def response_handler(request: Request) -> Response:
+    return Response(request_handler(request))
+
+
 class WebobRequest(webob.Request):
     pass
 
@@ -167,7 +171,7 @@ def three_params(a: object, b: object, c: object) -> str:
         pytest.param("app", None, None, TypeError, "'app' is not callable", id="string"),
         pytest.param(varargs, None, None, TypeError, "takes \\*args.*kind='request'", id="varargs"),
         pytest.param(
-            Request.application(request_handler), None, None, TypeError, "kind=", id="decorated"
+            Request.application(response_handler), None, None, TypeError, "kind=", id="decorated"
         ),
         pytest.param(no_params, None, None, TypeError, "takes 0 required", id="no-params"),
         pytest.param(three_params, None, None, TypeError, "takes 3 required", id="three-params"),

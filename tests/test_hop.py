@@ -118,9 +118,9 @@ def test_a_hello_proves_the_secret_and_names_the_owner() -> None:
 
 def test_a_stale_hello_or_another_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     now = time.time()
-    monkeypatch.setattr(frames.time, "time", lambda: now - frames.WINDOW - 1)
+    monkeypatch.setattr(time, "time", lambda: now - frames.WINDOW - 1)
     old, _ = frames.hello(SECRET, OWNER)
-    monkeypatch.setattr(frames.time, "time", lambda: now)
+    monkeypatch.setattr(time, "time", lambda: now)
     with pytest.raises(FrameError, match="window"):
         frames.read_hello(old, SECRET, OWNER)
     monkeypatch.setattr(frames, "VERSION", 99)
@@ -281,6 +281,11 @@ class Started:
         self.status, self.headers = status, headers
 
 
+def body_of(data: bytes) -> dict[str, t.Any]:
+    """``wsgi.input``, which is no keyword argument, for :func:`forward`'s environ."""
+    return {"wsgi.input": io.BytesIO(data)}
+
+
 def forward(
     client: HopClient, endpoint: InternalEndpoint, path: str, session: str = "s", **environ: t.Any
 ) -> tuple[Started, bytes | Failure]:
@@ -318,7 +323,7 @@ def test_bodies_and_statuses_as_sent(endpoint: tuple[InternalEndpoint, Owner]) -
         "/echo",
         REQUEST_METHOD="POST",
         CONTENT_LENGTH=str(len(data)),
-        **{"wsgi.input": io.BytesIO(data)},
+        **body_of(data),
     )
     assert started.status == "201 Made It"
     assert body == data
@@ -328,7 +333,7 @@ def test_bodies_and_statuses_as_sent(endpoint: tuple[InternalEndpoint, Owner]) -
         "/echo",
         REQUEST_METHOD="PUT",
         HTTP_TRANSFER_ENCODING="chunked",
-        **{"wsgi.input": io.BytesIO(data)},
+        **body_of(data),
     )
     assert (chunked.status, body) == ("201 Made It", data)
 
@@ -358,7 +363,7 @@ def test_an_early_answer_comes_back_and_the_connection_goes_on(
         "/early",
         REQUEST_METHOD="POST",
         CONTENT_LENGTH=str(len(data)),
-        **{"wsgi.input": io.BytesIO(data)},
+        **body_of(data),
     )
     assert (started.status, body) == ("401 Unauthorized", b"no")
     assert forward(client, server, "/")[1] == b"hello"

@@ -8,10 +8,11 @@ import signal
 import time
 import typing as t
 
-import jupyter_client
 import pytest
+from jupyter_client.manager import KernelManager
 
-from .support.cluster import ROOT, Shared, get, gunicorn
+from .support.cluster import ROOT, Shared, gunicorn
+from .support.wire import get
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -20,7 +21,7 @@ PUBLIC_URL = "https://notebooks.example.com"
 
 class Kernel:
     def __init__(self, folder: str) -> None:
-        self.manager = jupyter_client.KernelManager(kernel_name="python3")
+        self.manager = KernelManager(kernel_name="python3")
         self.manager.start_kernel(
             env={
                 **os.environ,

@@ -101,6 +101,7 @@ def test_a_mix_of_requests_gives_exactly_those_counts(tmp_path: t.Any) -> None:
             a_client.get("/", buffered=True).status_code,  # the host's: not counted
         ]
         assert statuses == [200, 200, 500, 404, 200, 401, 413, 200]
+        assert a_directory._endpoint is not None  # started by the requests above
         a_directory._endpoint.close()  # a's process as good as gone for b
         assert b_client.get("/proxy/sessions/s1/", buffered=True).status_code == 502
         after = requests_in(scrape())

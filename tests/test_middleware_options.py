@@ -118,7 +118,8 @@ def test_forward_cookies(registry: Registry, make_client: MakeClient, host: Host
 
 
 def test_cookie_names_given_as_an_iterator_are_kept(registry: Registry) -> None:
-    middleware = ProxyMiddleware(Host(), registry, forward_cookies=iter(["session", "csrf"]))
+    names = iter(["session", "csrf"])
+    middleware = ProxyMiddleware(Host(), registry, forward_cookies=names)
     assert middleware.forward_cookies == frozenset({"session", "csrf"})
     assert ProxyMiddleware(Host(), registry, forward_cookies=False).forward_cookies is False
 

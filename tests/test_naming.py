@@ -292,10 +292,10 @@ def test_importing_the_package_never_fails_for_the_environment() -> None:
     )
     assert (result.returncode, result.stdout) == (0, "b's3'\n"), result.stderr
     env["WSGI_PROXY_LISTEN_RUNTIME"] = "maybe"
-    result = subprocess.run(
+    imported = subprocess.run(
         [sys.executable, "-c", "import wsgi_proxy_listen"], capture_output=True, env=env
     )
-    assert result.returncode == 0, result.stderr
+    assert imported.returncode == 0, imported.stderr
 
 
 # -- what importing costs -------------------------------------------------------------------

@@ -250,6 +250,7 @@ def test_a_login_cookie_is_good_on_its_own_origin_only(setup: Setup) -> None:
     setup.registry.listen(Recorder(), session="s", access="authenticated")
     setup.registry.listen(Recorder(), session="t", access="authenticated")
     client = logged_in(setup, "s", "a")
+    assert client._cookies is not None
     cookie = next(c for c in client._cookies.values() if c.key == "wpl-user")
     moved = {"Cookie": f"wpl-user={cookie.value}"}
     raw = jarless(setup)
@@ -476,6 +477,7 @@ def test_two_login_cookies_are_refused_not_chosen_between(
     planted_by_bob = logged_in(Setup(*setup[:3], bobs), "s", "b")
     cookies = []
     for client in (planted_by_bob, mine):
+        assert client._cookies is not None
         cookies += [f"{c.key}={c.value}" for c in client._cookies.values() if c.key == "wpl-user"]
     answer = at(
         jarless(setup),

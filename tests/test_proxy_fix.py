@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import flask
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Response
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
@@ -27,7 +28,7 @@ def listener_app() -> flask.Flask:
         return flask.url_for("target", _external=True)
 
     @listener.get("/go")
-    def go() -> flask.Response:
+    def go() -> Response:
         return flask.redirect(flask.url_for("target"))
 
     @listener.get("/target")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .support.browser import Browser, browser, served, watched
+from .support.browser import BrowserContext, browser, served, watched
 
 __all__ = ["browser"]  # the fixture, imported for the tests here
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.mark.browser
-def test_dash_loads_and_runs_its_callbacks_under_the_prefix(browser: Browser) -> None:
+def test_dash_loads_and_runs_its_callbacks_under_the_prefix(browser: BrowserContext) -> None:
     prefix = "/proxy/sessions/dash/"
     with served("examples.recipes.dash_app") as base, watched(browser, under=prefix) as page:
         page.goto(base + prefix)
@@ -38,7 +38,7 @@ def test_dash_loads_and_runs_its_callbacks_under_the_prefix(browser: Browser) ->
 
 @pytest.mark.browser
 def test_the_django_admin_logs_in_with_its_static_files_under_the_prefix(
-    browser: Browser,
+    browser: BrowserContext,
 ) -> None:
     prefix = "/proxy/sessions/admin/"
     with served("examples.recipes.django_admin") as base, watched(browser, under=prefix) as page:
@@ -59,7 +59,7 @@ def test_the_django_admin_logs_in_with_its_static_files_under_the_prefix(
 
 
 @pytest.mark.browser
-def test_a_bottle_app_links_posts_and_redirects_under_the_prefix(browser: Browser) -> None:
+def test_a_bottle_app_links_posts_and_redirects_under_the_prefix(browser: BrowserContext) -> None:
     prefix = "/proxy/sessions/notes/"
     with served("examples.recipes.bottle_app") as base, watched(browser, under=prefix) as page:
         page.goto(base + prefix)

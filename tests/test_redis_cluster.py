@@ -69,7 +69,7 @@ def cluster() -> Iterator[Cluster]:
             for port, bus in zip(ports, buses, strict=True):
                 process = subprocess.Popen(
                     [
-                        t.cast(str, REDIS),
+                        REDIS,
                         *("--port", str(port), "--bind", "127.0.0.1"),
                         *("--cluster-enabled", "yes", "--cluster-port", str(bus)),
                         *("--cluster-config-file", f"nodes-{port}.conf"),

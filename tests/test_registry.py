@@ -415,7 +415,11 @@ def test_url_ignores_host_and_forwarded_headers() -> None:
     listener = registry.listen(hello, session="s1")
     environ = EnvironBuilder(
         "/",
-        headers={"Host": "evil.example", "X-Forwarded-Host": "evil", "X-Forwarded-Prefix": "/e"},
+        headers=[
+            ("Host", "evil.example"),
+            ("X-Forwarded-Host", "evil"),
+            ("X-Forwarded-Prefix", "/e"),
+        ],
     ).get_environ()
     assert listener.url("/x", environ) == "/p/sessions/s1/x"
 

@@ -6,6 +6,7 @@ embedded directory and on Redis."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -23,8 +24,8 @@ from werkzeug.test import Client
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
-from .support.cluster import ROOT, SECRET, Shared, concurrently, get, gunicorn
-from .support.wire import exchange
+from .support.cluster import ROOT, SECRET, Shared, concurrently, gunicorn
+from .support.wire import exchange, get
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -86,7 +87,7 @@ def test_every_worker_reaches_every_runtime(shared: Shared) -> None:
             answers = concurrently(
                 40,
                 8,
-                lambda session=session: get(host.port, f"/proxy/sessions/{session}/a/b?q=1&r=%20"),
+                functools.partial(get, host.port, f"/proxy/sessions/{session}/a/b?q=1&r=%20"),
             )
             assert Counter(answer.status for answer in answers) == Counter({200: 40})
             seen = {answer.body for answer in answers}
@@ -123,7 +124,7 @@ def test_a_runtime_listener_for_one_user_is_closed_to_others_in_every_worker(
         path = "/proxy/sessions/private/"
         for user, status in (("", 401), ("bob", 403), ("alice", 200)):
             answers = concurrently(
-                20, 4, lambda user=user: get(host.port, path, headers=f"X-User: {user}\r\n")
+                20, 4, functools.partial(get, host.port, path, headers=f"X-User: {user}\r\n")
             )
             assert Counter(answer.status for answer in answers) == Counter({status: 20}), user
         echoed = json.loads(get(host.port, path, headers="X-User: alice\r\n").body)
@@ -146,7 +147,7 @@ def until(port: int, path: str, wanted: int, seconds: float) -> tuple[list[int],
 @pytest.mark.parametrize("mode", ["serve-forever", "sleep"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_runtime_that_is_stopped_withdraws_its_listeners(
-    shared: Shared, mode: str, signum: int
+    shared: Shared, mode: str, signum: signal.Signals
 ) -> None:
     """SIGTERM or SIGINT: the runtime withdraws its listeners and ends; every worker
     answers 404 within a second, and the directory holds nothing of it."""
@@ -194,7 +195,7 @@ def test_a_forked_child_publishes_only_what_it_registers(shared: Shared) -> None
         try:
             for session, owner in (("pool", parent.pid), ("pool-child", child)):
                 answers = concurrently(
-                    8, 4, lambda session=session: get(host.port, f"/proxy/sessions/{session}/")
+                    8, 4, functools.partial(get, host.port, f"/proxy/sessions/{session}/")
                 )
                 assert {json.loads(answer.body)["pid"] for answer in answers} == {owner}
         finally:

@@ -36,7 +36,10 @@ class Sentinels(t.NamedTuple):
 
         client = redis.Redis(port=self.sentinel_ports[0])
         try:
-            _, port = client.sentinel_get_master_addr_by_name("main")
+            # A plain client (not redis.Sentinel) gets the (host, port) pair back.
+            address = client.sentinel_get_master_addr_by_name("main")
+            assert isinstance(address, tuple), address
+            _, port = address
             return int(port)
         finally:
             client.close()
@@ -55,7 +58,7 @@ class Sentinels(t.NamedTuple):
 def sentinels() -> Iterator[Sentinels]:
     if REDIS is None:
         pytest.skip(NO_REDIS)
-    server = t.cast(str, REDIS)
+    server = REDIS
     master, replica = free_port(), free_port()
     watchers = [free_port() for _ in range(3)]
     processes: list[subprocess.Popen[bytes]] = []
@@ -97,6 +100,7 @@ def sentinels() -> Iterator[Sentinels]:
                     info = client.sentinel_master("main")
                 finally:
                     client.close()
+                assert isinstance(info, dict), info  # a plain client gets the master's state
                 if int(info.get("num-other-sentinels", 0)) >= 2 and int(info.get("num-slaves", 0)):
                     break
                 time.sleep(0.2)

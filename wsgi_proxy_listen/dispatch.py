@@ -121,7 +121,7 @@ class Dispatcher:
         self,
         *,
         max_content_length: int | None = None,
-        forward_cookies: bool | Collection[str] = True,
+        forward_cookies: bool | Iterable[str] = True,
         max_concurrency: int | None = None,
         users: bool = False,
     ) -> None:

@@ -89,7 +89,7 @@ class ProxyMiddleware:
         ends at the declared ``Content-Length``.
     :param forward_cookies: which of the browser's cookies a listener
         receives: ``True``, all of them; ``False``, none (the ``Cookie`` header
-        is removed); or a collection of cookie names to withhold, such as the
+        is removed); or cookie names to withhold (any iterable), such as the
         host's session and CSRF cookies, so that listeners still get their
         own. It keeps host cookies out of listener code that logs, echoes or
         forwards what it receives; it is no barrier to code that runs in the
@@ -135,7 +135,7 @@ class ProxyMiddleware:
         registry: Registry | None = None,
         *,
         max_content_length: int | None = None,
-        forward_cookies: bool | Collection[str] = True,
+        forward_cookies: bool | Iterable[str] = True,
         max_concurrency: int | None = None,
         authenticate: Authenticate | str | None = None,
         default_access: str | Collection[str] = PUBLIC,

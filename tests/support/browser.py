@@ -30,16 +30,18 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 try:
-    from playwright.sync_api import Browser, Page, sync_playwright
+    from playwright.sync_api import BrowserContext, Page, sync_playwright
 except ImportError:  # pragma: no cover - playwright is a test dependency
-    sync_playwright = None
+    HAVE_PLAYWRIGHT = False
+else:
+    HAVE_PLAYWRIGHT = True
 
-__all__ = ["Browser", "Page", "Watched", "browser", "served", "watched"]
+__all__ = ["BrowserContext", "Page", "Watched", "browser", "served", "watched"]
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if sync_playwright is None:
+def browser() -> Iterator[BrowserContext]:
+    if not HAVE_PLAYWRIGHT:
         pytest.skip("BROWSER TEST SKIPPED: playwright is not installed (pip install playwright)")
     if shutil.which(CHROMIUM) is None:
         pytest.skip(
@@ -66,7 +68,7 @@ def browser() -> Iterator[Browser]:
             ],
         )
         try:
-            yield context  # type: ignore[misc]
+            yield context
         finally:
             context.close()
 
@@ -144,7 +146,7 @@ class Watched:
 
 @contextlib.contextmanager
 def watched(
-    browser: Browser, under: str | None = None, expected: Collection[str] = ()
+    browser: BrowserContext, under: str | None = None, expected: Collection[str] = ()
 ) -> Iterator[Page]:
     """A new page, checked as :class:`Watched` says when the block ends."""
     page = browser.new_page()

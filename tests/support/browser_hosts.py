@@ -39,7 +39,7 @@ def host(registry: Registry, forward_cookies: t.Any) -> flask.Flask:
         )
 
     @app.post("/login")
-    def login() -> flask.Response:
+    def login() -> Response:
         flask.session["user"] = flask.request.form["user"]
         return flask.redirect("/whoami")
 
@@ -71,7 +71,7 @@ def flask_listener() -> flask.Flask:
         )
 
     @app.post("/login")
-    def login() -> flask.Response:
+    def login() -> Response:
         flask.session["user"] = flask.request.form["user"]
         return flask.redirect(flask.url_for("whoami"))
 
@@ -162,12 +162,12 @@ def django_admin(allowed: str = "localhost") -> t.Any:
         USE_TZ=True,
     )
     django.setup()
-    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import User  # the user model: no AUTH_USER_MODEL
     from django.core.handlers.wsgi import WSGIHandler
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    get_user_model().objects.create_superuser("admin", "admin@example.com", "admin-password")
+    User.objects.create_superuser("admin", "admin@example.com", "admin-password")
     return WSGIHandler()
 
 

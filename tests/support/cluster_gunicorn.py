@@ -22,12 +22,12 @@ def post_fork(server: t.Any, worker: t.Any) -> None:
     from wsgi_proxy_listen import default_registry
     from wsgi_proxy_listen.cluster import EmbeddedDirectory, RedisDirectory
 
-    options = {
-        "lease": float(os.environ["TEST_LEASE"]),
-        "read_timeout": float(os.environ["TEST_READ_TIMEOUT"]),
-    }
+    lease = float(os.environ["TEST_LEASE"])
+    read_timeout = float(os.environ["TEST_READ_TIMEOUT"])
     if name.startswith("/"):
-        default_registry.connect(EmbeddedDirectory(name, **options))
+        default_registry.connect(EmbeddedDirectory(name, lease=lease, read_timeout=read_timeout))
     else:
         secret = os.environ["WSGI_PROXY_LISTEN_SECRET"]
-        default_registry.connect(RedisDirectory(name, secret=secret, **options))
+        default_registry.connect(
+            RedisDirectory(name, secret=secret, lease=lease, read_timeout=read_timeout)
+        )

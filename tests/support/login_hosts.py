@@ -67,13 +67,14 @@ def flask_host(registry: Registry) -> flask.Flask:
     manager = flask_login.LoginManager(app)
     manager.login_view = "login"
 
-    class User(flask_login.UserMixin):
+    class User(flask_login.UserMixin):  # type: ignore[misc]  # Flask-Login ships no types
         def __init__(self, name: str) -> None:
             self.id = name
 
-    @manager.user_loader
     def load(name: str) -> User | None:
         return User(name) if name in USERS else None
+
+    manager.user_loader(load)  # not as a decorator: Flask-Login's is untyped
 
     @app.route("/login", methods=["GET", "POST"])
     def login() -> t.Any:
@@ -123,14 +124,14 @@ def django_host(registry: Registry) -> t.Any:
         USE_TZ=True,
     )
     django.setup()
-    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import User  # the user model: no AUTH_USER_MODEL
     from django.core.management import call_command
 
     from wsgi_proxy_listen.django import get_wsgi_application
 
     call_command("migrate", verbosity=0)
     for name in USERS:
-        get_user_model().objects.create_user(name, password=f"{name}-password")
+        User.objects.create_user(name, password=f"{name}-password")
     return get_wsgi_application(registry=registry)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+import typing as t
 from pathlib import Path
 
 from flask import Flask, Response, request
@@ -36,7 +37,18 @@ def slow(request: object) -> str:
     return "slow"
 
 
-KINDS = {
+class Handler(t.TypedDict):
+    handler: t.Callable[[object], str]
+
+
+class Kind(Handler, total=False):
+    """The arguments of :func:`listen` that make a listener of one kind."""
+
+    access: str
+    max_concurrency: int
+
+
+KINDS: dict[str, Kind] = {
     "hello": {"handler": hello},
     "broken": {"handler": broken},
     "private": {"handler": hello, "access": "authenticated"},

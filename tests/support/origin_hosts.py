@@ -148,7 +148,7 @@ def main(kind: str, port: int) -> None:
         ProxyListen(app, registry=registry)
     else:
         if os.environ.get("TEST_TOKEN_SECONDS"):
-            origins.TOKEN_SECONDS = float(os.environ["TEST_TOKEN_SECONDS"])
+            origins.TOKEN_SECONDS = int(os.environ["TEST_TOKEN_SECONDS"])
         registry.listen(prying, session="prying", access={"alice"})
         registry.listen(prying, session="other")
         registry.listen(tosser, session="tosser")

@@ -22,7 +22,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def stop(process: subprocess.Popen[bytes], grace: float = 15) -> None:
+def stop(process: subprocess.Popen[str] | subprocess.Popen[bytes], grace: float = 15) -> None:
     """Ask the server to stop; kill it if it has not stopped after ``grace`` seconds."""
     process.terminate()
     try:
