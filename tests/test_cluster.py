@@ -19,7 +19,7 @@ from collections import Counter
 
 import pytest
 
-from wsgi_proxy_listen.answers import Failure
+from wsgi_proxy_listen.answers import Failure, close
 
 from .support.cluster import (
     NO_REDIS,
@@ -37,7 +37,6 @@ from .support.cluster import (
     stop_session,
 )
 from .support.wire import Answer, exchange, get, peak_rss_growth_mib, upload_arrives_whole
-from .support.wsgi import closing
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -242,7 +241,7 @@ def hop_to_owner(shared: Shared, session: str, path: str) -> tuple[int, bytes]:
         answer = client.forward(owner, address, session, "/proxy", environ, start_response)
         assert not isinstance(answer, Failure), answer
         body = b"".join(answer)
-        closing(answer)
+        close(answer)  # as a server does (a whole small answer is a plain list)
         return int(started[0][:3]), body
     finally:
         client.clear()

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 import pytest
 
 from wsgi_proxy_listen import Registry
-from wsgi_proxy_listen.answers import Failure
+from wsgi_proxy_listen.answers import Failure, close
 from wsgi_proxy_listen.cluster import endpoint as endpoint_module
 from wsgi_proxy_listen.cluster import frames
 from wsgi_proxy_listen.cluster.endpoint import InternalEndpoint
@@ -26,7 +26,6 @@ from wsgi_proxy_listen.cluster.frames import FrameError, Keys
 from wsgi_proxy_listen.cluster.hop import Connection, HopClient, pack, unpack
 
 from .support.cluster import short_folder
-from .support.wsgi import closing
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -298,7 +297,7 @@ def forward(
     try:
         return started, b"".join(answer)
     finally:
-        closing(answer)
+        close(answer)  # as a server does (a whole small answer is a plain list)
 
 
 def test_an_answer_comes_back_whole(endpoint: tuple[InternalEndpoint, Owner]) -> None:
@@ -525,7 +524,7 @@ def forward_to(client: HopClient, address: str, path: str = "/") -> Failure | by
     try:
         return b"".join(answer)
     finally:
-        closing(answer)
+        close(answer)  # as a server does (a whole small answer is a plain list)
 
 
 def test_an_owner_that_is_gone_is_told_apart_from_a_paused_one() -> None:

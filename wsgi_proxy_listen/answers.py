@@ -13,6 +13,7 @@ is reflected back.
 
 :data:`FAILURE_STATUS` is the one table from why a forwarded request got no
 answer of its listener's (:class:`Failure`) to the status it gets instead.
+:func:`close` ends a listener's answer as a server would.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "Answer",
     "Failure",
     "answer_app",
+    "close",
     "respond",
 ]
 
@@ -110,6 +112,14 @@ FAILURE_STATUS: dict[Failure, int] = {
     Failure.ABORTED: 400,
     Failure.TOO_LARGE: 413,
 }
+
+
+def close(iterable: object) -> None:
+    """Call the ``close()`` of an answer's iterable, if it has one (PEP 3333: a server
+    does, whether the answer ended or not)."""
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        close()
 
 
 def respond(

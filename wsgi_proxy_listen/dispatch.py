@@ -24,7 +24,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream, get_content_length
 
 from . import metrics, routing
-from .answers import Answer, respond
+from .answers import Answer, close, respond
 from .cookies import withhold
 from .guard import Guard, failed
 from .terms import SANDBOX_POLICY
@@ -352,7 +352,7 @@ def _accepted(
         # The server's start_response refused what the guard let through.
         if done is not None:
             done()
-        _close(iterable)
+        close(iterable)
         raise
     if not accepted:
         if done is not None:
@@ -366,12 +366,6 @@ def is_bodyless(environ: WSGIEnvironment) -> bool:
     return environ.get("CONTENT_LENGTH") in (None, "", "0") and not environ.get(
         "HTTP_TRANSFER_ENCODING"
     )
-
-
-def _close(iterable: Iterable[bytes]) -> None:
-    close = getattr(iterable, "close", None)
-    if close is not None:
-        close()
 
 
 class _Counted:
@@ -389,7 +383,7 @@ class _Counted:
     def close(self) -> None:
         done, self.done = self.done, None
         try:
-            _close(self.iterable)
+            close(self.iterable)
         finally:
             if done is not None:
                 done()

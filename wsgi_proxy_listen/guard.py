@@ -25,7 +25,7 @@ import typing as t
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from . import metrics
-from .answers import respond
+from .answers import close, respond
 from .cookies import MAX_PER_ANSWER, confine
 from .events import say
 from .exceptions import InvalidResponse
@@ -312,9 +312,7 @@ def failed(
         )
     else:
         logger.error("listener of session %r returned text, not bytes, in its body", session)
-    close = getattr(iterable, "close", None)
-    if close is not None:
-        close()
+    close(iterable)
     if not guard.sent:
         # The server never saw a status of the listener's: ours is the first.
         if guard.count is not None:

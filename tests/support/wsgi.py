@@ -111,14 +111,6 @@ class BufferedClient(Client):
         return super().open(*args, **kwargs)
 
 
-def closing(answer: Iterable[bytes]) -> None:
-    """Close an answer as a server does: if it has ``close`` (a whole small answer from
-    another process is a plain list)."""
-    close = getattr(answer, "close", None)
-    if close is not None:
-        close()
-
-
 def checked(app: WSGIApplication) -> WSGIApplication:
     """Wrap a stack in wsgiref's validator and werkzeug's LintMiddleware."""
     return validator(LintMiddleware(app))

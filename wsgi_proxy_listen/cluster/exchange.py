@@ -30,7 +30,7 @@ import typing as t
 
 from werkzeug.exceptions import ClientDisconnected
 
-from ..answers import respond
+from ..answers import close, respond
 from .frames import (
     ABORT,
     CHUNK,
@@ -177,9 +177,7 @@ class Exchange:
                 return True
             return self._answer(session, iterable) and _read_to_end(body)
         finally:
-            close = getattr(iterable, "close", None)
-            if close is not None:
-                close()
+            close(iterable)
 
     def start_response(
         self,
