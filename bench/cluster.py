@@ -17,7 +17,9 @@ between two processes; and a kept-alive round trip to waitress alone. Then the C
 that B's workers and the runtime spend per request (``/proc``), and 200 MB streamed
 each way (and down through a bare socket relay in B: the floor process sends
 megabytes as fast as its socket takes them, a worker of B passes on what each
-``recv`` gives, the most any hop through B can do).
+``recv`` gives, the most any hop through B can do), with the CPU that each download
+costs per MB, every process it passes through added up, against what the machine's
+processors have for a MB at the budget's pace.
 
 **The directories.** ``listen()`` in a runtime that holds 50,000 sessions, while its
 heartbeat renews (p99), and the CPU an idle one spends renewing; writers churning
@@ -149,16 +151,24 @@ class Hop(t.NamedTuple):
     cpu_us: dict[str, float]
     download_mb_s: dict[str, float]
     upload_mb_s: dict[str, float]
+    #: CPU of every process a download passes through (the client, B's workers, and the
+    #: runtime or the floor process that sends), per MB, over the three downloads.
+    download_cpu_us_per_mb: dict[str, float]
+
+
+class Floor(t.NamedTuple):
+    path: str
+    pid: int
 
 
 @contextlib.contextmanager
-def floor_process(folder: str) -> t.Iterator[str]:
-    """A process that answers a length-prefixed exchange at once, on the Unix socket whose
-    path is given."""
+def floor_process(folder: str) -> t.Iterator[Floor]:
+    """A process that answers a length-prefixed exchange at once, on a Unix socket in
+    ``folder``."""
     path = os.path.join(folder, "floor.sock")
     process = child(_FLOOR, path)
     try:
-        yield path
+        yield Floor(path, process.pid)
     finally:
         process.kill()
         process.wait()
@@ -168,9 +178,9 @@ def floor_process(folder: str) -> t.Iterator[str]:
 
 def floor_exchange_us(folder: str, count: int) -> float:
     """The median round trip of a length-prefixed exchange over a persistent Unix socket."""
-    with floor_process(folder) as path:
+    with floor_process(folder) as floor:
         sock = socket.socket(socket.AF_UNIX)
-        sock.connect(path)
+        sock.connect(floor.path)
         reader = sock.makefile("rb")
 
         def exchange() -> None:
@@ -236,7 +246,7 @@ def measure_hop(
     with waitress_backend() as backend, floor_process(folder) as floor:
         variables: dict[str, t.Any] = {
             "BENCH_BACKEND": f"http://127.0.0.1:{backend}",
-            "BENCH_FLOOR": floor,
+            "BENCH_FLOOR": floor.path,
             **(tls or {}),
         }
         with gunicorn(directory, workers=4, app="bench.host:app", **variables) as host:
@@ -245,7 +255,7 @@ def measure_hop(
                 return Hop(
                     *latencies(host, count),
                     cpu_per_request(host, owner.pid, count),
-                    *streaming(host, megabytes),
+                    *streaming(host, megabytes, {"runtime": owner.pid, "floor": floor.pid}),
                 )
             finally:
                 owner.terminate()
@@ -293,11 +303,17 @@ def cpu_per_request(host: Cluster, owner: int, count: int) -> dict[str, float]:
 UPLOAD_MB = 48
 
 
-def streaming(host: Cluster, megabytes: int) -> tuple[dict[str, float], dict[str, float]]:
+def streaming(
+    host: Cluster, megabytes: int, senders: dict[str, int]
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """MB/s of a download of ``megabytes`` and of an upload (at most :data:`UPLOAD_MB`),
-    best of three, each case."""
+    best of three, each case; and the CPU per MB downloaded of every process a download
+    passes through: this client, B's workers, and the process that sends (``senders``,
+    by case: the runtime, the floor process)."""
     down: dict[str, list[float]] = {"local": [], "runtime": [], "floor": []}
     up: dict[str, list[float]] = {"local": [], "runtime": []}
+    cpu = dict.fromkeys(down, 0.0)
+    workers = host.worker_pids()
     upload = min(megabytes, UPLOAD_MB)
     body = b"u" * (upload << 20)
     # Read into one buffer: read(n) allocates n bytes each time, and the client's malloc
@@ -305,13 +321,16 @@ def streaming(host: Cluster, megabytes: int) -> tuple[dict[str, float], dict[str
     buffer = memoryview(bytearray(1 << 20))
     for _ in range(3):
         for case in down:
+            watched = [os.getpid(), *workers, *([senders[case]] if case in senders else [])]
             connection = http.client.HTTPConnection("127.0.0.1", host.port, timeout=120)
+            before = cpu_seconds(watched)
             began = time.perf_counter()
             connection.request("GET", f"{CASES[case]}download?mb={megabytes}")
             response = connection.getresponse()
             while response.readinto(buffer):
                 pass
             down[case].append(megabytes / (time.perf_counter() - began))
+            cpu[case] += cpu_seconds(watched) - before
             if case not in up:
                 connection.close()
                 continue
@@ -322,7 +341,11 @@ def streaming(host: Cluster, megabytes: int) -> tuple[dict[str, float], dict[str
             if answer["size"] != len(body):
                 raise RuntimeError(f"{case}: the upload arrived as {answer['size']} bytes")
             connection.close()
-    return {case: max(v) for case, v in down.items()}, {case: max(v) for case, v in up.items()}
+    return (
+        {case: max(v) for case, v in down.items()},
+        {case: max(v) for case, v in up.items()},
+        {case: seconds / (3 * megabytes) * 1e6 for case, seconds in cpu.items()},
+    )
 
 
 # -- renewal under many sessions -----------------------------------------------------------------
@@ -609,6 +632,22 @@ def main() -> None:
             "",
         ),
     ]
+    # A download at 0.75 x in-process leaves each MB this much of the processors' time,
+    # were all of them busy all along with nothing else: the processes of a hop (client,
+    # worker, runtime) together must spend less than that on a MB.
+    per_mb = embedded.download_cpu_us_per_mb
+    rows += [
+        (f"where it goes: CPU per MB down, {name}, µs", f"{per_mb[case]:.0f}", "(where)", "")
+        for case, name in (("local", "in-process"), ("runtime", "the hop"), ("floor", "bare relay"))
+    ]
+    rows.append(
+        (
+            f"where it goes: CPU per MB {os.cpu_count()} cores have at 0.75, µs",
+            f"{(os.cpu_count() or 1) * 1e6 / (0.75 * embedded.download_mb_s['local']):.0f}",
+            "(where)",
+            "",
+        )
+    )
     peer_extra = embedded.median_us["peer"] - embedded.median_us["local"]
     rows.append(
         (

@@ -64,6 +64,8 @@ def test_quick_cluster_benchmark_runs_and_prints_both_directories() -> None:
         "embedded   floor",
         "where it goes: hop extra with bare listeners, µs",
         "where it goes: a bare socket relay's download / in-process",
+        "where it goes: CPU per MB down, the hop, µs",
+        "where it goes: CPU per MB down, bare relay, µs",
         "hop extra latency / floor exchange (median)",
         "CPU per forwarded request / local (host + owner)",
         "streaming download, runtime / in-process",

@@ -35,7 +35,8 @@ from wsgi_proxy_listen import listen, register_app, serve_forever
 
 
 def echo(request: Request) -> dict[str, object]:
-    time.sleep(float(request.args.get("sleep", 0)))
+    if "sleep" in request.args:  # (a sleep of 0 still puts the thread to sleep)
+        time.sleep(float(request.args["sleep"]))
     body = request.get_data()
     return {
         "pid": os.getpid(),
