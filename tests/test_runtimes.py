@@ -10,8 +10,6 @@ import functools
 import hashlib
 import json
 import os
-import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +24,7 @@ from werkzeug.test import Client
 
 from wsgi_proxy_listen import ProxyMiddleware, Registry
 
-from .support.cluster import ROOT, SECRET, Shared, concurrently, gunicorn, short_folder
+from .support.cluster import ROOT, SECRET, Shared, concurrently, gunicorn
 from .support.wire import exchange, get
 
 pytestmark = pytest.mark.timeout(180)
@@ -266,49 +264,6 @@ def test_a_host_with_another_prefix_reaches_a_runtime(shared: Shared) -> None:
             }
     finally:
         registry.close()
-
-
-def voluntary_switches(pid: int) -> int:
-    """How often the threads of process ``pid`` went to sleep so far."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with (
-            contextlib.suppress(FileNotFoundError),
-            open(f"/proc/{pid}/task/{task}/status") as status,
-        ):
-            total += sum(
-                int(line.split()[1])
-                for line in status
-                if line.startswith("voluntary_ctxt_switches:")
-            )
-    return total
-
-
-def test_a_forwarded_request_puts_each_side_to_sleep_once() -> None:
-    """Host and owner wait for each other on one Unix socket: each sleeps once per request,
-    until the other's frame comes. A thread asleep in recv() was woken as well when the
-    other side read what it had sent (the kernel wakes a socket's sleepers when its send
-    buffer frees), and went back to sleep: two sleeps per request on each side. Counted,
-    not timed."""
-    folder = short_folder()
-    shared = Shared("embedded", folder, None)
-    client, registry = in_process_host(shared)
-    count = 400
-    try:
-        with runtime(shared, "job-1") as job:
-            for _ in range(50):  # the connection made, the caches warm
-                assert client.get("/tools/sessions/job-1/", buffered=True).status_code == 200
-            host = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
-            owner = voluntary_switches(job.pid)
-            for _ in range(count):
-                client.get("/tools/sessions/job-1/", buffered=True)
-            host = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - host
-            owner = voluntary_switches(job.pid) - owner
-    finally:
-        registry.close()
-        shutil.rmtree(folder, ignore_errors=True)
-    assert host < 1.3 * count, f"the host slept {host} times for {count} requests"
-    assert owner < 1.3 * count, f"the owner slept {owner} times for {count} requests"
 
 
 def test_the_hosts_max_concurrency_bounds_what_it_forwards(shared: Shared) -> None:

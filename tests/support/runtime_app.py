@@ -35,8 +35,7 @@ from wsgi_proxy_listen import listen, register_app, serve_forever
 
 
 def echo(request: Request) -> dict[str, object]:
-    if "sleep" in request.args:  # (a sleep of 0 still puts the thread to sleep)
-        time.sleep(float(request.args["sleep"]))
+    time.sleep(float(request.args.get("sleep", 0)))
     body = request.get_data()
     return {
         "pid": os.getpid(),
