@@ -640,10 +640,11 @@ def main() -> None:
         (f"where it goes: CPU per MB down, {name}, µs", f"{per_mb[case]:.0f}", "(where)", "")
         for case, name in (("local", "in-process"), ("runtime", "the hop"), ("floor", "bare relay"))
     ]
+    cores = os.cpu_count() or 1
     rows.append(
         (
-            f"where it goes: CPU per MB {os.cpu_count()} cores have at 0.75, µs",
-            f"{(os.cpu_count() or 1) * 1e6 / (0.75 * embedded.download_mb_s['local']):.0f}",
+            f"where it goes: CPU per MB {cores} cores have at 0.75, µs",
+            f"{cores * 1e6 / (0.75 * embedded.download_mb_s['local']):.0f}",
             "(where)",
             "",
         )
